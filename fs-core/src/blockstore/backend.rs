@@ -1,0 +1,269 @@
+//! Object-storage backends: a volume's block-store spec and the client built from it.
+//!
+//! The spec is data (it travels from the metadata server to authenticated mounts), so it holds
+//! everything a client needs and nothing process-global: no environment variables are read.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::prefix::PrefixStore;
+use serde::{Deserialize, Serialize};
+
+/// Where a volume's blocks live. `prefix` (if any) is prepended to every object key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+pub enum BackendSpec {
+    /// A directory on local disk (also a shared mount such as NFS).
+    Local {
+        path: PathBuf,
+        #[serde(default)]
+        prefix: String,
+    },
+    /// Process memory: tests and benchmarks only; nothing survives the process.
+    Memory {
+        #[serde(default)]
+        prefix: String,
+    },
+    /// Amazon S3 or any S3-compatible store (MinIO, Ceph RGW, ...).
+    S3 {
+        bucket: String,
+        #[serde(default)]
+        prefix: String,
+        /// `http(s)://host:port` of an S3-compatible store; `None` means AWS.
+        endpoint: Option<String>,
+        region: Option<String>,
+        access_key_id: Option<String>,
+        secret_access_key: Option<String>,
+        session_token: Option<String>,
+    },
+    /// Google Cloud Storage.
+    Gcs {
+        bucket: String,
+        #[serde(default)]
+        prefix: String,
+        /// Base URL of the JSON API (an emulator such as fake-gcs-server); `None` means Google.
+        endpoint: Option<String>,
+        /// A service-account key (JSON). With `endpoint` set and no key, requests are unauthenticated.
+        service_account_key: Option<String>,
+    },
+    /// Azure Blob Storage.
+    Azure {
+        account: String,
+        container: String,
+        #[serde(default)]
+        prefix: String,
+        /// Account URL, e.g. `http://127.0.0.1:10000/devstoreaccount1` for Azurite; `None` means
+        /// `https://ACCOUNT.blob.core.windows.net`.
+        endpoint: Option<String>,
+        access_key: Option<String>,
+    },
+}
+
+/// A block-store spec that cannot be turned into a working client.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("block store directory {path}: {source}; create it or fix the path in the block-store spec")]
+    LocalDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("block store {backend} endpoint {endpoint:?} is not a URL ({source}); give scheme://host[:port]")]
+    Endpoint {
+        backend: &'static str,
+        endpoint: String,
+        source: url::ParseError,
+    },
+    #[error("block store {backend}: {source}; check the bucket, endpoint and credentials in the block-store spec")]
+    Build {
+        backend: &'static str,
+        source: object_store::Error,
+    },
+}
+
+impl BackendSpec {
+    /// The backend's name as users write it (`local`, `s3`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendSpec::Local { .. } => "local",
+            BackendSpec::Memory { .. } => "memory",
+            BackendSpec::S3 { .. } => "s3",
+            BackendSpec::Gcs { .. } => "gcs",
+            BackendSpec::Azure { .. } => "azure",
+        }
+    }
+
+    fn prefix(&self) -> &str {
+        match self {
+            BackendSpec::Local { prefix, .. }
+            | BackendSpec::Memory { prefix }
+            | BackendSpec::S3 { prefix, .. }
+            | BackendSpec::Gcs { prefix, .. }
+            | BackendSpec::Azure { prefix, .. } => prefix,
+        }
+    }
+}
+
+/// Builds the object-store client a spec describes. Creates nothing remote: a missing bucket shows
+/// up on the first request.
+pub fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn ObjectStore>, BackendError> {
+    let backend = spec.kind();
+    let build = |source| BackendError::Build { backend, source };
+    let store: Arc<dyn ObjectStore> = match spec {
+        BackendSpec::Local { path, .. } => {
+            std::fs::create_dir_all(path).map_err(|source| BackendError::LocalDir {
+                path: path.clone(),
+                source,
+            })?;
+            Arc::new(LocalFileSystem::new_with_prefix(path).map_err(build)?)
+        }
+        BackendSpec::Memory { .. } => Arc::new(InMemory::new()),
+        BackendSpec::S3 {
+            bucket,
+            endpoint,
+            region,
+            access_key_id,
+            secret_access_key,
+            session_token,
+            ..
+        } => {
+            let mut b = AmazonS3Builder::new()
+                .with_bucket_name(bucket)
+                .with_region(region.as_deref().unwrap_or("us-east-1"));
+            if let Some(endpoint) = endpoint {
+                let url = check_url(backend, endpoint)?;
+                b = b
+                    .with_endpoint(endpoint)
+                    .with_allow_http(url.scheme() == "http")
+                    .with_virtual_hosted_style_request(false);
+            }
+            if let Some(v) = access_key_id {
+                b = b.with_access_key_id(v);
+            }
+            if let Some(v) = secret_access_key {
+                b = b.with_secret_access_key(v);
+            }
+            if let Some(v) = session_token {
+                b = b.with_token(v);
+            }
+            Arc::new(b.build().map_err(build)?)
+        }
+        BackendSpec::Gcs {
+            bucket,
+            endpoint,
+            service_account_key,
+            ..
+        } => {
+            let mut b = GoogleCloudStorageBuilder::new().with_bucket_name(bucket);
+            match (endpoint, service_account_key) {
+                (_, Some(key)) => b = b.with_service_account_key(key),
+                // An emulator without credentials: object_store's documented emulator key.
+                (Some(_), None) => {
+                    b = b.with_service_account_key(
+                        r#"{"private_key":"","private_key_id":"","client_email":"","disable_oauth":true}"#,
+                    )
+                }
+                (None, None) => {}
+            }
+            if let Some(endpoint) = endpoint {
+                let url = check_url(backend, endpoint)?;
+                b = b
+                    .with_base_url(endpoint.trim_end_matches('/'))
+                    .with_client_options(
+                        object_store::ClientOptions::new().with_allow_http(url.scheme() == "http"),
+                    );
+            }
+            Arc::new(b.build().map_err(build)?)
+        }
+        BackendSpec::Azure {
+            account,
+            container,
+            endpoint,
+            access_key,
+            ..
+        } => {
+            let mut b = MicrosoftAzureBuilder::new()
+                .with_account(account)
+                .with_container_name(container);
+            if let Some(endpoint) = endpoint {
+                let url = check_url(backend, endpoint)?;
+                b = b
+                    .with_endpoint(endpoint.trim_end_matches('/').to_string())
+                    .with_allow_http(url.scheme() == "http");
+            }
+            if let Some(key) = access_key {
+                b = b.with_access_key(key);
+            }
+            Arc::new(b.build().map_err(build)?)
+        }
+    };
+    Ok(match spec.prefix().trim_matches('/') {
+        "" => store,
+        prefix => Arc::new(PrefixStore::new(store, prefix)),
+    })
+}
+
+fn check_url(backend: &'static str, endpoint: &str) -> Result<url::Url, BackendError> {
+    url::Url::parse(endpoint).map_err(|source| BackendError::Endpoint {
+        backend,
+        endpoint: endpoint.to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::{ObjectStoreExt, PutPayload, path::Path};
+
+    #[tokio::test]
+    async fn local_backend_with_prefix_stores_under_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = BackendSpec::Local {
+            path: dir.path().join("blocks"),
+            prefix: "vol1".into(),
+        };
+        let store = open_backend(&spec).unwrap();
+        store
+            .put(&Path::from("a/b"), PutPayload::from_static(b"hello"))
+            .await
+            .unwrap();
+        let on_disk = std::fs::read(dir.path().join("blocks/vol1/a/b")).unwrap();
+        assert_eq!(on_disk, b"hello");
+        let got = store.get(&Path::from("a/b")).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&got[..], b"hello");
+    }
+
+    #[test]
+    fn bad_endpoint_names_the_backend_and_the_value() {
+        let spec = BackendSpec::S3 {
+            bucket: "b".into(),
+            prefix: String::new(),
+            endpoint: Some("not a url".into()),
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+        };
+        let err = open_backend(&spec).err().unwrap().to_string();
+        assert!(err.contains("s3") && err.contains("not a url"), "{err}");
+    }
+
+    #[test]
+    fn spec_round_trips_through_json_with_backend_tag() {
+        let spec = BackendSpec::Gcs {
+            bucket: "b".into(),
+            prefix: "p".into(),
+            endpoint: Some("http://127.0.0.1:4443".into()),
+            service_account_key: None,
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains(r#""backend":"gcs""#), "{json}");
+        assert_eq!(serde_json::from_str::<BackendSpec>(&json).unwrap(), spec);
+    }
+}
