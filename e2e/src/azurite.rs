@@ -34,9 +34,12 @@ impl Azurite {
         let port = free_port()?;
         let mut cmd = Command::new(tools::binary_of("azurite", "azurite-blob")?);
         cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .args(["--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck"])
-            .arg("--location")
-            .arg(dir.path());
+            .args([
+                "--inMemoryPersistence",
+                "--disableTelemetry",
+                "--skipApiVersionCheck",
+            ])
+            .current_dir(dir.path());
         let mut service = Service::spawn("azurite", cmd, dir.path())?;
         let endpoint = format!("http://127.0.0.1:{port}/{ACCOUNT}");
         let container = "stratusfs".to_string();
@@ -83,15 +86,19 @@ impl Azurite {
 async fn create_container(endpoint: &str, account: &str, key: &str, container: &str) -> Result<()> {
     let what = format!("creating Azurite container {container}");
     let resource = format!("/{account}/{account}/{container}\nrestype:container");
-    let headers = sign::azure_shared_key_headers("PUT", account, key, &resource, chrono::Utc::now())
-        .map_err(|e| HarnessError::setup(&what, e))?;
+    let headers =
+        sign::azure_shared_key_headers("PUT", account, key, &resource, chrono::Utc::now())
+            .map_err(|e| HarnessError::setup(&what, e))?;
     let mut req = http_client()
         .put(format!("{endpoint}/{container}?restype=container"))
         .header("content-length", "0");
     for (name, value) in headers {
         req = req.header(name, value);
     }
-    let resp = req.send().await.map_err(|e| HarnessError::setup(&what, e))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| HarnessError::setup(&what, e))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();

@@ -17,8 +17,12 @@ use crate::{HarnessError, Result};
 /// A free TCP port on 127.0.0.1 (the OS picks it; the listener is closed before returning, so a
 /// service started right after can bind it).
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(HarnessError::io("binding 127.0.0.1:0"))?;
-    let port = l.local_addr().map_err(HarnessError::io("reading a bound address"))?.port();
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(HarnessError::io("binding 127.0.0.1:0"))?;
+    let port = l
+        .local_addr()
+        .map_err(HarnessError::io("reading a bound address"))?
+        .port();
     Ok(port)
 }
 
@@ -46,7 +50,10 @@ impl Service {
         let err = out
             .try_clone()
             .map_err(HarnessError::io(format!("duplicating {}", log.display())))?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {

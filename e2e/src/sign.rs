@@ -47,7 +47,9 @@ pub fn sigv4_headers(
         ("x-amz-content-sha256", payload),
         (
             "authorization",
-            format!("AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, Signature={signature}"),
+            format!(
+                "AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, Signature={signature}"
+            ),
         ),
     ]
 }
@@ -65,7 +67,9 @@ pub fn azure_shared_key_headers(
     let date = now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
     let version = "2021-08-06";
     // VERB, then 11 standard headers (all empty for a bodiless request), then x-ms-* headers.
-    let to_sign = format!("{method}\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n{resource}");
+    let to_sign = format!(
+        "{method}\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n{resource}"
+    );
     let signature = B64.encode(hmac(&key, to_sign.as_bytes()));
     Ok(vec![
         ("x-ms-date", date),

@@ -28,10 +28,11 @@ impl PjdfstestSummary {
     pub fn parse(output: &str) -> Option<PjdfstestSummary> {
         let plain = strip_ansi(output);
         let line = plain.lines().rev().find(|l| l.starts_with("Summary:"))?;
-        let mut n = line
-            .trim_start_matches("Summary:")
-            .split(',')
-            .map(|part| part.split_whitespace().next().and_then(|w| w.parse::<u32>().ok()));
+        let mut n = line.trim_start_matches("Summary:").split(',').map(|part| {
+            part.split_whitespace()
+                .next()
+                .and_then(|w| w.parse::<u32>().ok())
+        });
         Some(PjdfstestSummary {
             failed: n.next()??,
             skipped: n.next()??,
@@ -98,9 +99,16 @@ pub fn pjdfstest(dir: &Path, patterns: &[&str]) -> Result<PjdfstestSummary> {
         .map_err(HarnessError::io("running pjdfstest"));
     let _ = std::fs::remove_file(&config);
     let out = out?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     PjdfstestSummary::parse(&text).ok_or_else(|| {
-        HarnessError::setup("running pjdfstest", format!("no summary line in its output:\n{text}"))
+        HarnessError::setup(
+            "running pjdfstest",
+            format!("no summary line in its output:\n{text}"),
+        )
     })
 }
 
@@ -129,7 +137,11 @@ pub fn fsx(file: &Path, config: &str, ops: u64, seed: u64, artifacts: &Path) -> 
         .map_err(HarnessError::io("running fsx"))?;
     Ok(FsxRun {
         ok: out.status.success(),
-        output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     })
 }
 
@@ -141,7 +153,10 @@ mod tests {
     fn parses_the_summary_line_with_colours() {
         let out = "chmod::foo                 ok\nrename::bar            \u{1b}[31mFAILED\u{1b}[0m\n\n\u{1b}[1;31mSummary\u{1b}[0m: 1 \u{1b}[1;31mfailed\u{1b}[0m, 42 \u{1b}[33mskipped\u{1b}[0m, 355 passed, 0 expected failures, 398 total\n";
         let s = PjdfstestSummary::parse(out).unwrap();
-        assert_eq!((s.failed, s.skipped, s.passed, s.expected_failures, s.total), (1, 42, 355, 0, 398));
+        assert_eq!(
+            (s.failed, s.skipped, s.passed, s.expected_failures, s.total),
+            (1, 42, 355, 0, 398)
+        );
         assert_eq!(s.failures(), ["rename::bar"]);
         assert!(PjdfstestSummary::parse("no summary").is_none());
     }

@@ -89,6 +89,9 @@ mod tests {
     fn a_missing_tool_names_the_install_command() {
         let empty = tempfile::tempdir().unwrap();
         let err = binary_in(empty.path(), "minio", "minio").unwrap_err();
-        assert!(err.to_string().contains("run `e2e/tools/install minio`"), "{err}");
+        assert!(
+            err.to_string().contains("run `e2e/tools/install minio`"),
+            "{err}"
+        );
     }
 }

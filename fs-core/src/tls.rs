@@ -31,7 +31,9 @@ mod tests {
         // provider's identity through its key-exchange group names instead.
         assert!(!a.cipher_suites.is_empty());
         assert!(
-            a.kx_groups.iter().any(|g| format!("{g:?}").contains("X25519MLKEM768")),
+            a.kx_groups
+                .iter()
+                .any(|g| format!("{g:?}").contains("X25519MLKEM768")),
             "aws-lc-rs offers the post-quantum hybrid group; ring does not: {:?}",
             a.kx_groups
         );

@@ -43,7 +43,10 @@ async fn main() -> anyhow::Result<()> {
         false => None,
     };
     if let Some(g) = &gcs {
-        lines.push(format!("fake-gcs-server   {}  bucket={} (no credentials)", g.endpoint, g.bucket));
+        lines.push(format!(
+            "fake-gcs-server   {}  bucket={} (no credentials)",
+            g.endpoint, g.bucket
+        ));
     }
     let azurite = match want(Part::Azurite) {
         true => Some(Azurite::start().await.context("starting Azurite")?),
@@ -56,7 +59,11 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     let kube = match want(Part::Kube) {
-        true => Some(ControlPlane::start().await.context("starting the Kubernetes control plane")?),
+        true => Some(
+            ControlPlane::start()
+                .await
+                .context("starting the Kubernetes control plane")?,
+        ),
         false => None,
     };
     if let Some(k) = &kube {

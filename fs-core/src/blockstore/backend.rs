@@ -68,18 +68,24 @@ pub enum BackendSpec {
 /// A block-store spec that cannot be turned into a working client.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("block store directory {path}: {source}; create it or fix the path in the block-store spec")]
+    #[error(
+        "block store directory {path}: {source}; create it or fix the path in the block-store spec"
+    )]
     LocalDir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("block store {backend} endpoint {endpoint:?} is not a URL ({source}); give scheme://host[:port]")]
+    #[error(
+        "block store {backend} endpoint {endpoint:?} is not a URL ({source}); give scheme://host[:port]"
+    )]
     Endpoint {
         backend: &'static str,
         endpoint: String,
         source: url::ParseError,
     },
-    #[error("block store {backend}: {source}; check the bucket, endpoint and credentials in the block-store spec")]
+    #[error(
+        "block store {backend}: {source}; check the bucket, endpoint and credentials in the block-store spec"
+    )]
     Build {
         backend: &'static str,
         source: object_store::Error,
@@ -235,7 +241,13 @@ mod tests {
             .unwrap();
         let on_disk = std::fs::read(dir.path().join("blocks/vol1/a/b")).unwrap();
         assert_eq!(on_disk, b"hello");
-        let got = store.get(&Path::from("a/b")).await.unwrap().bytes().await.unwrap();
+        let got = store
+            .get(&Path::from("a/b"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         assert_eq!(&got[..], b"hello");
     }
 
