@@ -1,8 +1,13 @@
 //! stratusfs core: everything the `stratusfs` command runs.
 //!
-//! The modules grow with the issues; today they hold what every other part needs first:
-//! the process-wide TLS set-up ([`tls`]) and the object-storage backends under the block store
-//! ([`blockstore`]).
+//! - [`meta`]: the metadata server (volumes, sessions, namespace, locks, quotas, GC) and its
+//!   gRPC service.
+//! - [`blockstore`]: object-storage backends under the block store.
+//! - [`proto`]: the wire protocol and database records generated from `proto/*.proto`.
+//! - [`tls`]: process-wide TLS set-up, certificates and fingerprints.
 
 pub mod blockstore;
+pub mod cli;
+pub mod meta;
+pub mod proto;
 pub mod tls;

@@ -1,0 +1,428 @@
+//! The `stratusfs` command line: flags (clap) and the thin glue from each subcommand to the
+//! library. The binary only installs the TLS provider and logging and calls [`run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::blockstore::BackendSpec;
+use crate::meta::client::{admin_client, connect};
+use crate::meta::server::{ServerConfig, start};
+use crate::proto::pb;
+use crate::tls::ClientTrust;
+
+#[derive(Parser)]
+#[command(
+    name = "stratusfs",
+    version,
+    about = "A cloud POSIX filesystem: data in object storage, metadata on a metadata server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a metadata server.
+    Meta(MetaArgs),
+    /// Administer a metadata server: volumes, tokens, quotas, usage.
+    Admin(AdminArgs),
+    /// Delete the block objects of a volume that nothing may need any more.
+    Gc(GcArgs),
+}
+
+#[derive(Args)]
+pub struct MetaArgs {
+    /// Where the databases, the generated certificate and the volumes live.
+    #[arg(long, env = "STRATUSFS_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// gRPC (TLS) address.
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    pub listen: SocketAddr,
+    /// Plain-HTTP address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:7481")]
+    pub http_listen: SocketAddr,
+    /// Server certificate (PEM); reloaded when the file changes. Without it a self-signed one is
+    /// generated once and kept in DATA_DIR/tls.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Names (DNS or IP) for a generated certificate.
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    pub tls_names: Vec<String>,
+    /// Make every change durable before replying (otherwise: flush/fsync commits always are, other
+    /// changes within 1 s).
+    #[arg(long)]
+    pub sync: bool,
+    /// Session lease in seconds: a client silent this long loses its session, locks and opens.
+    #[arg(long, default_value_t = 30)]
+    pub lease_secs: u64,
+    /// A file whose content is an account token to accept (bootstrap).
+    #[arg(long, env = "STRATUSFS_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Seconds between scheduled garbage collections (0: never).
+    #[arg(long, default_value_t = 3600)]
+    pub gc_interval_secs: u64,
+    /// Seconds an uploaded block that no commit references is kept.
+    #[arg(long, default_value_t = 3600)]
+    pub gc_grace_secs: u64,
+}
+
+/// How to reach a server.
+#[derive(Args, Clone)]
+pub struct ServerArgs {
+    /// The metadata server, HOST:PORT.
+    #[arg(long, env = "STRATUSFS_SERVER", default_value = "127.0.0.1:7480")]
+    pub server: String,
+    /// CA (or server certificate) file to verify the server with.
+    #[arg(long, env = "STRATUSFS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the server certificate (the server logs it at start).
+    #[arg(long, env = "STRATUSFS_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// File holding an account token.
+    #[arg(long, env = "STRATUSFS_ACCOUNT_TOKEN_FILE")]
+    pub account_token_file: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    async fn admin(&self) -> anyhow::Result<crate::meta::client::AdminClient> {
+        let trust = ClientTrust {
+            ca_file: self.ca_file.clone(),
+            fingerprint: self.fingerprint.clone(),
+        };
+        let channel = connect(&self.server, &trust).await?;
+        let path = self
+            .account_token_file
+            .as_ref()
+            .context("give --account-token-file (or STRATUSFS_ACCOUNT_TOKEN_FILE)")?;
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the account token from {}", path.display()))?;
+        Ok(admin_client(channel, &token)?)
+    }
+}
+
+#[derive(Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Create a volume.
+    VolumeCreate {
+        name: String,
+        /// Block-store spec as JSON, e.g. {"backend":"s3","bucket":"b","endpoint":"http://..."}.
+        #[arg(long, conflicts_with = "local")]
+        backend_json: Option<String>,
+        /// Shorthand for a local-folder block store.
+        #[arg(long)]
+        local: Option<PathBuf>,
+        /// Block size in bytes: a power of two from 262144 to 8388608.
+        #[arg(long, default_value_t = crate::meta::volume::DEFAULT_BLOCK_SIZE)]
+        block_size: u32,
+        /// none, lz4 or zstd.
+        #[arg(long, default_value = "lz4")]
+        compression: String,
+        /// History retention in seconds (-1 forever, 0 none).
+        #[arg(long, allow_hyphen_values = true)]
+        retention_secs: Option<i64>,
+        #[arg(long, default_value_t = 0)]
+        quota_bytes: u64,
+        #[arg(long, default_value_t = 0)]
+        quota_inodes: u64,
+    },
+    /// List volumes.
+    VolumeList,
+    /// Delete a volume's metadata (block objects stay in the bucket).
+    VolumeDelete { name: String },
+    /// Change a volume's retention.
+    VolumeUpdate {
+        name: String,
+        #[arg(long, allow_hyphen_values = true)]
+        retention_secs: Option<i64>,
+    },
+    /// Create a volume token; prints the token (shown once).
+    TokenCreate {
+        volume: String,
+        /// Limit the token to this directory of the volume.
+        #[arg(long, default_value = "/")]
+        subpath: String,
+        #[arg(long)]
+        read_only: bool,
+        #[arg(long)]
+        root_squash: bool,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// List a volume's tokens (ids, never the tokens).
+    TokenList { volume: String },
+    /// Revoke a token by id; its live sessions end.
+    TokenRevoke { volume: String, id: String },
+    /// Create another account token; prints it (shown once).
+    AccountTokenCreate {
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Set a quota on a directory ("/" for the volume). 0 means no limit.
+    QuotaSet {
+        volume: String,
+        path: String,
+        #[arg(long, default_value_t = 0)]
+        bytes: u64,
+        #[arg(long, default_value_t = 0)]
+        inodes: u64,
+    },
+    /// Usage, quotas and live sessions of a volume.
+    Usage { volume: String },
+}
+
+#[derive(Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    pub volume: String,
+    /// Count what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn compression(s: &str) -> anyhow::Result<pb::Compression> {
+    let kind = match s {
+        "none" => pb::compression::Kind::None,
+        "lz4" => pb::compression::Kind::Lz4,
+        "zstd" => pb::compression::Kind::Zstd,
+        other => bail!("compression {other:?}: use none, lz4 or zstd"),
+    };
+    Ok(pb::Compression {
+        kind: kind as i32,
+        level: 0,
+    })
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Meta(a) => {
+            let mut cfg = ServerConfig::new(a.data_dir);
+            cfg.listen = a.listen;
+            cfg.http_listen = a.http_listen;
+            cfg.tls_cert = a.tls_cert.zip(a.tls_key);
+            cfg.tls_names = a.tls_names;
+            cfg.sync = a.sync;
+            cfg.lease = Duration::from_secs(a.lease_secs.max(1));
+            cfg.admin_token_file = a.admin_token_file;
+            cfg.gc_interval = Duration::from_secs(a.gc_interval_secs);
+            cfg.gc_grace = Duration::from_secs(a.gc_grace_secs);
+            let running = start(cfg).await?;
+            println!(
+                "stratusfs meta listening on {} (TLS, fingerprint {}), metrics on http://{}/metrics",
+                running.grpc_addr, running.fingerprint, running.http_addr
+            );
+            shutdown_signal().await;
+            tracing::info!("stopping");
+            running.stop().await;
+            Ok(())
+        }
+        Command::Admin(a) => admin(a).await,
+        Command::Gc(g) => {
+            let mut c = g.server.admin().await?;
+            let r = c
+                .gc(pb::GcRequest {
+                    volume: g.volume.clone(),
+                    dry_run: g.dry_run,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{} {} block objects; kept {} for retention and {} uploads in their grace period",
+                if g.dry_run { "would delete" } else { "deleted" },
+                r.deleted,
+                r.kept_retention,
+                r.kept_grace
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn admin(a: AdminArgs) -> anyhow::Result<()> {
+    let mut c = a.server.admin().await?;
+    match a.command {
+        AdminCommand::VolumeCreate {
+            name,
+            backend_json,
+            local,
+            block_size,
+            compression: comp,
+            retention_secs,
+            quota_bytes,
+            quota_inodes,
+        } => {
+            let backend_json = match (backend_json, local) {
+                (Some(j), _) => j,
+                (None, Some(path)) => serde_json::to_string(&BackendSpec::Local {
+                    path,
+                    prefix: String::new(),
+                })?,
+                (None, None) => bail!("give the block store: --local DIR or --backend-json JSON"),
+            };
+            let info = c
+                .create_volume(pb::CreateVolumeRequest {
+                    name,
+                    block_size,
+                    compression: Some(compression(&comp)?),
+                    retention_secs,
+                    quota: Some(pb::Quota {
+                        max_bytes: quota_bytes,
+                        max_inodes: quota_inodes,
+                    }),
+                    backend_json,
+                    encryption: None,
+                })
+                .await?
+                .into_inner();
+            println!("created volume {} ({})", info.name, info.uuid);
+        }
+        AdminCommand::VolumeList => {
+            for v in c.list_volumes(pb::Empty {}).await?.into_inner().volumes {
+                println!(
+                    "{}\t{}\tblock_size={}\tretention_secs={}",
+                    v.name, v.uuid, v.block_size, v.retention_secs
+                );
+            }
+        }
+        AdminCommand::VolumeDelete { name } => {
+            c.delete_volume(pb::VolumeRef {
+                volume: name.clone(),
+            })
+            .await?;
+            println!("deleted volume {name}");
+        }
+        AdminCommand::VolumeUpdate {
+            name,
+            retention_secs,
+        } => {
+            let v = c
+                .update_volume(pb::UpdateVolumeRequest {
+                    volume: name,
+                    retention_secs,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            println!("volume {}: retention_secs={}", v.name, v.retention_secs);
+        }
+        AdminCommand::TokenCreate {
+            volume,
+            subpath,
+            read_only,
+            root_squash,
+            comment,
+        } => {
+            let t = c
+                .create_token(pb::CreateTokenRequest {
+                    volume,
+                    subpath,
+                    read_only,
+                    root_squash,
+                    comment,
+                })
+                .await?
+                .into_inner();
+            println!("{}", t.token);
+            eprintln!("token id {} (the token is shown only now)", t.id);
+        }
+        AdminCommand::TokenList { volume } => {
+            for t in c
+                .list_tokens(pb::VolumeRef { volume })
+                .await?
+                .into_inner()
+                .tokens
+            {
+                println!(
+                    "{}\tsubpath={}\tread_only={}\troot_squash={}\t{}",
+                    t.id,
+                    if t.subpath.is_empty() {
+                        "/"
+                    } else {
+                        &t.subpath
+                    },
+                    t.read_only,
+                    t.root_squash,
+                    t.comment
+                );
+            }
+        }
+        AdminCommand::TokenRevoke { volume, id } => {
+            c.revoke_token(pb::RevokeTokenRequest {
+                volume,
+                id: id.clone(),
+            })
+            .await?;
+            println!("revoked token {id}");
+        }
+        AdminCommand::AccountTokenCreate { comment } => {
+            let t = c
+                .create_account_token(pb::CreateAccountTokenRequest { comment })
+                .await?
+                .into_inner();
+            println!("{}", t.token);
+        }
+        AdminCommand::QuotaSet {
+            volume,
+            path,
+            bytes,
+            inodes,
+        } => {
+            c.set_quota(pb::SetQuotaRequest {
+                volume,
+                path: path.clone(),
+                quota: Some(pb::Quota {
+                    max_bytes: bytes,
+                    max_inodes: inodes,
+                }),
+            })
+            .await?;
+            println!("quota on {path}: bytes={bytes} inodes={inodes} (0 = no limit)");
+        }
+        AdminCommand::Usage { volume } => {
+            let u = c.usage(pb::VolumeRef { volume }).await?.into_inner();
+            println!(
+                "used_bytes={} used_inodes={} stored_blocks={} pending_gc_blocks={}",
+                u.used_bytes, u.used_inodes, u.stored_blocks, u.pending_gc_blocks
+            );
+            for q in u.quotas {
+                let l = q.quota.unwrap_or_default();
+                println!(
+                    "quota {}: bytes {}/{} inodes {}/{}",
+                    q.path, q.used_bytes, l.max_bytes, q.used_inodes, l.max_inodes
+                );
+            }
+            for s in u.sessions {
+                println!(
+                    "session {} client={} token={} open_files={} locks={}",
+                    s.id, s.client, s.token_id, s.open_files, s.locks
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

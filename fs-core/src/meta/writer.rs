@@ -1,0 +1,213 @@
+//! The write path: one thread per volume applies every change, each in its own redb transaction,
+//! and group-commits durability.
+//!
+//! Each change commits with `Durability::None` (in memory, visible to readers at once). A change
+//! whose caller waits for durability (flush, fsync, every change under `--sync`) is answered only
+//! after the next `Durability::Immediate` commit, which makes every earlier change durable too: all
+//! such callers that queued meanwhile share that one disk sync. Other changes are made durable by
+//! the same thread at most [`FLUSH_INTERVAL`] after they were applied, so a change answered more
+//! than [`DURABLE_WITHIN`] ago survives a crash.
+//!
+//! A crash loses only changes after the last immediate commit; redb's commit protocol keeps the
+//! file consistent whatever the instant.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::time::{Duration, Instant};
+
+use redb::{Database, Durability, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::error::{MetaError, MetaResult};
+
+/// How often pending non-durable changes are synced to disk.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// The bound the docs state: a change answered this long ago is durable.
+pub const DURABLE_WITHIN: Duration = Duration::from_secs(1);
+
+type Finish = Box<dyn FnOnce(Option<MetaError>) + Send>;
+type Run = Box<dyn FnOnce(&WriteTransaction) -> (bool, Finish) + Send>;
+
+struct Job {
+    durable: bool,
+    run: Run,
+}
+
+/// Statistics the metrics endpoint reads.
+#[derive(Default, Debug)]
+pub struct WriterStats {
+    pub commits: std::sync::atomic::AtomicU64,
+    pub syncs: std::sync::atomic::AtomicU64,
+    /// Sum and count of immediate-commit durations, for the commit latency metric.
+    pub sync_micros: std::sync::atomic::AtomicU64,
+}
+
+/// Handle to a volume's writer thread. Cloning shares the thread; it stops when the last handle is
+/// dropped, after a final immediate commit.
+#[derive(Clone)]
+pub struct Writer {
+    tx: Sender<Job>,
+    sync_all: bool,
+    pub stats: Arc<WriterStats>,
+}
+
+impl Writer {
+    /// Starts the writer thread for `db`. With `sync_all`, every change is durable before its reply.
+    pub fn start(db: Arc<Database>, name: &str, sync_all: bool) -> Writer {
+        let (tx, rx) = channel();
+        let stats = Arc::new(WriterStats::default());
+        let s = stats.clone();
+        std::thread::Builder::new()
+            .name(format!("meta-writer-{name}"))
+            .spawn(move || run(db, rx, s))
+            .expect("spawning a thread");
+        Writer {
+            tx,
+            sync_all,
+            stats,
+        }
+    }
+
+    /// Applies `f` in a write transaction. The transaction commits when `f` returns `Ok` and is
+    /// aborted otherwise, so a failed operation changes nothing. With `durable`, returns only once
+    /// the change is on disk.
+    pub async fn write<R, F>(&self, durable: bool, f: F) -> MetaResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> MetaResult<R> + Send + 'static,
+    {
+        self.submit(durable, f)
+            .await
+            .map_err(|_| MetaError::Internal("the volume's writer dropped a change".into()))?
+    }
+
+    /// Enqueues `f` without waiting: changes enqueued from one thread apply in that order.
+    pub fn submit<R, F>(&self, durable: bool, f: F) -> oneshot::Receiver<MetaResult<R>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> MetaResult<R> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            durable: durable || self.sync_all,
+            run: Box::new(move |txn| {
+                let r = f(txn);
+                let ok = r.is_ok();
+                let finish: Finish = Box::new(move |commit_err| {
+                    let _ = reply.send(match commit_err {
+                        Some(e) => Err(e),
+                        None => r,
+                    });
+                });
+                (ok, finish)
+            }),
+        };
+        // A stopped writer drops the job; the receiver then reports it.
+        let _ = self.tx.send(job);
+        rx
+    }
+
+    /// Returns once every change applied so far is durable.
+    pub async fn sync(&self) -> MetaResult<()> {
+        self.write(true, |_| Ok(())).await
+    }
+}
+
+fn immediate_commit(db: &Database, stats: &WriterStats) -> Result<(), MetaError> {
+    let start = Instant::now();
+    let txn = db.begin_write()?;
+    // An empty immediate commit persists every earlier non-durable commit.
+    txn.commit()?;
+    stats
+        .syncs
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    stats.sync_micros.fetch_add(
+        start.elapsed().as_micros() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    Ok(())
+}
+
+fn run(db: Arc<Database>, rx: Receiver<Job>, stats: Arc<WriterStats>) {
+    let mut dirty_since: Option<Instant> = None;
+    loop {
+        let wait = match dirty_since {
+            Some(t) => FLUSH_INTERVAL.saturating_sub(t.elapsed()),
+            None => Duration::from_secs(3600),
+        };
+        let first = match rx.recv_timeout(wait) {
+            Ok(job) => Some(job),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut waiting: Vec<(Finish, Option<MetaError>)> = Vec::new();
+        let mut batch: Vec<Job> = first.into_iter().collect();
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        for job in batch {
+            let (durable, outcome) = apply(&db, job);
+            let Some((finish, err)) = outcome else {
+                continue;
+            };
+            stats
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if dirty_since.is_none() {
+                dirty_since = Some(Instant::now());
+            }
+            if durable {
+                waiting.push((finish, err));
+            } else {
+                finish(err);
+            }
+        }
+        let due = dirty_since.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL);
+        if !waiting.is_empty() || due {
+            let sync_err = immediate_commit(&db, &stats).err();
+            if let Some(e) = &sync_err {
+                tracing::error!(error = %e, "syncing the metadata database failed; durable replies fail");
+            } else {
+                dirty_since = None;
+            }
+            for (finish, err) in waiting {
+                finish(err.or_else(|| sync_err.clone()));
+            }
+        }
+    }
+    if dirty_since.is_some()
+        && let Err(e) = immediate_commit(&db, &stats)
+    {
+        tracing::error!(error = %e, "final sync of the metadata database failed");
+    }
+}
+
+/// Runs one job in its own transaction. Returns whether the job wants durability and, when it
+/// committed or failed, its finisher with the error to report.
+fn apply(db: &Database, job: Job) -> (bool, Option<(Finish, Option<MetaError>)>) {
+    let mut txn = match db.begin_write() {
+        Ok(t) => t,
+        Err(e) => {
+            // The job never ran; answer it with the error through a no-op transaction-less path.
+            tracing::error!(error = %e, "cannot begin a metadata write transaction");
+            return (false, None);
+        }
+    };
+    if let Err(e) = txn.set_durability(Durability::None) {
+        tracing::warn!(error = %e, "non-durable commits unavailable; committing immediately");
+    }
+    let durable = job.durable;
+    let (ok, finish) = (job.run)(&txn);
+    if ok {
+        let err = txn.commit().err().map(MetaError::from);
+        (durable, Some((finish, err)))
+    } else {
+        let _ = txn.abort();
+        // Nothing changed: answer at once, durability is moot.
+        finish(None);
+        (false, None)
+    }
+}
