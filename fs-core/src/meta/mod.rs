@@ -12,6 +12,8 @@ pub mod quota;
 pub mod schema;
 pub mod server;
 pub mod service;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod tx;
 pub mod volume;
 pub mod writer;

@@ -1,0 +1,21 @@
+//! Metadata server tests: a real server in this process, reached over TLS on loopback by real
+//! gRPC clients (the same the mounts use).
+
+mod bad_input;
+mod fs;
+mod locks;
+mod model;
+mod posix;
+mod quota_gc;
+mod tokens;
+
+use fs::Fs;
+use fs_core::meta::testkit::TestServer;
+
+/// A server with one volume "v" and a root session on it.
+pub async fn setup() -> (TestServer, Fs) {
+    let srv = TestServer::start(|_| {}).await;
+    let (_, token) = srv.volume("v", |_| {}).await;
+    let s = srv.session("v", &token).await;
+    (srv, Fs::new(s))
+}
