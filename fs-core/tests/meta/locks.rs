@@ -14,8 +14,7 @@ fn lock(
     owner: u64,
     kind: pb::LockKind,
     t: pb::LockType,
-    start: u64,
-    end: u64,
+    (start, end): (u64, u64),
     wait: bool,
 ) -> pb::LockRequest {
     pb::LockRequest {
@@ -58,20 +57,20 @@ async fn conflicts_getlk_and_a_waiter_woken_by_the_server() {
     let (srv, a, b, ino) = two_sessions(30).await;
     a.s.rpc
         .clone()
-        .set_lock(lock(&a, ino, 1, Posix, Write, 0, 99, false))
+        .set_lock(lock(&a, ino, 1, Posix, Write, (0, 99), false))
         .await
         .unwrap();
     let err =
         b.s.rpc
             .clone()
-            .set_lock(lock(&b, ino, 1, Posix, Write, 50, 60, false))
+            .set_lock(lock(&b, ino, 1, Posix, Write, (50, 60), false))
             .await
             .unwrap_err();
     assert_eq!(errno(err), libc::EAGAIN);
     let got =
         b.s.rpc
             .clone()
-            .get_lock(lock(&b, ino, 1, Posix, Write, 50, 60, false))
+            .get_lock(lock(&b, ino, 1, Posix, Write, (50, 60), false))
             .await
             .unwrap()
             .into_inner();
@@ -79,7 +78,7 @@ async fn conflicts_getlk_and_a_waiter_woken_by_the_server() {
     assert_eq!(
         b.s.rpc
             .clone()
-            .get_lock(lock(&b, ino, 1, Posix, Write, 100, 200, false))
+            .get_lock(lock(&b, ino, 1, Posix, Write, (100, 200), false))
             .await
             .unwrap()
             .into_inner()
@@ -89,12 +88,12 @@ async fn conflicts_getlk_and_a_waiter_woken_by_the_server() {
     // Read locks of two sessions share.
     a.s.rpc
         .clone()
-        .set_lock(lock(&a, ino, 1, Posix, Read, 500, 600, false))
+        .set_lock(lock(&a, ino, 1, Posix, Read, (500, 600), false))
         .await
         .unwrap();
     b.s.rpc
         .clone()
-        .set_lock(lock(&b, ino, 1, Posix, Read, 550, 650, false))
+        .set_lock(lock(&b, ino, 1, Posix, Read, (550, 650), false))
         .await
         .unwrap();
 
@@ -108,14 +107,14 @@ async fn conflicts_getlk_and_a_waiter_woken_by_the_server() {
         "stratusfs_meta_lock_requests_total{result=\"conflict\"}",
     );
     let mut rpc = b.s.rpc.clone();
-    let req = lock(&b, ino, 1, Posix, Write, 50, 60, true);
+    let req = lock(&b, ino, 1, Posix, Write, (50, 60), true);
     let waiter = tokio::spawn(async move { rpc.set_lock(req).await.map(|_| Instant::now()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiter.is_finished(), "the lock is still held");
     let released = Instant::now();
     a.s.rpc
         .clone()
-        .set_lock(lock(&a, ino, 1, Posix, Unlock, 0, 99, false))
+        .set_lock(lock(&a, ino, 1, Posix, Unlock, (0, 99), false))
         .await
         .unwrap();
     let granted = tokio::time::timeout(Duration::from_secs(2), waiter)
@@ -145,7 +144,7 @@ async fn conflicts_getlk_and_a_waiter_woken_by_the_server() {
     let got =
         a.s.rpc
             .clone()
-            .get_lock(lock(&a, ino, 1, Posix, Write, 55, 55, false))
+            .get_lock(lock(&a, ino, 1, Posix, Write, (55, 55), false))
             .await
             .unwrap()
             .into_inner();
@@ -161,11 +160,11 @@ async fn a_cancelled_wait_is_withdrawn() {
     let (srv, a, b, ino) = two_sessions(30).await;
     a.s.rpc
         .clone()
-        .set_lock(lock(&a, ino, 1, Posix, Write, 0, 0, false))
+        .set_lock(lock(&a, ino, 1, Posix, Write, (0, 0), false))
         .await
         .unwrap();
     let mut rpc = b.s.rpc.clone();
-    let req = lock(&b, ino, 1, Posix, Write, 0, 0, true);
+    let req = lock(&b, ino, 1, Posix, Write, (0, 0), true);
     let waiter = tokio::spawn(async move { rpc.set_lock(req).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     waiter.abort();
@@ -180,13 +179,13 @@ async fn a_cancelled_wait_is_withdrawn() {
     );
     a.s.rpc
         .clone()
-        .set_lock(lock(&a, ino, 1, Posix, Unlock, 0, 0, false))
+        .set_lock(lock(&a, ino, 1, Posix, Unlock, (0, 0), false))
         .await
         .unwrap();
     let got =
         a.s.rpc
             .clone()
-            .get_lock(lock(&a, ino, 9, Posix, Write, 0, 0, false))
+            .get_lock(lock(&a, ino, 9, Posix, Write, (0, 0), false))
             .await
             .unwrap()
             .into_inner();
@@ -203,28 +202,28 @@ async fn closing_a_handle_drops_its_owners_locks_and_its_flock() {
     let open_id = a.open(ino, libc::O_RDWR).await.unwrap();
     a.s.rpc
         .clone()
-        .set_lock(lock(&a, ino, 42, Posix, Write, 0, 10, false))
+        .set_lock(lock(&a, ino, 42, Posix, Write, (0, 10), false))
         .await
         .unwrap();
-    let mut fl = lock(&a, ino, 43, Flock, Write, 0, u64::MAX, false);
+    let mut fl = lock(&a, ino, 43, Flock, Write, (0, u64::MAX), false);
     fl.open_id = open_id;
     a.s.rpc.clone().set_lock(fl).await.unwrap();
     let err =
         b.s.rpc
             .clone()
-            .set_lock(lock(&b, ino, 7, Flock, Write, 0, u64::MAX, false))
+            .set_lock(lock(&b, ino, 7, Flock, Write, (0, u64::MAX), false))
             .await
             .unwrap_err();
     assert_eq!(errno(err), libc::EAGAIN, "flock conflicts across sessions");
     a.release(open_id, vec![42]).await.unwrap();
     b.s.rpc
         .clone()
-        .set_lock(lock(&b, ino, 7, Posix, Write, 0, 10, false))
+        .set_lock(lock(&b, ino, 7, Posix, Write, (0, 10), false))
         .await
         .unwrap();
     b.s.rpc
         .clone()
-        .set_lock(lock(&b, ino, 7, Flock, Write, 0, u64::MAX, false))
+        .set_lock(lock(&b, ino, 7, Flock, Write, (0, u64::MAX), false))
         .await
         .unwrap();
 }
@@ -234,13 +233,13 @@ async fn a_dead_sessions_locks_go_when_its_lease_ends() {
     let (_srv, a, b, ino) = two_sessions(2).await;
     a.s.rpc
         .clone()
-        .set_lock(lock(&a, ino, 1, Posix, Write, 0, u64::MAX, false))
+        .set_lock(lock(&a, ino, 1, Posix, Write, (0, u64::MAX), false))
         .await
         .unwrap();
     // A goes silent (no heartbeat task runs in this test); B waits for the lock.
     let start = Instant::now();
     let mut rpc = b.s.rpc.clone();
-    let req = lock(&b, ino, 1, Posix, Write, 0, 0, true);
+    let req = lock(&b, ino, 1, Posix, Write, (0, 0), true);
     let keepalive = {
         let b = b.clone();
         tokio::spawn(async move {
