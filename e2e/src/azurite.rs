@@ -34,11 +34,7 @@ impl Azurite {
         let port = free_port()?;
         let mut cmd = Command::new(tools::binary_of("azurite", "azurite-blob")?);
         cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .args([
-                "--inMemoryPersistence",
-                "--disableTelemetry",
-                "--skipApiVersionCheck",
-            ])
+            .args(["--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck"])
             .current_dir(dir.path());
         let mut service = Service::spawn("azurite", cmd, dir.path())?;
         let endpoint = format!("http://127.0.0.1:{port}/{ACCOUNT}");
@@ -46,9 +42,7 @@ impl Azurite {
         // Ready means: the first container can be created.
         service
             .wait_ready(Duration::from_secs(60), || async {
-                create_container(&endpoint, ACCOUNT, ACCOUNT_KEY, &container)
-                    .await
-                    .map_err(|e| e.to_string())
+                create_container(&endpoint, ACCOUNT, ACCOUNT_KEY, &container).await.map_err(|e| e.to_string())
             })
             .await?;
         Ok(Azurite {
@@ -86,19 +80,13 @@ impl Azurite {
 async fn create_container(endpoint: &str, account: &str, key: &str, container: &str) -> Result<()> {
     let what = format!("creating Azurite container {container}");
     let resource = format!("/{account}/{account}/{container}\nrestype:container");
-    let headers =
-        sign::azure_shared_key_headers("PUT", account, key, &resource, chrono::Utc::now())
-            .map_err(|e| HarnessError::setup(&what, e))?;
-    let mut req = http_client()
-        .put(format!("{endpoint}/{container}?restype=container"))
-        .header("content-length", "0");
+    let headers = sign::azure_shared_key_headers("PUT", account, key, &resource, chrono::Utc::now())
+        .map_err(|e| HarnessError::setup(&what, e))?;
+    let mut req = http_client().put(format!("{endpoint}/{container}?restype=container")).header("content-length", "0");
     for (name, value) in headers {
         req = req.header(name, value);
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| HarnessError::setup(&what, e))?;
+    let resp = req.send().await.map_err(|e| HarnessError::setup(&what, e))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();

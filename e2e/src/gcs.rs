@@ -27,30 +27,16 @@ impl FakeGcs {
         let port = free_port()?;
         let endpoint = format!("http://127.0.0.1:{port}");
         let mut cmd = Command::new(tools::binary("fake-gcs-server")?);
-        cmd.args([
-            "-scheme",
-            "http",
-            "-host",
-            "127.0.0.1",
-            "-backend",
-            "memory",
-        ])
-        .args(["-port", &port.to_string()])
-        .args(["-public-host", &format!("127.0.0.1:{port}")])
-        .args(["-external-url", &endpoint])
-        .args(["-log-level", "warn"]);
+        cmd.args(["-scheme", "http", "-host", "127.0.0.1", "-backend", "memory"])
+            .args(["-port", &port.to_string()])
+            .args(["-public-host", &format!("127.0.0.1:{port}")])
+            .args(["-external-url", &endpoint])
+            .args(["-log-level", "warn"]);
         let mut service = Service::spawn("fake-gcs-server", cmd, dir.path())?;
         let http = http_client();
         let list = format!("{endpoint}/storage/v1/b");
-        service
-            .wait_ready(Duration::from_secs(30), || http_ok(&http, &list))
-            .await?;
-        let gcs = FakeGcs {
-            endpoint,
-            bucket: "stratusfs".into(),
-            service,
-            _dir: dir,
-        };
+        service.wait_ready(Duration::from_secs(30), || http_ok(&http, &list)).await?;
+        let gcs = FakeGcs { endpoint, bucket: "stratusfs".into(), service, _dir: dir };
         gcs.create_bucket(&gcs.bucket).await?;
         Ok(gcs)
     }
@@ -66,10 +52,7 @@ impl FakeGcs {
             .map_err(|e| HarnessError::setup(&what, e))?;
         if !resp.status().is_success() {
             let status = resp.status();
-            return Err(HarnessError::setup(
-                what,
-                format!("{status}: {}", resp.text().await.unwrap_or_default()),
-            ));
+            return Err(HarnessError::setup(what, format!("{status}: {}", resp.text().await.unwrap_or_default())));
         }
         Ok(())
     }

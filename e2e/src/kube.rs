@@ -50,43 +50,23 @@ impl ControlPlane {
         let mut cmd = Command::new(tools::binary("etcd")?);
         cmd.arg("--data-dir")
             .arg(d.join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &etcd_url,
-                "--advertise-client-urls",
-                &etcd_url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
+            .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("default={peer_url}")])
             .args(["--unsafe-no-fsync", "--log-level", "warn"]);
         let mut etcd = Service::spawn("etcd", cmd, d)?;
         let http = http_client();
         let health = format!("{etcd_url}/health");
-        etcd.wait_ready(Duration::from_secs(30), || http_ok(&http, &health))
-            .await?;
+        etcd.wait_ready(Duration::from_secs(30), || http_ok(&http, &health)).await?;
 
         // Certificates, service-account key, token file.
         let ca = TestCa::new("stratusfs-e2e-kubernetes-ca")?;
         let serving = ca.issue(
             "kube-apiserver",
-            &[
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-            ],
-            &[
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                "10.0.0.1".parse().expect("an IP literal"),
-            ],
+            &["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST), "10.0.0.1".parse().expect("an IP literal")],
         )?;
-        let sa = rcgen::KeyPair::generate()
-            .map_err(|e| HarnessError::setup("service-account key", e))?;
+        let sa = rcgen::KeyPair::generate().map_err(|e| HarnessError::setup("service-account key", e))?;
         let token = format!("e2e-admin-{}", uuid::Uuid::new_v4().simple());
         for (name, contents) in [
             ("ca.crt", ca.cert_pem.as_str()),
@@ -94,10 +74,7 @@ impl ControlPlane {
             ("apiserver.key", serving.key_pem.as_str()),
             ("sa.key", &sa.serialize_pem()),
             ("sa.pub", &sa.public_key_pem()),
-            (
-                "tokens.csv",
-                &format!("{token},admin,admin,system:masters\n"),
-            ),
+            ("tokens.csv", &format!("{token},admin,admin,system:masters\n")),
         ] {
             write(&d.join(name), contents)?;
         }
@@ -145,11 +122,7 @@ impl ControlPlane {
                     .send()
                     .await
                     .map_err(|e| format!("GET {readyz}: {e}"))?;
-                if r.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("GET {readyz}: {}", r.status()))
-                }
+                if r.status().is_success() { Ok(()) } else { Err(format!("GET {readyz}: {}", r.status())) }
             })
             .await?;
 
@@ -183,31 +156,17 @@ impl ControlPlane {
             .no_proxy()
             .tls_danger_accept_invalid_certs(true)
             .build()
-            .map_err(|e| {
-                HarnessError::setup("building an HTTPS client for the controller manager", e)
-            })?;
+            .map_err(|e| HarnessError::setup("building an HTTPS client for the controller manager", e))?;
         let healthz = format!("https://127.0.0.1:{kcm_port}/healthz");
-        controller_manager
-            .wait_ready(Duration::from_secs(60), || http_ok(&insecure, &healthz))
-            .await?;
+        controller_manager.wait_ready(Duration::from_secs(60), || http_ok(&insecure, &healthz)).await?;
 
-        Ok(ControlPlane {
-            server,
-            token,
-            kubeconfig,
-            ca_pem: ca.cert_pem,
-            controller_manager,
-            apiserver,
-            etcd,
-            dir,
-        })
+        Ok(ControlPlane { server, token, kubeconfig, ca_pem: ca.cert_pem, controller_manager, apiserver, etcd, dir })
     }
 
     /// A kube-rs client for this control plane, built from its kubeconfig.
     pub async fn client(&self) -> Result<kube::Client> {
         let what = "building a kube client from the e2e kubeconfig";
-        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)
-            .map_err(|e| HarnessError::setup(what, e))?;
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).map_err(|e| HarnessError::setup(what, e))?;
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
             .map_err(|e| HarnessError::setup(what, e))?;
@@ -220,10 +179,7 @@ impl ControlPlane {
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .args(args)
             .output()
-            .map_err(HarnessError::io(format!(
-                "running kubectl {}",
-                args.join(" ")
-            )))
+            .map_err(HarnessError::io(format!("running kubectl {}", args.join(" "))))
     }
 
     /// The directory holding certificates, kubeconfig and logs.

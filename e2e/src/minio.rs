@@ -44,9 +44,7 @@ impl Minio {
         let endpoint = format!("http://127.0.0.1:{port}");
         let http = http_client();
         let live = format!("{endpoint}/minio/health/ready");
-        service
-            .wait_ready(Duration::from_secs(60), || http_ok(&http, &live))
-            .await?;
+        service.wait_ready(Duration::from_secs(60), || http_ok(&http, &live)).await?;
         let minio = Minio {
             endpoint,
             access_key,
@@ -77,17 +75,11 @@ impl Minio {
         for (name, value) in headers {
             req = req.header(name, value);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| HarnessError::setup(format!("creating MinIO bucket {bucket}"), e))?;
+        let resp = req.send().await.map_err(|e| HarnessError::setup(format!("creating MinIO bucket {bucket}"), e))?;
         if !resp.status().is_success() {
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
-            return Err(HarnessError::setup(
-                format!("creating MinIO bucket {bucket}"),
-                format!("{status}: {body}"),
-            ));
+            return Err(HarnessError::setup(format!("creating MinIO bucket {bucket}"), format!("{status}: {body}")));
         }
         Ok(())
     }

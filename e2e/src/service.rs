@@ -17,12 +17,8 @@ use crate::{HarnessError, Result};
 /// A free TCP port on 127.0.0.1 (the OS picks it; the listener is closed before returning, so a
 /// service started right after can bind it).
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(HarnessError::io("binding 127.0.0.1:0"))?;
-    let port = l
-        .local_addr()
-        .map_err(HarnessError::io("reading a bound address"))?
-        .port();
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(HarnessError::io("binding 127.0.0.1:0"))?;
+    let port = l.local_addr().map_err(HarnessError::io("reading a bound address"))?.port();
     Ok(port)
 }
 
@@ -47,13 +43,8 @@ impl Service {
             .append(true)
             .open(&log)
             .map_err(HarnessError::io(format!("creating {}", log.display())))?;
-        let err = out
-            .try_clone()
-            .map_err(HarnessError::io(format!("duplicating {}", log.display())))?;
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
+        let err = out.try_clone().map_err(HarnessError::io(format!("duplicating {}", log.display())))?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -69,11 +60,7 @@ impl Service {
             source,
         })?;
         tracing::debug!(service = name, pid = child.id(), log = %log.display(), "started");
-        Ok(Service {
-            name: name.to_string(),
-            child,
-            log,
-        })
+        Ok(Service { name: name.to_string(), child, log })
     }
 
     /// Polls `probe` every 100 ms until it returns `Ok`, the child exits, or `timeout` passes.
@@ -85,10 +72,8 @@ impl Service {
     {
         let start = Instant::now();
         loop {
-            if let Some(status) = self
-                .child
-                .try_wait()
-                .map_err(HarnessError::io(format!("waiting for {}", self.name)))?
+            if let Some(status) =
+                self.child.try_wait().map_err(HarnessError::io(format!("waiting for {}", self.name)))?
             {
                 return Err(HarnessError::Exited {
                     service: self.name.clone(),
@@ -176,8 +161,5 @@ pub async fn tcp_open(port: u16) -> std::result::Result<(), String> {
 
 /// A plain-HTTP client for probes and set-up requests.
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("a reqwest client without TLS settings builds")
+    reqwest::Client::builder().no_proxy().build().expect("a reqwest client without TLS settings builds")
 }

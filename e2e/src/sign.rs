@@ -33,10 +33,8 @@ pub fn sigv4_headers(
         "{method}\n{path}\n\nhost:{host}\nx-amz-content-sha256:{payload}\nx-amz-date:{amz_date}\n\n{signed}\n{payload}"
     );
     let scope = format!("{day}/{region}/s3/aws4_request");
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
+    let to_sign =
+        format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex::encode(Sha256::digest(canonical.as_bytes())));
     let mut key = hmac(format!("AWS4{secret_key}").as_bytes(), day.as_bytes());
     for part in [region, "s3", "aws4_request"] {
         key = hmac(&key, part.as_bytes());
@@ -47,9 +45,7 @@ pub fn sigv4_headers(
         ("x-amz-content-sha256", payload),
         (
             "authorization",
-            format!(
-                "AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, Signature={signature}"
-            ),
+            format!("AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, Signature={signature}"),
         ),
     ]
 }
@@ -67,9 +63,7 @@ pub fn azure_shared_key_headers(
     let date = now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
     let version = "2021-08-06";
     // VERB, then 11 standard headers (all empty for a bodiless request), then x-ms-* headers.
-    let to_sign = format!(
-        "{method}\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n{resource}"
-    );
+    let to_sign = format!("{method}\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n{resource}");
     let signature = B64.encode(hmac(&key, to_sign.as_bytes()));
     Ok(vec![
         ("x-ms-date", date),
@@ -91,10 +85,7 @@ mod tests {
         for part in ["us-east-1", "iam", "aws4_request"] {
             key = hmac(&key, part.as_bytes());
         }
-        assert_eq!(
-            hex::encode(key),
-            "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
-        );
+        assert_eq!(hex::encode(key), "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d");
     }
 
     #[test]

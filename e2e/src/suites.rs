@@ -28,11 +28,10 @@ impl PjdfstestSummary {
     pub fn parse(output: &str) -> Option<PjdfstestSummary> {
         let plain = strip_ansi(output);
         let line = plain.lines().rev().find(|l| l.starts_with("Summary:"))?;
-        let mut n = line.trim_start_matches("Summary:").split(',').map(|part| {
-            part.split_whitespace()
-                .next()
-                .and_then(|w| w.parse::<u32>().ok())
-        });
+        let mut n = line
+            .trim_start_matches("Summary:")
+            .split(',')
+            .map(|part| part.split_whitespace().next().and_then(|w| w.parse::<u32>().ok()));
         Some(PjdfstestSummary {
             failed: n.next()??,
             skipped: n.next()??,
@@ -86,8 +85,7 @@ pub fn pjdfstest(dir: &Path, patterns: &[&str]) -> Result<PjdfstestSummary> {
     // entries under the path it is given.
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("run");
     let config = dir.with_file_name(format!(".{name}.pjdfstest.toml"));
-    std::fs::write(&config, PJDFSTEST_CONFIG)
-        .map_err(HarnessError::io(format!("writing {}", config.display())))?;
+    std::fs::write(&config, PJDFSTEST_CONFIG).map_err(HarnessError::io(format!("writing {}", config.display())))?;
     let out = Command::new(tools::binary("pjdfstest")?)
         .arg("-c")
         .arg(&config)
@@ -99,17 +97,9 @@ pub fn pjdfstest(dir: &Path, patterns: &[&str]) -> Result<PjdfstestSummary> {
         .map_err(HarnessError::io("running pjdfstest"));
     let _ = std::fs::remove_file(&config);
     let out = out?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PjdfstestSummary::parse(&text).ok_or_else(|| {
-        HarnessError::setup(
-            "running pjdfstest",
-            format!("no summary line in its output:\n{text}"),
-        )
-    })
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    PjdfstestSummary::parse(&text)
+        .ok_or_else(|| HarnessError::setup("running pjdfstest", format!("no summary line in its output:\n{text}")))
 }
 
 /// The result of one fsx run.
@@ -137,11 +127,7 @@ pub fn fsx(file: &Path, config: &str, ops: u64, seed: u64, artifacts: &Path) -> 
         .map_err(HarnessError::io("running fsx"))?;
     Ok(FsxRun {
         ok: out.status.success(),
-        output: format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
     })
 }
 
@@ -153,10 +139,7 @@ mod tests {
     fn parses_the_summary_line_with_colours() {
         let out = "chmod::foo                 ok\nrename::bar            \u{1b}[31mFAILED\u{1b}[0m\n\n\u{1b}[1;31mSummary\u{1b}[0m: 1 \u{1b}[1;31mfailed\u{1b}[0m, 42 \u{1b}[33mskipped\u{1b}[0m, 355 passed, 0 expected failures, 398 total\n";
         let s = PjdfstestSummary::parse(out).unwrap();
-        assert_eq!(
-            (s.failed, s.skipped, s.passed, s.expected_failures, s.total),
-            (1, 42, 355, 0, 398)
-        );
+        assert_eq!((s.failed, s.skipped, s.passed, s.expected_failures, s.total), (1, 42, 355, 0, 398));
         assert_eq!(s.failures(), ["rename::bar"]);
         assert!(PjdfstestSummary::parse("no summary").is_none());
     }

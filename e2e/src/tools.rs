@@ -18,23 +18,15 @@ pub fn root() -> PathBuf {
 
 /// Every pinned tool as `(name, version)`, in the pin file's order.
 pub fn pins() -> impl Iterator<Item = (&'static str, &'static str)> {
-    PINS.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            Some((words.next()?, words.next()?))
-        })
+    PINS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).filter_map(|l| {
+        let mut words = l.split_whitespace();
+        Some((words.next()?, words.next()?))
+    })
 }
 
 /// The pinned version of `tool`.
 pub fn version(tool: &str) -> Result<&'static str> {
-    pins()
-        .find(|(name, _)| *name == tool)
-        .map(|(_, v)| v)
-        .ok_or_else(|| HarnessError::NoPin {
-            tool: tool.to_string(),
-        })
+    pins().find(|(name, _)| *name == tool).map(|(_, v)| v).ok_or_else(|| HarnessError::NoPin { tool: tool.to_string() })
 }
 
 /// The path of the installed binary `bin` of `tool` (usually `bin == tool`).
@@ -48,11 +40,7 @@ fn binary_in(root: &std::path::Path, tool: &str, bin: &str) -> Result<PathBuf> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(HarnessError::ToolMissing {
-            tool: tool.to_string(),
-            version: version.to_string(),
-            path,
-        })
+        Err(HarnessError::ToolMissing { tool: tool.to_string(), version: version.to_string(), path })
     }
 }
 
@@ -89,9 +77,6 @@ mod tests {
     fn a_missing_tool_names_the_install_command() {
         let empty = tempfile::tempdir().unwrap();
         let err = binary_in(empty.path(), "minio", "minio").unwrap_err();
-        assert!(
-            err.to_string().contains("run `e2e/tools/install minio`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("run `e2e/tools/install minio`"), "{err}");
     }
 }

@@ -92,15 +92,10 @@ pub struct ServerArgs {
 
 impl ServerArgs {
     async fn admin(&self) -> anyhow::Result<crate::meta::client::AdminClient> {
-        let trust = ClientTrust {
-            ca_file: self.ca_file.clone(),
-            fingerprint: self.fingerprint.clone(),
-        };
+        let trust = ClientTrust { ca_file: self.ca_file.clone(), fingerprint: self.fingerprint.clone() };
         let channel = connect(&self.server, &trust).await?;
-        let path = self
-            .account_token_file
-            .as_ref()
-            .context("give --account-token-file (or STRATUSFS_ACCOUNT_TOKEN_FILE)")?;
+        let path =
+            self.account_token_file.as_ref().context("give --account-token-file (or STRATUSFS_ACCOUNT_TOKEN_FILE)")?;
         let token = std::fs::read_to_string(path)
             .with_context(|| format!("reading the account token from {}", path.display()))?;
         Ok(admin_client(channel, &token)?)
@@ -202,10 +197,7 @@ fn compression(s: &str) -> anyhow::Result<pb::Compression> {
         "zstd" => pb::compression::Kind::Zstd,
         other => bail!("compression {other:?}: use none, lz4 or zstd"),
     };
-    Ok(pb::Compression {
-        kind: kind as i32,
-        level: 0,
-    })
+    Ok(pb::Compression { kind: kind as i32, level: 0 })
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -234,13 +226,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(a) => admin(a).await,
         Command::Gc(g) => {
             let mut c = g.server.admin().await?;
-            let r = c
-                .gc(pb::GcRequest {
-                    volume: g.volume.clone(),
-                    dry_run: g.dry_run,
-                })
-                .await?
-                .into_inner();
+            let r = c.gc(pb::GcRequest { volume: g.volume.clone(), dry_run: g.dry_run }).await?.into_inner();
             println!(
                 "{} {} block objects; kept {} for retention and {} uploads in their grace period",
                 if g.dry_run { "would delete" } else { "deleted" },
@@ -268,10 +254,7 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
         } => {
             let backend_json = match (backend_json, local) {
                 (Some(j), _) => j,
-                (None, Some(path)) => serde_json::to_string(&BackendSpec::Local {
-                    path,
-                    prefix: String::new(),
-                })?,
+                (None, Some(path)) => serde_json::to_string(&BackendSpec::Local { path, prefix: String::new() })?,
                 (None, None) => bail!("give the block store: --local DIR or --backend-json JSON"),
             };
             let info = c
@@ -280,10 +263,7 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
                     block_size,
                     compression: Some(compression(&comp)?),
                     retention_secs,
-                    quota: Some(pb::Quota {
-                        max_bytes: quota_bytes,
-                        max_inodes: quota_inodes,
-                    }),
+                    quota: Some(pb::Quota { max_bytes: quota_bytes, max_inodes: quota_inodes }),
                     backend_json,
                     encryption: None,
                 })
@@ -293,68 +273,34 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::VolumeList => {
             for v in c.list_volumes(pb::Empty {}).await?.into_inner().volumes {
-                println!(
-                    "{}\t{}\tblock_size={}\tretention_secs={}",
-                    v.name, v.uuid, v.block_size, v.retention_secs
-                );
+                println!("{}\t{}\tblock_size={}\tretention_secs={}", v.name, v.uuid, v.block_size, v.retention_secs);
             }
         }
         AdminCommand::VolumeDelete { name } => {
-            c.delete_volume(pb::VolumeRef {
-                volume: name.clone(),
-            })
-            .await?;
+            c.delete_volume(pb::VolumeRef { volume: name.clone() }).await?;
             println!("deleted volume {name}");
         }
-        AdminCommand::VolumeUpdate {
-            name,
-            retention_secs,
-        } => {
+        AdminCommand::VolumeUpdate { name, retention_secs } => {
             let v = c
-                .update_volume(pb::UpdateVolumeRequest {
-                    volume: name,
-                    retention_secs,
-                    ..Default::default()
-                })
+                .update_volume(pb::UpdateVolumeRequest { volume: name, retention_secs, ..Default::default() })
                 .await?
                 .into_inner();
             println!("volume {}: retention_secs={}", v.name, v.retention_secs);
         }
-        AdminCommand::TokenCreate {
-            volume,
-            subpath,
-            read_only,
-            root_squash,
-            comment,
-        } => {
+        AdminCommand::TokenCreate { volume, subpath, read_only, root_squash, comment } => {
             let t = c
-                .create_token(pb::CreateTokenRequest {
-                    volume,
-                    subpath,
-                    read_only,
-                    root_squash,
-                    comment,
-                })
+                .create_token(pb::CreateTokenRequest { volume, subpath, read_only, root_squash, comment })
                 .await?
                 .into_inner();
             println!("{}", t.token);
             eprintln!("token id {} (the token is shown only now)", t.id);
         }
         AdminCommand::TokenList { volume } => {
-            for t in c
-                .list_tokens(pb::VolumeRef { volume })
-                .await?
-                .into_inner()
-                .tokens
-            {
+            for t in c.list_tokens(pb::VolumeRef { volume }).await?.into_inner().tokens {
                 println!(
                     "{}\tsubpath={}\tread_only={}\troot_squash={}\t{}",
                     t.id,
-                    if t.subpath.is_empty() {
-                        "/"
-                    } else {
-                        &t.subpath
-                    },
+                    if t.subpath.is_empty() { "/" } else { &t.subpath },
                     t.read_only,
                     t.root_squash,
                     t.comment
@@ -362,33 +308,18 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
             }
         }
         AdminCommand::TokenRevoke { volume, id } => {
-            c.revoke_token(pb::RevokeTokenRequest {
-                volume,
-                id: id.clone(),
-            })
-            .await?;
+            c.revoke_token(pb::RevokeTokenRequest { volume, id: id.clone() }).await?;
             println!("revoked token {id}");
         }
         AdminCommand::AccountTokenCreate { comment } => {
-            let t = c
-                .create_account_token(pb::CreateAccountTokenRequest { comment })
-                .await?
-                .into_inner();
+            let t = c.create_account_token(pb::CreateAccountTokenRequest { comment }).await?.into_inner();
             println!("{}", t.token);
         }
-        AdminCommand::QuotaSet {
-            volume,
-            path,
-            bytes,
-            inodes,
-        } => {
+        AdminCommand::QuotaSet { volume, path, bytes, inodes } => {
             c.set_quota(pb::SetQuotaRequest {
                 volume,
                 path: path.clone(),
-                quota: Some(pb::Quota {
-                    max_bytes: bytes,
-                    max_inodes: inodes,
-                }),
+                quota: Some(pb::Quota { max_bytes: bytes, max_inodes: inodes }),
             })
             .await?;
             println!("quota on {path}: bytes={bytes} inodes={inodes} (0 = no limit)");

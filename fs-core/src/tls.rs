@@ -26,18 +26,13 @@ use sha2::{Digest, Sha256};
 pub fn install_crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     // `install_default` fails only when a provider is already installed; that one is kept.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .expect("a rustls crypto provider is installed just above")
+    rustls::crypto::CryptoProvider::get_default().cloned().expect("a rustls crypto provider is installed just above")
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Pem { path: PathBuf, message: String },
     #[error("generating a certificate: {0}")]
@@ -51,10 +46,7 @@ pub enum TlsError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| TlsError::Io { path: path.to_path_buf(), source }
 }
 
 /// The SHA-256 fingerprint of a certificate, as 64 lowercase hex digits.
@@ -64,25 +56,16 @@ pub fn fingerprint(cert: &[u8]) -> String {
 
 /// Parses a fingerprint written as hex, with or without `:` separators or a `sha256:` prefix.
 pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], TlsError> {
-    let clean: String = s
-        .trim()
-        .trim_start_matches("sha256:")
-        .chars()
-        .filter(|c| *c != ':')
-        .collect();
+    let clean: String = s.trim().trim_start_matches("sha256:").chars().filter(|c| *c != ':').collect();
     let bytes = hex::decode(&clean).map_err(|_| TlsError::Fingerprint(s.to_string()))?;
-    bytes
-        .try_into()
-        .map_err(|_| TlsError::Fingerprint(s.to_string()))
+    bytes.try_into().map_err(|_| TlsError::Fingerprint(s.to_string()))
 }
 
 /// A self-signed ECDSA P-256 certificate for `names` (DNS names or IP addresses): (cert, key) PEM.
 pub fn self_signed(names: &[String]) -> Result<(String, String), TlsError> {
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(names.to_vec())?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "stratusfs");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "stratusfs");
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -90,25 +73,14 @@ pub fn self_signed(names: &[String]) -> Result<(String, String), TlsError> {
 
 fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| TlsError::Pem {
-            path: cert.to_path_buf(),
-            message: e.to_string(),
-        })?
+        .map_err(|e| TlsError::Pem { path: cert.to_path_buf(), message: e.to_string() })?
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: cert.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| TlsError::Pem { path: cert.to_path_buf(), message: e.to_string() })?;
     if chain.is_empty() {
-        return Err(TlsError::Pem {
-            path: cert.to_path_buf(),
-            message: "no certificate in the file".into(),
-        });
+        return Err(TlsError::Pem { path: cert.to_path_buf(), message: "no certificate in the file".into() });
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
-        path: key.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::Pem { path: key.to_path_buf(), message: e.to_string() })?;
     let provider = install_crypto_provider();
     Ok(CertifiedKey::from_der(chain, key_der, &provider)?)
 }
@@ -160,14 +132,7 @@ impl ServerCert {
 
     /// SHA-256 of the end-entity certificate in use (what clients pin).
     pub fn fingerprint(&self) -> String {
-        fingerprint(
-            self.current
-                .read()
-                .0
-                .end_entity_cert()
-                .map(|c| c.as_ref())
-                .unwrap_or_default(),
-        )
+        fingerprint(self.current.read().0.end_entity_cert().map(|c| c.as_ref()).unwrap_or_default())
     }
 
     /// Re-reads the files if their modification time changed. A file that does not load keeps
@@ -215,13 +180,8 @@ impl ResolvesServerCert for ServerCert {
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io(path))?;
     f.write_all(bytes).map_err(io(path))
 }
 
@@ -249,14 +209,10 @@ impl ClientTrust {
                 .with_no_client_auth()
         } else if let Some(ca) = &self.ca_file {
             let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).map_err(|e| TlsError::Pem {
-                path: ca.clone(),
-                message: e.to_string(),
-            })? {
-                let c = c.map_err(|e| TlsError::Pem {
-                    path: ca.clone(),
-                    message: e.to_string(),
-                })?;
+            for c in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| TlsError::Pem { path: ca.clone(), message: e.to_string() })?
+            {
+                let c = c.map_err(|e| TlsError::Pem { path: ca.clone(), message: e.to_string() })?;
                 roots.add(c)?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
@@ -303,12 +259,7 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -317,18 +268,11 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -342,9 +286,7 @@ mod tests {
         let b = install_crypto_provider();
         assert!(Arc::ptr_eq(&a, &b));
         assert!(
-            a.kx_groups
-                .iter()
-                .any(|g| format!("{g:?}").contains("X25519MLKEM768")),
+            a.kx_groups.iter().any(|g| format!("{g:?}").contains("X25519MLKEM768")),
             "aws-lc-rs offers the post-quantum hybrid group; ring does not: {:?}",
             a.kx_groups
         );
@@ -355,17 +297,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let a = ServerCert::load_or_generate(None, dir.path(), &["localhost".into()]).unwrap();
-        let mode = std::fs::metadata(dir.path().join("server.key"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join("server.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = ServerCert::load_or_generate(None, dir.path(), &["localhost".into()]).unwrap();
-        assert_eq!(
-            a.fingerprint(),
-            b.fingerprint(),
-            "the kept certificate is reused"
-        );
+        assert_eq!(a.fingerprint(), b.fingerprint(), "the kept certificate is reused");
         assert_eq!(parse_fingerprint(&a.fingerprint()).unwrap().len(), 32);
     }
 
@@ -376,8 +311,7 @@ mod tests {
         let (cert, key) = self_signed(&["a".into()]).unwrap();
         std::fs::write(&c, cert).unwrap();
         std::fs::write(&k, key).unwrap();
-        let sc =
-            ServerCert::load_or_generate(Some((c.clone(), k.clone())), dir.path(), &[]).unwrap();
+        let sc = ServerCert::load_or_generate(Some((c.clone(), k.clone())), dir.path(), &[]).unwrap();
         let before = sc.fingerprint();
         assert!(!sc.reload_if_changed());
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -43,10 +43,7 @@ async fn main() -> anyhow::Result<()> {
         false => None,
     };
     if let Some(g) = &gcs {
-        lines.push(format!(
-            "fake-gcs-server   {}  bucket={} (no credentials)",
-            g.endpoint, g.bucket
-        ));
+        lines.push(format!("fake-gcs-server   {}  bucket={} (no credentials)", g.endpoint, g.bucket));
     }
     let azurite = match want(Part::Azurite) {
         true => Some(Azurite::start().await.context("starting Azurite")?),
@@ -59,19 +56,11 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     let kube = match want(Part::Kube) {
-        true => Some(
-            ControlPlane::start()
-                .await
-                .context("starting the Kubernetes control plane")?,
-        ),
+        true => Some(ControlPlane::start().await.context("starting the Kubernetes control plane")?),
         false => None,
     };
     if let Some(k) = &kube {
-        lines.push(format!(
-            "Kubernetes        {}  KUBECONFIG={}",
-            k.server,
-            k.kubeconfig.display()
-        ));
+        lines.push(format!("Kubernetes        {}  KUBECONFIG={}", k.server, k.kubeconfig.display()));
     }
 
     println!("stratusfs test world is up (Ctrl-C stops everything):");

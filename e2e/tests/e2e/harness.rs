@@ -23,24 +23,17 @@ async fn dropping_a_fixture_kills_its_process_group() {
     let pid = minio.service().pid();
     assert!(alive(pid));
     drop(minio);
-    assert!(
-        !alive(pid),
-        "MinIO (pid {pid}) still runs after its fixture was dropped"
-    );
+    assert!(!alive(pid), "MinIO (pid {pid}) still runs after its fixture was dropped");
 
     // A grandchild started by a service dies with it too.
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "sleep 300 & echo $! > child.pid; wait"])
-        .current_dir(dir.path());
+    cmd.args(["-c", "sleep 300 & echo $! > child.pid; wait"]).current_dir(dir.path());
     let svc = Service::spawn("sh", cmd, dir.path()).unwrap();
     let pidfile = dir.path().join("child.pid");
     let mut grandchild = None;
     for _ in 0..50 {
-        if let Some(pid) = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-        {
+        if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
             grandchild = Some(pid);
             break;
         }
@@ -56,10 +49,7 @@ async fn dropping_a_fixture_kills_its_process_group() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        !alive(grandchild),
-        "a grandchild (pid {grandchild}) survived its service"
-    );
+    assert!(!alive(grandchild), "a grandchild (pid {grandchild}) survived its service");
 }
 
 #[tokio::test]
@@ -69,16 +59,9 @@ async fn a_service_that_exits_early_is_reported_with_its_log() {
     let mut cmd = Command::new("sh");
     cmd.args(["-c", "echo 'cannot bind: address in use' >&2; exit 3"]);
     let mut svc = Service::spawn("failing", cmd, dir.path()).unwrap();
-    let err = svc
-        .wait_ready(Duration::from_secs(10), || async {
-            Err::<(), _>("not yet".to_string())
-        })
-        .await
-        .unwrap_err();
+    let err =
+        svc.wait_ready(Duration::from_secs(10), || async { Err::<(), _>("not yet".to_string()) }).await.unwrap_err();
     assert!(matches!(err, HarnessError::Exited { .. }), "{err}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("failing") && msg.contains("cannot bind: address in use"),
-        "{msg}"
-    );
+    assert!(msg.contains("failing") && msg.contains("cannot bind: address in use"), "{msg}");
 }

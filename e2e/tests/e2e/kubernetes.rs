@@ -59,26 +59,11 @@ async fn kube_rs_writes_and_kubectl_reads_back() {
     // A namespace, created with kube-rs, read with kubectl.
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some("e2e-smoke".into()),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some("e2e-smoke".into()), ..Default::default() },
         ..Default::default()
     };
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-    let phase = kubectl_ok(
-        &cp,
-        &[
-            "get",
-            "namespace",
-            "e2e-smoke",
-            "-o",
-            "jsonpath={.status.phase}",
-        ],
-    );
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    let phase = kubectl_ok(&cp, &["get", "namespace", "e2e-smoke", "-o", "jsonpath={.status.phase}"]);
     assert_eq!(phase, "Active");
 
     // A CRD, created with kube-rs from YAML, established, and a custom object of its kind.
@@ -90,43 +75,22 @@ async fn kube_rs_writes_and_kubectl_reads_back() {
         "widgets.e2e.stratusfs.io",
         kube::runtime::wait::conditions::is_crd_established(),
     );
-    tokio::time::timeout(Duration::from_secs(30), established)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), established).await.unwrap().unwrap();
     let names = kubectl_ok(&cp, &["get", "crd", "-o", "name"]);
-    assert!(
-        names.contains("customresourcedefinition.apiextensions.k8s.io/widgets.e2e.stratusfs.io"),
-        "{names}"
-    );
+    assert!(names.contains("customresourcedefinition.apiextensions.k8s.io/widgets.e2e.stratusfs.io"), "{names}");
 
     let gvk = GroupVersionKind::gvk("e2e.stratusfs.io", "v1", "Widget");
-    let widgets: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), "e2e-smoke", &ApiResource::from_gvk(&gvk));
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "e2e-smoke", &ApiResource::from_gvk(&gvk));
     let mut w = DynamicObject::new("w1", &ApiResource::from_gvk(&gvk));
     w.data = serde_json::json!({"spec": {"size": 3}});
     widgets.create(&PostParams::default(), &w).await.unwrap();
-    let size = kubectl_ok(
-        &cp,
-        &[
-            "-n",
-            "e2e-smoke",
-            "get",
-            "widget",
-            "w1",
-            "-o",
-            "jsonpath={.spec.size}",
-        ],
-    );
+    let size = kubectl_ok(&cp, &["-n", "e2e-smoke", "get", "widget", "w1", "-o", "jsonpath={.spec.size}"]);
     assert_eq!(size, "3");
 
     // Schema validation rejects a bad object at apply time, with a message naming the field.
     let mut bad = DynamicObject::new("w2", &ApiResource::from_gvk(&gvk));
     bad.data = serde_json::json!({"spec": {"size": 0}});
-    let err = widgets
-        .create(&PostParams::default(), &bad)
-        .await
-        .unwrap_err();
+    let err = widgets.create(&PostParams::default(), &bad).await.unwrap_err();
     assert!(err.to_string().contains("spec.size"), "{err}");
 }
 
@@ -140,10 +104,7 @@ async fn controller_manager_collects_garbage() {
         .create(
             &PostParams::default(),
             &ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some("owner".into()),
-                    ..Default::default()
-                },
+                metadata: ObjectMeta { name: Some("owner".into()), ..Default::default() },
                 ..Default::default()
             },
         )
@@ -152,23 +113,19 @@ async fn controller_manager_collects_garbage() {
     let child = ConfigMap {
         metadata: ObjectMeta {
             name: Some("child".into()),
-            owner_references: Some(vec![
-                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                    api_version: "v1".into(),
-                    kind: "ConfigMap".into(),
-                    name: "owner".into(),
-                    uid: owner.metadata.uid.clone().unwrap(),
-                    ..Default::default()
-                },
-            ]),
+            owner_references: Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                name: "owner".into(),
+                uid: owner.metadata.uid.clone().unwrap(),
+                ..Default::default()
+            }]),
             ..Default::default()
         },
         ..Default::default()
     };
     cms.create(&PostParams::default(), &child).await.unwrap();
-    cms.delete("owner", &DeleteParams::background())
-        .await
-        .unwrap();
+    cms.delete("owner", &DeleteParams::background()).await.unwrap();
     let start = std::time::Instant::now();
     while cms.get_opt("child").await.unwrap().is_some() {
         assert!(

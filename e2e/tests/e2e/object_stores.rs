@@ -14,44 +14,20 @@ async fn round_trip(spec: BackendSpec) {
         .put(&Path::from("blocks/a/1"), PutPayload::from(payload.clone()))
         .await
         .unwrap_or_else(|e| panic!("{} put: {e}", spec.kind()));
-    store
-        .put(&Path::from("blocks/a/2"), PutPayload::from_static(b"two"))
-        .await
-        .unwrap();
-    store
-        .put(&Path::from("other"), PutPayload::from_static(b"x"))
-        .await
-        .unwrap();
+    store.put(&Path::from("blocks/a/2"), PutPayload::from_static(b"two")).await.unwrap();
+    store.put(&Path::from("other"), PutPayload::from_static(b"x")).await.unwrap();
 
     // A second client built from the same spec reads what the first wrote.
     let other = open_backend(&spec).unwrap();
-    let got = other
-        .get(&Path::from("blocks/a/1"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = other.get(&Path::from("blocks/a/1")).await.unwrap().bytes().await.unwrap();
     assert_eq!(got, payload, "{}: bytes read back differ", spec.kind());
-    let range = other
-        .get_range(&Path::from("blocks/a/1"), 1000..1010)
-        .await
-        .unwrap();
+    let range = other.get_range(&Path::from("blocks/a/1"), 1000..1010).await.unwrap();
     assert_eq!(&range[..], &payload[1000..1010]);
 
-    let mut listed: Vec<String> = other
-        .list(Some(&Path::from("blocks")))
-        .map_ok(|m| m.location.to_string())
-        .try_collect()
-        .await
-        .unwrap();
+    let mut listed: Vec<String> =
+        other.list(Some(&Path::from("blocks"))).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
     listed.sort();
-    assert_eq!(
-        listed,
-        ["blocks/a/1", "blocks/a/2"],
-        "{}: list under prefix",
-        spec.kind()
-    );
+    assert_eq!(listed, ["blocks/a/1", "blocks/a/2"], "{}: list under prefix", spec.kind());
 
     store.delete(&Path::from("blocks/a/1")).await.unwrap();
     let err = other.get(&Path::from("blocks/a/1")).await.unwrap_err();
@@ -69,12 +45,7 @@ async fn minio_put_get_list_delete() {
     round_trip(minio.backend_spec("vol-1")).await;
     // The prefix really is a prefix of the object keys: a client without it sees them under it.
     let unprefixed = open_backend(&minio.backend_spec("")).unwrap();
-    let n = unprefixed
-        .list(Some(&Path::from("vol-1")))
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap()
-        .len();
+    let n = unprefixed.list(Some(&Path::from("vol-1"))).try_collect::<Vec<_>>().await.unwrap().len();
     assert_eq!(n, 2, "objects live under the spec's prefix");
 }
 
@@ -83,17 +54,11 @@ async fn minio_rejects_wrong_credentials() {
     e2e::init();
     let minio = Minio::start().await.unwrap();
     let mut spec = minio.backend_spec("");
-    if let BackendSpec::S3 {
-        secret_access_key, ..
-    } = &mut spec
-    {
+    if let BackendSpec::S3 { secret_access_key, .. } = &mut spec {
         *secret_access_key = Some("wrong".into());
     }
     let store = open_backend(&spec).unwrap();
-    let err = store
-        .put(&Path::from("x"), PutPayload::from_static(b"x"))
-        .await
-        .unwrap_err();
+    let err = store.put(&Path::from("x"), PutPayload::from_static(b"x")).await.unwrap_err();
     assert!(err.to_string().contains("SignatureDoesNotMatch"), "{err}");
 }
 

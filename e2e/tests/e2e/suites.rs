@@ -6,15 +6,8 @@ use std::process::Command;
 use e2e::tools;
 
 fn run(tool: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(tools::binary(tool).unwrap())
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(tools::binary(tool).unwrap()).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -23,10 +16,7 @@ fn helm_reports_its_pinned_version() {
     let (ok, text) = run("helm", &["version", "--short"]);
     assert!(ok, "{text}");
     let pinned = tools::version("helm").unwrap();
-    assert!(
-        text.starts_with(pinned),
-        "helm version {text:?}, pinned {pinned}"
-    );
+    assert!(text.starts_with(pinned), "helm version {text:?}, pinned {pinned}");
 }
 
 #[test]
@@ -42,13 +32,7 @@ fn pjdfstest_passes_on_a_local_directory() {
     std::fs::create_dir(&dir).unwrap();
     let summary = e2e::suites::pjdfstest(&dir, &[]).unwrap();
     eprintln!("pjdfstest on a local ext4 directory: {}", summary.line());
-    assert_eq!(
-        summary.failed,
-        0,
-        "failures: {:?}\n{}",
-        summary.failures(),
-        summary.output
-    );
+    assert_eq!(summary.failed, 0, "failures: {:?}\n{}", summary.failures(), summary.output);
     assert!(summary.passed > 300, "{}", summary.line());
 }
 
@@ -75,14 +59,7 @@ copy_file_range = 1
 #[test]
 fn fsx_passes_on_a_local_file() {
     let dir = tempfile::tempdir().unwrap();
-    let run = e2e::suites::fsx(
-        &dir.path().join("fsx.file"),
-        FSX_LOCAL,
-        20_000,
-        1,
-        dir.path(),
-    )
-    .unwrap();
+    let run = e2e::suites::fsx(&dir.path().join("fsx.file"), FSX_LOCAL, 20_000, 1, dir.path()).unwrap();
     assert!(run.ok, "{}", run.output);
 }
 
@@ -115,17 +92,7 @@ fn fsx_detects_a_file_changed_behind_its_back() {
 fn soak_fsx_one_million_ops_on_a_local_file() {
     let dir = tempfile::tempdir().unwrap();
     let start = std::time::Instant::now();
-    let run = e2e::suites::fsx(
-        &dir.path().join("fsx.file"),
-        FSX_LOCAL,
-        1_000_000,
-        7,
-        dir.path(),
-    )
-    .unwrap();
+    let run = e2e::suites::fsx(&dir.path().join("fsx.file"), FSX_LOCAL, 1_000_000, 7, dir.path()).unwrap();
     assert!(run.ok, "{}", run.output);
-    eprintln!(
-        "soak: fsx 1,000,000 ops on local ext4 in {:?}",
-        start.elapsed()
-    );
+    eprintln!("soak: fsx 1,000,000 ops on local ext4 in {:?}", start.elapsed());
 }

@@ -68,28 +68,12 @@ pub enum BackendSpec {
 /// A block-store spec that cannot be turned into a working client.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error(
-        "block store directory {path}: {source}; create it or fix the path in the block-store spec"
-    )]
-    LocalDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "block store {backend} endpoint {endpoint:?} is not a URL ({source}); give scheme://host[:port]"
-    )]
-    Endpoint {
-        backend: &'static str,
-        endpoint: String,
-        source: url::ParseError,
-    },
-    #[error(
-        "block store {backend}: {source}; check the bucket, endpoint and credentials in the block-store spec"
-    )]
-    Build {
-        backend: &'static str,
-        source: object_store::Error,
-    },
+    #[error("block store directory {path}: {source}; create it or fix the path in the block-store spec")]
+    LocalDir { path: PathBuf, source: std::io::Error },
+    #[error("block store {backend} endpoint {endpoint:?} is not a URL ({source}); give scheme://host[:port]")]
+    Endpoint { backend: &'static str, endpoint: String, source: url::ParseError },
+    #[error("block store {backend}: {source}; check the bucket, endpoint and credentials in the block-store spec")]
+    Build { backend: &'static str, source: object_store::Error },
 }
 
 impl BackendSpec {
@@ -122,25 +106,13 @@ pub fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn ObjectStore>, BackendE
     let build = |source| BackendError::Build { backend, source };
     let store: Arc<dyn ObjectStore> = match spec {
         BackendSpec::Local { path, .. } => {
-            std::fs::create_dir_all(path).map_err(|source| BackendError::LocalDir {
-                path: path.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(path).map_err(|source| BackendError::LocalDir { path: path.clone(), source })?;
             Arc::new(LocalFileSystem::new_with_prefix(path).map_err(build)?)
         }
         BackendSpec::Memory { .. } => Arc::new(InMemory::new()),
-        BackendSpec::S3 {
-            bucket,
-            endpoint,
-            region,
-            access_key_id,
-            secret_access_key,
-            session_token,
-            ..
-        } => {
-            let mut b = AmazonS3Builder::new()
-                .with_bucket_name(bucket)
-                .with_region(region.as_deref().unwrap_or("us-east-1"));
+        BackendSpec::S3 { bucket, endpoint, region, access_key_id, secret_access_key, session_token, .. } => {
+            let mut b =
+                AmazonS3Builder::new().with_bucket_name(bucket).with_region(region.as_deref().unwrap_or("us-east-1"));
             if let Some(endpoint) = endpoint {
                 let url = check_url(backend, endpoint)?;
                 b = b
@@ -159,12 +131,7 @@ pub fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn ObjectStore>, BackendE
             }
             Arc::new(b.build().map_err(build)?)
         }
-        BackendSpec::Gcs {
-            bucket,
-            endpoint,
-            service_account_key,
-            ..
-        } => {
+        BackendSpec::Gcs { bucket, endpoint, service_account_key, .. } => {
             let mut b = GoogleCloudStorageBuilder::new().with_bucket_name(bucket);
             match (endpoint, service_account_key) {
                 (_, Some(key)) => b = b.with_service_account_key(key),
@@ -180,27 +147,15 @@ pub fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn ObjectStore>, BackendE
                 let url = check_url(backend, endpoint)?;
                 b = b
                     .with_base_url(endpoint.trim_end_matches('/'))
-                    .with_client_options(
-                        object_store::ClientOptions::new().with_allow_http(url.scheme() == "http"),
-                    );
+                    .with_client_options(object_store::ClientOptions::new().with_allow_http(url.scheme() == "http"));
             }
             Arc::new(b.build().map_err(build)?)
         }
-        BackendSpec::Azure {
-            account,
-            container,
-            endpoint,
-            access_key,
-            ..
-        } => {
-            let mut b = MicrosoftAzureBuilder::new()
-                .with_account(account)
-                .with_container_name(container);
+        BackendSpec::Azure { account, container, endpoint, access_key, .. } => {
+            let mut b = MicrosoftAzureBuilder::new().with_account(account).with_container_name(container);
             if let Some(endpoint) = endpoint {
                 let url = check_url(backend, endpoint)?;
-                b = b
-                    .with_endpoint(endpoint.trim_end_matches('/').to_string())
-                    .with_allow_http(url.scheme() == "http");
+                b = b.with_endpoint(endpoint.trim_end_matches('/').to_string()).with_allow_http(url.scheme() == "http");
             }
             if let Some(key) = access_key {
                 b = b.with_access_key(key);
@@ -230,24 +185,12 @@ mod tests {
     #[tokio::test]
     async fn local_backend_with_prefix_stores_under_the_prefix() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = BackendSpec::Local {
-            path: dir.path().join("blocks"),
-            prefix: "vol1".into(),
-        };
+        let spec = BackendSpec::Local { path: dir.path().join("blocks"), prefix: "vol1".into() };
         let store = open_backend(&spec).unwrap();
-        store
-            .put(&Path::from("a/b"), PutPayload::from_static(b"hello"))
-            .await
-            .unwrap();
+        store.put(&Path::from("a/b"), PutPayload::from_static(b"hello")).await.unwrap();
         let on_disk = std::fs::read(dir.path().join("blocks/vol1/a/b")).unwrap();
         assert_eq!(on_disk, b"hello");
-        let got = store
-            .get(&Path::from("a/b"))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let got = store.get(&Path::from("a/b")).await.unwrap().bytes().await.unwrap();
         assert_eq!(&got[..], b"hello");
     }
 

@@ -25,15 +25,8 @@ mod tests {
 
     #[test]
     fn keys_are_stable_and_spread() {
-        assert_eq!(
-            block_key("v", 1).to_string(),
-            format!("v/blocks/{:02x}/0000000000000001", shard(1))
-        );
+        assert_eq!(block_key("v", 1).to_string(), format!("v/blocks/{:02x}/0000000000000001", shard(1)));
         let shards: std::collections::HashSet<u8> = (1..=1000).map(shard).collect();
-        assert!(
-            shards.len() > 200,
-            "1000 consecutive ids use {} of 256 shards",
-            shards.len()
-        );
+        assert!(shards.len() > 200, "1000 consecutive ids use {} of 256 shards", shards.len());
     }
 }

@@ -44,10 +44,7 @@ impl Caller {
 
     pub fn writable(&self) -> MetaResult<()> {
         if self.read_only {
-            return Err(MetaError::fs(
-                libc::EROFS,
-                "this session's token is read-only",
-            ));
+            return Err(MetaError::fs(libc::EROFS, "this session's token is read-only"));
         }
         Ok(())
     }
@@ -55,10 +52,7 @@ impl Caller {
     /// The uid and gid new inodes get (root squashed to nobody when the token says so).
     pub fn owner_ids(&self) -> (u32, u32) {
         if self.root_squash {
-            (
-                if self.uid == 0 { NOBODY } else { self.uid },
-                if self.gid == 0 { NOBODY } else { self.gid },
-            )
+            (if self.uid == 0 { NOBODY } else { self.uid }, if self.gid == 0 { NOBODY } else { self.gid })
         } else {
             (self.uid, self.gid)
         }
@@ -90,10 +84,7 @@ impl Caller {
         if !self.opaque_names && name.iter().any(|&b| b == b'/' || b == 0) {
             return Err(MetaError::fs(
                 libc::EINVAL,
-                format!(
-                    "name {:?} contains '/' or NUL",
-                    String::from_utf8_lossy(name)
-                ),
+                format!("name {:?} contains '/' or NUL", String::from_utf8_lossy(name)),
             ));
         }
         Ok(())
@@ -110,17 +101,11 @@ mod tests {
         assert!(c.check_name(b"ok").is_ok());
         assert_eq!(c.check_name(b"a/b").unwrap_err().errno(), libc::EINVAL);
         assert_eq!(c.check_name(b"a\0b").unwrap_err().errno(), libc::EINVAL);
-        assert_eq!(
-            c.check_name(&[b'x'; 256]).unwrap_err().errno(),
-            libc::ENAMETOOLONG
-        );
+        assert_eq!(c.check_name(&[b'x'; 256]).unwrap_err().errno(), libc::ENAMETOOLONG);
         assert_eq!(c.check_name(b"").unwrap_err().errno(), libc::EINVAL);
         c.opaque_names = true;
         assert!(c.check_name(&[b'/'; 271]).is_ok());
-        assert_eq!(
-            c.check_name(&[b'x'; 272]).unwrap_err().errno(),
-            libc::ENAMETOOLONG
-        );
+        assert_eq!(c.check_name(&[b'x'; 272]).unwrap_err().errno(), libc::ENAMETOOLONG);
     }
 
     #[test]

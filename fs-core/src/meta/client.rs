@@ -18,13 +18,8 @@ pub enum ClientError {
     Address(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error(
-        "connecting to the metadata server at {addr}: {source}; is it running, and is the address right?"
-    )]
-    Connect {
-        addr: String,
-        source: tonic::transport::Error,
-    },
+    #[error("connecting to the metadata server at {addr}: {source}; is it running, and is the address right?")]
+    Connect { addr: String, source: tonic::transport::Error },
     #[error(transparent)]
     Meta(#[from] MetaError),
 }
@@ -38,15 +33,10 @@ impl From<tonic::Status> for ClientError {
 /// Opens a TLS channel to `addr` (`HOST:PORT`). The channel reconnects on its own when the
 /// server goes away and comes back.
 pub async fn connect(addr: &str, trust: &ClientTrust) -> Result<Channel, ClientError> {
-    let (host, _) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| ClientError::Address(addr.to_string()))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let server_name = rustls::pki_types::ServerName::try_from(host)
-        .map_err(|_| ClientError::Address(addr.to_string()))?;
+    let (host, _) = addr.rsplit_once(':').ok_or_else(|| ClientError::Address(addr.to_string()))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let server_name =
+        rustls::pki_types::ServerName::try_from(host).map_err(|_| ClientError::Address(addr.to_string()))?;
     let tls = tokio_rustls::TlsConnector::from(trust.client_config()?);
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|_| ClientError::Address(addr.to_string()))?
@@ -68,10 +58,7 @@ pub async fn connect(addr: &str, trust: &ClientTrust) -> Result<Channel, ClientE
     endpoint
         .connect_with_connector(connector)
         .await
-        .map_err(|source| ClientError::Connect {
-            addr: addr.to_string(),
-            source,
-        })
+        .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })
 }
 
 /// A session on one volume.
@@ -86,14 +73,8 @@ pub struct Session {
 
 impl Session {
     /// Opens a session with a volume token.
-    pub async fn open(
-        channel: Channel,
-        volume: &str,
-        token: &str,
-        client: &str,
-    ) -> Result<Arc<Session>, ClientError> {
-        let mut rpc = pb::meta_client::MetaClient::new(channel)
-            .max_decoding_message_size(super::service::MAX_MESSAGE);
+    pub async fn open(channel: Channel, volume: &str, token: &str, client: &str) -> Result<Arc<Session>, ClientError> {
+        let mut rpc = pb::meta_client::MetaClient::new(channel).max_decoding_message_size(super::service::MAX_MESSAGE);
         let reply = rpc
             .open_session(pb::OpenSessionRequest {
                 protocol_version: PROTOCOL_VERSION as i32,
@@ -116,13 +97,7 @@ impl Session {
 
     /// The context of a request by a process with these credentials.
     pub fn ctx(&self, uid: u32, gid: u32, pid: u32) -> pb::Context {
-        pb::Context {
-            session: self.id.read().clone(),
-            uid,
-            gid,
-            pid,
-            groups: Vec::new(),
-        }
+        pb::Context { session: self.id.read().clone(), uid, gid, pid, groups: Vec::new() }
     }
 
     /// A root context (uid 0, gid 0).
@@ -165,23 +140,37 @@ impl Session {
                 let ctx = s.root();
                 match s.rpc.clone().heartbeat(ctx).await {
                     Ok(_) => {}
-                    Err(st) if st.code() == tonic::Code::Unauthenticated => {
-                        match s.resume().await {
-                            Ok(resumed) => tracing::warn!(
-                                resumed,
-                                "the metadata server had lost this session; reopened it"
-                            ),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "reopening the session failed; retrying")
-                            }
+                    Err(st) if st.code() == tonic::Code::Unauthenticated => match s.resume().await {
+                        Ok(resumed) => {
+                            tracing::warn!(resumed, "the metadata server had lost this session; reopened it")
                         }
-                    }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reopening the session failed; retrying")
+                        }
+                    },
                     Err(st) => {
                         tracing::debug!(error = %st, "heartbeat failed; the channel reconnects")
                     }
                 }
             }
         })
+    }
+
+    /// Waits until the server answers this session's heartbeat (after a restart or an outage),
+    /// resuming the session if the server lost it. Fails after `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ClientError> {
+        let start = std::time::Instant::now();
+        loop {
+            match self.rpc.clone().heartbeat(self.root()).await {
+                Ok(_) => return Ok(()),
+                Err(st) if st.code() == tonic::Code::Unauthenticated => {
+                    self.resume().await?;
+                    return Ok(());
+                }
+                Err(st) if start.elapsed() > timeout => return Err(st.into()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     pub async fn close(&self) -> Result<(), ClientError> {
@@ -191,9 +180,8 @@ impl Session {
 }
 
 /// The admin client: every call carries the account token.
-pub type AdminClient = pb::admin_client::AdminClient<
-    tonic::service::interceptor::InterceptedService<Channel, AccountToken>,
->;
+pub type AdminClient =
+    pb::admin_client::AdminClient<tonic::service::interceptor::InterceptedService<Channel, AccountToken>>;
 
 #[derive(Clone)]
 pub struct AccountToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
@@ -207,12 +195,7 @@ impl tonic::service::Interceptor for AccountToken {
 
 pub fn admin_client(channel: Channel, account_token: &str) -> Result<AdminClient, ClientError> {
     let v = account_token.trim().parse().map_err(|_| {
-        MetaError::Unauthenticated(
-            "the account token contains characters not allowed in a header".into(),
-        )
+        MetaError::Unauthenticated("the account token contains characters not allowed in a header".into())
     })?;
-    Ok(pb::admin_client::AdminClient::with_interceptor(
-        channel,
-        AccountToken(v),
-    ))
+    Ok(pb::admin_client::AdminClient::with_interceptor(channel, AccountToken(v)))
 }

@@ -27,13 +27,7 @@ fn deref_block(w: &mut W, ino: u64, index: u64, b: &rec::Block) -> MetaResult<()
 
 /// Sets a regular file's size. Shrinking drops the blocks past the end and shortens the last
 /// block's valid length (its object stays; bytes past `len` read as zeros).
-pub fn truncate(
-    w: &mut W,
-    ino: u64,
-    inode: &mut rec::Inode,
-    size: u64,
-    block_size: u32,
-) -> MetaResult<()> {
+pub fn truncate(w: &mut W, ino: u64, inode: &mut rec::Inode, size: u64, block_size: u32) -> MetaResult<()> {
     let bs = block_size as u64;
     let old = attr(inode).size;
     let mut freed: u64 = 0;
@@ -51,19 +45,14 @@ pub fn truncate(
         let tail = size % bs;
         if tail != 0 {
             let index = size / bs;
-            let cur = w
-                .blocks
-                .get((ino, index))?
-                .map(|v| dec::<rec::Block>(v.value()))
-                .transpose()?;
+            let cur = w.blocks.get((ino, index))?.map(|v| dec::<rec::Block>(v.value())).transpose()?;
             if let Some(mut b) = cur
                 && b.len as u64 > tail
             {
                 freed += b.len as u64 - tail;
                 b.len = tail as u32;
                 b.version = w.next_version();
-                w.blocks
-                    .insert((ino, index), b.encode_to_vec().as_slice())?;
+                w.blocks.insert((ino, index), b.encode_to_vec().as_slice())?;
             }
         }
     }
@@ -75,13 +64,7 @@ pub fn truncate(
 }
 
 /// Opens an existing inode for `session`. O_TRUNC truncates a regular file to zero.
-pub fn open(
-    w: &mut W,
-    c: &Caller,
-    ino: u64,
-    flags: u32,
-    block_size: u32,
-) -> MetaResult<(u64, rec::Inode)> {
+pub fn open(w: &mut W, c: &Caller, ino: u64, flags: u32, block_size: u32) -> MetaResult<(u64, rec::Inode)> {
     let mut inode = w.inode(ino)?;
     let acc = flags as i32 & libc::O_ACCMODE;
     let trunc = flags as i32 & libc::O_TRUNC != 0;
@@ -106,13 +89,8 @@ pub fn open(
     }
     let open_id = w.counters.next_open_id.max(1);
     w.counters.next_open_id = open_id + 1;
-    let rec = rec::OpenFile {
-        session: c.session.to_vec(),
-        ino,
-        flags,
-    };
-    w.open_files
-        .insert(open_id, rec.encode_to_vec().as_slice())?;
+    let rec = rec::OpenFile { session: c.session.to_vec(), ino, flags };
+    w.open_files.insert(open_id, rec.encode_to_vec().as_slice())?;
     w.open_by_ino.insert((ino, open_id), ())?;
     Ok((open_id, inode))
 }
@@ -126,71 +104,37 @@ pub struct Created {
 }
 
 /// Creates and opens a regular file; without `exclusive` an existing file is opened instead.
-pub fn create(
-    w: &mut W,
-    c: &Caller,
-    req: &pb::MkNodRequest,
-    block_size: u32,
-) -> MetaResult<Created> {
+pub fn create(w: &mut W, c: &Caller, req: &pb::MkNodRequest, block_size: u32) -> MetaResult<Created> {
     let (parent, name, flags) = (req.parent, req.name.as_slice(), req.flags);
     if let Some(d) = w.dentry(parent, name)? {
         if req.exclusive {
             return Err(MetaError::fs(
                 libc::EEXIST,
-                format!(
-                    "{:?} already exists (O_EXCL)",
-                    String::from_utf8_lossy(name)
-                ),
+                format!("{:?} already exists (O_EXCL)", String::from_utf8_lossy(name)),
             ));
         }
         let (open_id, inode) = open(w, c, d.ino, flags, block_size)?;
-        return Ok(Created {
-            ino: d.ino,
-            inode,
-            open_id,
-            created: false,
-        });
+        return Ok(Created { ino: d.ino, inode, open_id, created: false });
     }
     let (ino, _) = mknod(
         w,
         c,
         parent,
         name,
-        NewNode {
-            kind: pb::FileKind::Regular,
-            perm: req.perm,
-            umask: req.umask,
-            rdev: 0,
-            symlink_target: None,
-        },
+        NewNode { kind: pb::FileKind::Regular, perm: req.perm, umask: req.umask, rdev: 0, symlink_target: None },
     )?;
     // The new file is empty: opening it never truncates.
     let (open_id, inode) = open(w, c, ino, flags & !(libc::O_TRUNC as u32), block_size)?;
-    Ok(Created {
-        ino,
-        inode,
-        open_id,
-        created: true,
-    })
+    Ok(Created { ino, inode, open_id, created: true })
 }
 
 /// Forgets an open file. The last close of an unlinked inode deletes it. Returns the inode.
 pub fn release(w: &mut W, open_id: u64) -> MetaResult<Option<u64>> {
-    let Some(of) = w
-        .open_files
-        .remove(open_id)?
-        .map(|v| dec::<rec::OpenFile>(v.value()))
-        .transpose()?
-    else {
+    let Some(of) = w.open_files.remove(open_id)?.map(|v| dec::<rec::OpenFile>(v.value())).transpose()? else {
         return Ok(None);
     };
     w.open_by_ino.remove((of.ino, open_id))?;
-    if w.orphans.get(of.ino)?.is_some()
-        && w.open_by_ino
-            .range((of.ino, 0)..=(of.ino, u64::MAX))?
-            .next()
-            .is_none()
-    {
+    if w.orphans.get(of.ino)?.is_some() && w.open_by_ino.range((of.ino, 0)..=(of.ino, u64::MAX))?.next().is_none() {
         let inode = w.inode(of.ino)?;
         purge(w, of.ino, &inode)?;
     }
@@ -201,10 +145,7 @@ pub fn release(w: &mut W, open_id: u64) -> MetaResult<Option<u64>> {
 pub fn allocate_blocks(w: &mut W, c: &Caller, count: u32) -> MetaResult<Vec<u64>> {
     c.writable()?;
     if count == 0 || count > 4096 {
-        return Err(MetaError::fs(
-            libc::EINVAL,
-            format!("allocate 1..=4096 block ids at a time, not {count}"),
-        ));
+        return Err(MetaError::fs(libc::EINVAL, format!("allocate 1..=4096 block ids at a time, not {count}")));
     }
     let first = w.counters.next_block_id.max(1);
     w.counters.next_block_id = first + count as u64;
@@ -216,46 +157,28 @@ pub fn allocate_blocks(w: &mut W, c: &Caller, count: u32) -> MetaResult<Vec<u64>
 }
 
 /// Applies block-map changes to a regular file in one commit (see the module doc).
-pub fn commit_blocks(
-    w: &mut W,
-    c: &Caller,
-    req: &pb::CommitBlocksRequest,
-    block_size: u32,
-) -> MetaResult<rec::Inode> {
+pub fn commit_blocks(w: &mut W, c: &Caller, req: &pb::CommitBlocksRequest, block_size: u32) -> MetaResult<rec::Inode> {
     c.writable()?;
     let ino = req.ino;
     let mut inode = w.inode(ino)?;
     if kind_of(&inode) != pb::FileKind::Regular {
-        return Err(MetaError::fs(
-            libc::EINVAL,
-            format!("inode {ino} is not a regular file; it has no blocks"),
-        ));
+        return Err(MetaError::fs(libc::EINVAL, format!("inode {ino} is not a regular file; it has no blocks")));
     }
     let mut stale = Vec::new();
     let mut current = Vec::with_capacity(req.changes.len());
     let mut seen = std::collections::HashSet::new();
     for ch in &req.changes {
         if !seen.insert(ch.index) {
-            return Err(MetaError::fs(
-                libc::EINVAL,
-                format!("block index {} appears twice in one commit", ch.index),
-            ));
+            return Err(MetaError::fs(libc::EINVAL, format!("block index {} appears twice in one commit", ch.index)));
         }
-        let cur = w
-            .blocks
-            .get((ino, ch.index))?
-            .map(|v| dec::<rec::Block>(v.value()))
-            .transpose()?;
+        let cur = w.blocks.get((ino, ch.index))?.map(|v| dec::<rec::Block>(v.value())).transpose()?;
         if cur.as_ref().map_or(0, |b| b.version) != ch.base_version {
             stale.push(ch.index);
         }
         current.push(cur);
     }
     if !stale.is_empty() {
-        return Err(MetaError::Stale {
-            ino,
-            indexes: stale,
-        });
+        return Err(MetaError::Stale { ino, indexes: stale });
     }
     let mut delta: i64 = 0;
     let now = w.now;
@@ -268,19 +191,13 @@ pub fn commit_blocks(
         if b.len > block_size {
             return Err(MetaError::fs(
                 libc::EINVAL,
-                format!(
-                    "block of {} bytes exceeds the block size {block_size}",
-                    b.len
-                ),
+                format!("block of {} bytes exceeds the block size {block_size}", b.len),
             ));
         }
         if w.uploads.remove(b.id)?.is_none() {
             return Err(MetaError::fs(
                 libc::EINVAL,
-                format!(
-                    "block id {} was not allocated for an upload, or is already committed",
-                    b.id
-                ),
+                format!("block id {} was not allocated for an upload, or is already committed", b.id),
             ));
         }
         let version = w.next_version();
@@ -293,8 +210,7 @@ pub fn commit_blocks(
             compression: b.compression,
             committed: Some(now),
         };
-        w.blocks
-            .insert((ino, ch.index), rec.encode_to_vec().as_slice())?;
+        w.blocks.insert((ino, ch.index), rec.encode_to_vec().as_slice())?;
         w.counters.stored_blocks += 1;
         delta += b.len as i64;
     }
@@ -302,11 +218,7 @@ pub fn commit_blocks(
     charge(w, quota_root, 0, delta)?;
     let a = attr_mut(&mut inode);
     a.size = a.size.max(req.end);
-    a.stored = if delta >= 0 {
-        a.stored + delta as u64
-    } else {
-        a.stored.saturating_sub(delta.unsigned_abs())
-    };
+    a.stored = if delta >= 0 { a.stored + delta as u64 } else { a.stored.saturating_sub(delta.unsigned_abs()) };
     a.mtime = Some(req.mtime.unwrap_or(now));
     a.ctime = Some(now);
     w.touch_change(&mut inode);

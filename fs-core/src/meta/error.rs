@@ -13,9 +13,7 @@ pub enum MetaError {
     Fs { errno: i32, message: String },
     /// A block-map change was built on a version that is no longer current; the client rebuilds
     /// those indexes from the current map and retries.
-    #[error(
-        "block indexes {indexes:?} of inode {ino} changed since they were read; re-read and retry"
-    )]
+    #[error("block indexes {indexes:?} of inode {ino} changed since they were read; re-read and retry")]
     Stale { ino: u64, indexes: Vec<u64> },
     /// No or a bad credential (token, session).
     #[error("{0}")]
@@ -30,10 +28,7 @@ pub enum MetaError {
 
 impl MetaError {
     pub fn fs(errno: i32, message: impl Into<String>) -> MetaError {
-        MetaError::Fs {
-            errno,
-            message: message.into(),
-        }
+        MetaError::Fs { errno, message: message.into() }
     }
 
     /// The errno a filesystem client reports for this error.
@@ -67,17 +62,10 @@ impl MetaError {
 
     /// Recovers the error a server sent (the client side of [`From<MetaError> for tonic::Status`]).
     pub fn from_status(status: &tonic::Status) -> MetaError {
-        let errno = status
-            .metadata()
-            .get(ERRNO_KEY)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i32>().ok());
+        let errno = status.metadata().get(ERRNO_KEY).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok());
         let message = status.message().to_string();
         match (status.code(), errno) {
-            (Code::Aborted, _) => MetaError::Stale {
-                ino: 0,
-                indexes: Vec::new(),
-            },
+            (Code::Aborted, _) => MetaError::Stale { ino: 0, indexes: Vec::new() },
             (Code::Unauthenticated, _) => MetaError::Unauthenticated(message),
             (_, Some(libc::EPROTO)) => MetaError::Protocol(message),
             (_, Some(errno)) if errno != libc::EIO => MetaError::Fs { errno, message },
@@ -92,13 +80,7 @@ impl MetaError {
 impl From<MetaError> for tonic::Status {
     fn from(e: MetaError) -> tonic::Status {
         let mut status = tonic::Status::new(e.code(), e.to_string());
-        status.metadata_mut().insert(
-            ERRNO_KEY,
-            e.errno()
-                .to_string()
-                .parse()
-                .expect("digits are valid metadata"),
-        );
+        status.metadata_mut().insert(ERRNO_KEY, e.errno().to_string().parse().expect("digits are valid metadata"));
         status
     }
 }
@@ -118,19 +100,11 @@ macro_rules! from_redb {
         }
     )*};
 }
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::DatabaseError
-);
+from_redb!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError, redb::DatabaseError);
 
 impl From<prost::DecodeError> for MetaError {
     fn from(e: prost::DecodeError) -> MetaError {
-        MetaError::Internal(format!(
-            "a database record does not decode ({e}); run `stratusfs fsck`"
-        ))
+        MetaError::Internal(format!("a database record does not decode ({e}); run `stratusfs fsck`"))
     }
 }
 

@@ -49,11 +49,7 @@ impl Lock {
             session: self.session.to_vec(),
             owner: self.owner,
             kind: self.kind as i32,
-            r#type: if self.write {
-                pb::LockType::Write
-            } else {
-                pb::LockType::Read
-            } as i32,
+            r#type: if self.write { pb::LockType::Write } else { pb::LockType::Read } as i32,
             start: self.start,
             end: self.end,
             pid: self.pid,
@@ -98,10 +94,7 @@ fn apply(held: &mut Vec<Lock>, want: &Lock, unlock: bool) {
             merged.end = merged.end.max(l.end);
         } else if l.overlaps(s, e) {
             if l.start < s {
-                out.push(Lock {
-                    end: s - 1,
-                    ..l.clone()
-                });
+                out.push(Lock { end: s - 1, ..l.clone() });
             }
             if l.end > e {
                 out.push(Lock { start: e + 1, ..l });
@@ -187,40 +180,21 @@ impl LockTable {
     }
 
     pub fn list(&self, ino: u64) -> Vec<Lock> {
-        self.state
-            .lock()
-            .held
-            .get(&ino)
-            .cloned()
-            .unwrap_or_default()
+        self.state.lock().held.get(&ino).cloned().unwrap_or_default()
     }
 
     /// The lock that would block `want` (F_GETLK), if any.
     pub fn test(&self, ino: u64, want: &Lock) -> Option<Lock> {
         let st = self.state.lock();
-        st.held
-            .get(&ino)?
-            .iter()
-            .find(|l| l.conflicts(want))
-            .cloned()
+        st.held.get(&ino)?.iter().find(|l| l.conflicts(want)).cloned()
     }
 
     /// F_SETLK / F_SETLKW / flock. `unlock` releases the range instead.
-    pub fn set(
-        &self,
-        ino: u64,
-        want: Lock,
-        unlock: bool,
-        wait: bool,
-        persist: Persist,
-    ) -> SetOutcome {
+    pub fn set(&self, ino: u64, want: Lock, unlock: bool, wait: bool, persist: Persist) -> SetOutcome {
         let mut st = self.state.lock();
         let conflict = match unlock {
             true => None,
-            false => st
-                .held
-                .get(&ino)
-                .and_then(|h| h.iter().find(|l| l.conflicts(&want)).cloned()),
+            false => st.held.get(&ino).and_then(|h| h.iter().find(|l| l.conflicts(&want)).cloned()),
         };
         if let Some(c) = conflict {
             if !wait {
@@ -229,16 +203,8 @@ impl LockTable {
             let (tx, rx) = oneshot::channel();
             st.next_waiter += 1;
             let id = st.next_waiter;
-            st.waiting
-                .entry(ino)
-                .or_default()
-                .push(Waiting { id, want, wake: tx });
-            return SetOutcome::Wait(Waiter {
-                table: self.clone(),
-                ino,
-                id,
-                rx: Some(rx),
-            });
+            st.waiting.entry(ino).or_default().push(Waiting { id, want, wake: tx });
+            return SetOutcome::Wait(Waiter { table: self.clone(), ino, id, rx: Some(rx) });
         }
         apply(st.held.entry(ino).or_default(), &want, unlock);
         Self::grant_waiters(&mut st, ino);
@@ -267,20 +233,12 @@ impl LockTable {
     /// Every inode on which `session` holds a lock.
     pub fn inodes_of(&self, session: &SessionId) -> Vec<u64> {
         let st = self.state.lock();
-        st.held
-            .iter()
-            .filter(|(_, ls)| ls.iter().any(|l| &l.session == session))
-            .map(|(ino, _)| *ino)
-            .collect()
+        st.held.iter().filter(|(_, ls)| ls.iter().any(|l| &l.session == session)).map(|(ino, _)| *ino).collect()
     }
 
     pub fn count_of(&self, session: &SessionId) -> usize {
         let st = self.state.lock();
-        st.held
-            .values()
-            .flatten()
-            .filter(|l| &l.session == session)
-            .count()
+        st.held.values().flatten().filter(|l| &l.session == session).count()
     }
 
     /// Grants queued requests in arrival order while they do not conflict.
@@ -312,30 +270,15 @@ mod tests {
     use super::*;
 
     fn lk(session: u8, owner: u64, write: bool, start: u64, end: u64) -> Lock {
-        Lock {
-            session: [session; 16],
-            owner,
-            kind: pb::LockKind::Posix,
-            write,
-            start,
-            end,
-            pid: 1,
-            open_id: 1,
-        }
+        Lock { session: [session; 16], owner, kind: pb::LockKind::Posix, write, start, end, pid: 1, open_id: 1 }
     }
 
     fn set(t: &LockTable, l: Lock) -> bool {
-        matches!(
-            t.set(7, l, false, false, &mut |_, _| {}),
-            SetOutcome::Done(_)
-        )
+        matches!(t.set(7, l, false, false, &mut |_, _| {}), SetOutcome::Done(_))
     }
 
     fn ranges(t: &LockTable) -> Vec<(u64, u64, bool)> {
-        t.list(7)
-            .iter()
-            .map(|l| (l.start, l.end, l.write))
-            .collect()
+        t.list(7).iter().map(|l| (l.start, l.end, l.write)).collect()
     }
 
     #[test]
@@ -343,17 +286,9 @@ mod tests {
         let t = LockTable::default();
         assert!(set(&t, lk(1, 1, true, 0, 9)));
         assert!(set(&t, lk(1, 1, true, 10, 19)));
-        assert_eq!(
-            ranges(&t),
-            [(0, 19, true)],
-            "adjacent ranges of one type merge"
-        );
+        assert_eq!(ranges(&t), [(0, 19, true)], "adjacent ranges of one type merge");
         assert!(set(&t, lk(1, 1, false, 5, 14)));
-        assert_eq!(
-            ranges(&t),
-            [(0, 4, true), (5, 14, false), (15, 19, true)],
-            "a read lock splits a write lock"
-        );
+        assert_eq!(ranges(&t), [(0, 4, true), (5, 14, false), (15, 19, true)], "a read lock splits a write lock");
         t.set(7, lk(1, 1, false, 0, u64::MAX), true, false, &mut |_, _| {});
         assert!(ranges(&t).is_empty(), "unlock to EOF removes everything");
     }
@@ -363,19 +298,10 @@ mod tests {
         let t = LockTable::default();
         assert!(set(&t, lk(1, 1, false, 0, 99)));
         assert!(set(&t, lk(2, 1, false, 50, 150)), "read locks share");
-        assert!(
-            !set(&t, lk(2, 2, true, 10, 10)),
-            "a write lock conflicts with a read lock of another owner"
-        );
-        assert!(
-            set(&t, lk(1, 1, true, 0, 9)),
-            "upgrade within own range that no one else reads"
-        );
+        assert!(!set(&t, lk(2, 2, true, 10, 10)), "a write lock conflicts with a read lock of another owner");
+        assert!(set(&t, lk(1, 1, true, 0, 9)), "upgrade within own range that no one else reads");
         let c = t.test(7, &lk(3, 1, true, 60, 60)).unwrap();
-        assert_eq!(
-            c.session, [1; 16],
-            "F_GETLK reports the first conflicting lock"
-        );
+        assert_eq!(c.session, [1; 16], "F_GETLK reports the first conflicting lock");
     }
 
     #[test]
@@ -391,26 +317,17 @@ mod tests {
     async fn a_waiter_is_woken_by_the_release_and_a_dropped_one_is_withdrawn() {
         let t = LockTable::default();
         assert!(set(&t, lk(1, 1, true, 0, 9)));
-        let SetOutcome::Wait(w) = t.set(7, lk(2, 1, true, 5, 5), false, true, &mut |_, _| {})
-        else {
+        let SetOutcome::Wait(w) = t.set(7, lk(2, 1, true, 5, 5), false, true, &mut |_, _| {}) else {
             panic!("should wait")
         };
-        let SetOutcome::Wait(dropped) = t.set(7, lk(3, 1, true, 5, 5), false, true, &mut |_, _| {})
-        else {
+        let SetOutcome::Wait(dropped) = t.set(7, lk(3, 1, true, 5, 5), false, true, &mut |_, _| {}) else {
             panic!("should wait")
         };
         drop(dropped);
         let mut persisted = Vec::new();
-        t.set(7, lk(1, 1, true, 0, 9), true, false, &mut |_, l| {
-            persisted = l.to_vec()
-        });
-        tokio::time::timeout(std::time::Duration::from_secs(1), w.granted())
-            .await
-            .unwrap();
+        t.set(7, lk(1, 1, true, 0, 9), true, false, &mut |_, l| persisted = l.to_vec());
+        tokio::time::timeout(std::time::Duration::from_secs(1), w.granted()).await.unwrap();
         assert_eq!(persisted.len(), 1);
-        assert_eq!(
-            persisted[0].session, [2; 16],
-            "the woken waiter holds the lock, the dropped one does not"
-        );
+        assert_eq!(persisted[0].session, [2; 16], "the woken waiter holds the lock, the dropped one does not");
     }
 }

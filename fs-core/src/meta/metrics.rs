@@ -51,17 +51,9 @@ impl Metrics {
         let rpc_seconds = Family::<OpLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.00005, 2.0, 18))
         });
-        registry.register(
-            "rpc_seconds",
-            "Latency of metadata RPCs, per operation",
-            rpc_seconds.clone(),
-        );
+        registry.register("rpc_seconds", "Latency of metadata RPCs, per operation", rpc_seconds.clone());
         let rpc_errors = Family::<OpLabels, Counter>::default();
-        registry.register(
-            "rpc_errors",
-            "Metadata RPCs that returned an error, per operation",
-            rpc_errors.clone(),
-        );
+        registry.register("rpc_errors", "Metadata RPCs that returned an error, per operation", rpc_errors.clone());
         let sessions = Gauge::default();
         registry.register("sessions", "Live sessions", sessions.clone());
         let lock_requests = Family::<LockLabels, Counter>::default();
@@ -71,31 +63,14 @@ impl Metrics {
             lock_requests.clone(),
         );
         let gc_deleted = Counter::default();
-        registry.register(
-            "gc_deleted_blocks",
-            "Block objects deleted by the garbage collector",
-            gc_deleted.clone(),
-        );
+        registry.register("gc_deleted_blocks", "Block objects deleted by the garbage collector", gc_deleted.clone());
         let db_bytes = Family::<VolumeLabels, Gauge>::default();
-        registry.register(
-            "database_bytes",
-            "Size of each volume's database file",
-            db_bytes.clone(),
-        );
+        registry.register("database_bytes", "Size of each volume's database file", db_bytes.clone());
         let commits = Family::<VolumeLabels, Gauge>::default();
-        registry.register(
-            "commits",
-            "Changes committed, per volume (since start)",
-            commits.clone(),
-        );
+        registry.register("commits", "Changes committed, per volume (since start)", commits.clone());
         let syncs = Family::<VolumeLabels, Gauge>::default();
-        registry.register(
-            "syncs",
-            "Durable (fsync) commits, per volume (since start)",
-            syncs.clone(),
-        );
-        let sync_seconds =
-            Family::<VolumeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register("syncs", "Durable (fsync) commits, per volume (since start)", syncs.clone());
+        let sync_seconds = Family::<VolumeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "sync_seconds",
             "Time spent in durable commits, per volume (since start); divide by syncs for the mean commit latency",
@@ -117,17 +92,12 @@ impl Metrics {
 
     /// Starts timing an RPC; the returned guard records its latency when dropped.
     pub fn time(self: &Arc<Self>, op: &'static str) -> RpcTimer {
-        RpcTimer {
-            metrics: self.clone(),
-            op,
-            start: Instant::now(),
-        }
+        RpcTimer { metrics: self.clone(), op, start: Instant::now() }
     }
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
@@ -140,9 +110,6 @@ pub struct RpcTimer {
 
 impl Drop for RpcTimer {
     fn drop(&mut self) {
-        self.metrics
-            .rpc_seconds
-            .get_or_create(&OpLabels { op: self.op })
-            .observe(self.start.elapsed().as_secs_f64());
+        self.metrics.rpc_seconds.get_or_create(&OpLabels { op: self.op }).observe(self.start.elapsed().as_secs_f64());
     }
 }

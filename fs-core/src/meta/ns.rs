@@ -28,11 +28,7 @@ pub const MAX_XATTR_NAME: usize = 255;
 /// directory from `quota_root` outwards. A positive charge past a limit fails with EDQUOT.
 pub fn charge(w: &mut W, quota_root: u64, inodes: i64, bytes: i64) -> MetaResult<()> {
     fn apply(used: u64, delta: i64) -> u64 {
-        if delta >= 0 {
-            used.saturating_add(delta as u64)
-        } else {
-            used.saturating_sub(delta.unsigned_abs())
-        }
+        if delta >= 0 { used.saturating_add(delta as u64) } else { used.saturating_sub(delta.unsigned_abs()) }
     }
     fn check(max: u64, used: u64, delta: i64, what: &str, unit: &str) -> MetaResult<()> {
         if delta > 0 && max > 0 && used.saturating_add(delta as u64) > max {
@@ -44,20 +40,8 @@ pub fn charge(w: &mut W, quota_root: u64, inodes: i64, bytes: i64) -> MetaResult
         Ok(())
     }
     let vq = w.counters.quota.unwrap_or_default();
-    check(
-        vq.max_inodes,
-        w.counters.used_inodes,
-        inodes,
-        "volume",
-        "inodes",
-    )?;
-    check(
-        vq.max_bytes,
-        w.counters.used_bytes,
-        bytes,
-        "volume",
-        "bytes",
-    )?;
+    check(vq.max_inodes, w.counters.used_inodes, inodes, "volume", "inodes")?;
+    check(vq.max_bytes, w.counters.used_bytes, bytes, "volume", "bytes")?;
     w.counters.used_inodes = apply(w.counters.used_inodes, inodes);
     w.counters.used_bytes = apply(w.counters.used_bytes, bytes);
     let mut q = quota_root;
@@ -65,14 +49,7 @@ pub fn charge(w: &mut W, quota_root: u64, inodes: i64, bytes: i64) -> MetaResult
     while q != 0 && hops < 64 {
         let Some(mut qd) = w.quota(q)? else { break };
         let lim = qd.quota.unwrap_or_default();
-        let what = format!(
-            "directory {}",
-            if qd.path.is_empty() {
-                q.to_string()
-            } else {
-                qd.path.clone()
-            }
-        );
+        let what = format!("directory {}", if qd.path.is_empty() { q.to_string() } else { qd.path.clone() });
         check(lim.max_inodes, qd.used_inodes, inodes, &what, "inodes")?;
         check(lim.max_bytes, qd.used_bytes, bytes, &what, "bytes")?;
         qd.used_inodes = apply(qd.used_inodes, inodes);
@@ -102,30 +79,18 @@ pub struct NewNode<'a> {
 }
 
 /// Creates `name` in `parent`. Returns the new inode's number and record.
-pub fn mknod(
-    w: &mut W,
-    c: &Caller,
-    parent: u64,
-    name: &[u8],
-    node: NewNode,
-) -> MetaResult<(u64, rec::Inode)> {
+pub fn mknod(w: &mut W, c: &Caller, parent: u64, name: &[u8], node: NewNode) -> MetaResult<(u64, rec::Inode)> {
     c.writable()?;
     c.check_name(name)?;
     let mut dir = w.dir(parent)?;
     if name == b"." || name == b".." || w.dentry(parent, name)?.is_some() {
         return Err(MetaError::fs(
             libc::EEXIST,
-            format!(
-                "{:?} already exists in directory {parent}",
-                String::from_utf8_lossy(name)
-            ),
+            format!("{:?} already exists in directory {parent}", String::from_utf8_lossy(name)),
         ));
     }
     if attr(&dir).nlink == 0 {
-        return Err(MetaError::fs(
-            libc::ENOENT,
-            format!("directory {parent} has been removed"),
-        ));
+        return Err(MetaError::fs(libc::ENOENT, format!("directory {parent} has been removed")));
     }
     let kind = node.kind;
     let mut perm = node.perm & 0o7777 & !node.umask;
@@ -150,11 +115,7 @@ pub fn mknod(
             ino,
             kind: kind as i32,
             perm,
-            nlink: if kind == pb::FileKind::Directory {
-                2
-            } else {
-                1
-            },
+            nlink: if kind == pb::FileKind::Directory { 2 } else { 1 },
             uid,
             gid,
             size: target.len() as u64,
@@ -167,11 +128,7 @@ pub fn mknod(
         }),
         parent,
         quota_root,
-        next_cookie: if kind == pb::FileKind::Directory {
-            FIRST_COOKIE
-        } else {
-            0
-        },
+        next_cookie: if kind == pb::FileKind::Directory { FIRST_COOKIE } else { 0 },
         symlink_target: target.to_vec(),
         generation: 0,
     };
@@ -207,11 +164,7 @@ pub fn purge(w: &mut W, ino: u64, inode: &rec::Inode) -> MetaResult<()> {
     let names: Vec<Vec<u8>> = w
         .xattrs
         .range((ino, &[][..])..)?
-        .map_while(|item| {
-            item.ok()
-                .filter(|(k, _)| k.value().0 == ino)
-                .map(|(k, _)| k.value().1.to_vec())
-        })
+        .map_while(|item| item.ok().filter(|(k, _)| k.value().0 == ino).map(|(k, _)| k.value().1.to_vec()))
         .collect();
     for n in names {
         w.xattrs.remove((ino, n.as_slice()))?;
@@ -224,10 +177,7 @@ pub fn purge(w: &mut W, ino: u64, inode: &rec::Inode) -> MetaResult<()> {
 }
 
 fn is_open(w: &W, ino: u64) -> MetaResult<bool> {
-    Ok(w.open_by_ino
-        .range((ino, 0)..=(ino, u64::MAX))?
-        .next()
-        .is_some())
+    Ok(w.open_by_ino.range((ino, 0)..=(ino, u64::MAX))?.next().is_some())
 }
 
 /// Drops one link of a non-directory: at zero links it is purged, or kept as an orphan while open.
@@ -250,16 +200,11 @@ fn drop_link(w: &mut W, ino: u64, mut inode: rec::Inode) -> MetaResult<()> {
 pub fn unlink(w: &mut W, c: &Caller, parent: u64, name: &[u8]) -> MetaResult<()> {
     c.writable()?;
     let mut dir = w.dir(parent)?;
-    let d = w
-        .dentry(parent, name)?
-        .ok_or_else(|| no_entry(parent, name))?;
+    let d = w.dentry(parent, name)?.ok_or_else(|| no_entry(parent, name))?;
     if d.kind() == pb::FileKind::Directory {
         return Err(MetaError::fs(
             libc::EISDIR,
-            format!(
-                "{:?} is a directory; use rmdir",
-                String::from_utf8_lossy(name)
-            ),
+            format!("{:?} is a directory; use rmdir", String::from_utf8_lossy(name)),
         ));
     }
     let inode = w.inode(d.ino)?;
@@ -280,20 +225,12 @@ pub fn rmdir(w: &mut W, c: &Caller, parent: u64, name: &[u8]) -> MetaResult<()> 
         return Err(MetaError::fs(libc::ENOTEMPTY, "cannot remove '..'"));
     }
     let mut dir = w.dir(parent)?;
-    let d = w
-        .dentry(parent, name)?
-        .ok_or_else(|| no_entry(parent, name))?;
+    let d = w.dentry(parent, name)?.ok_or_else(|| no_entry(parent, name))?;
     if d.kind() != pb::FileKind::Directory {
-        return Err(MetaError::fs(
-            libc::ENOTDIR,
-            format!("{:?} is not a directory", String::from_utf8_lossy(name)),
-        ));
+        return Err(MetaError::fs(libc::ENOTDIR, format!("{:?} is not a directory", String::from_utf8_lossy(name))));
     }
     if d.ino == c.root {
-        return Err(MetaError::fs(
-            libc::EBUSY,
-            "cannot remove the session's root",
-        ));
+        return Err(MetaError::fs(libc::EBUSY, "cannot remove the session's root"));
     }
     if !w.dir_is_empty(d.ino)? {
         return Err(MetaError::fs(
@@ -312,13 +249,7 @@ pub fn rmdir(w: &mut W, c: &Caller, parent: u64, name: &[u8]) -> MetaResult<()> 
     purge(w, d.ino, &child)
 }
 
-pub fn link(
-    w: &mut W,
-    c: &Caller,
-    ino: u64,
-    new_parent: u64,
-    new_name: &[u8],
-) -> MetaResult<rec::Inode> {
+pub fn link(w: &mut W, c: &Caller, ino: u64, new_parent: u64, new_name: &[u8]) -> MetaResult<rec::Inode> {
     c.writable()?;
     c.check_name(new_name)?;
     let mut inode = w.inode(ino)?;
@@ -329,26 +260,17 @@ pub fn link(
         ));
     }
     if attr(&inode).nlink == 0 {
-        return Err(MetaError::fs(
-            libc::ENOENT,
-            format!("inode {ino} has been unlinked"),
-        ));
+        return Err(MetaError::fs(libc::ENOENT, format!("inode {ino} has been unlinked")));
     }
     let mut dir = w.dir(new_parent)?;
     if new_name == b"." || new_name == b".." || w.dentry(new_parent, new_name)?.is_some() {
         return Err(MetaError::fs(
             libc::EEXIST,
-            format!(
-                "{:?} already exists in directory {new_parent}",
-                String::from_utf8_lossy(new_name)
-            ),
+            format!("{:?} already exists in directory {new_parent}", String::from_utf8_lossy(new_name)),
         ));
     }
     if inode.quota_root != dir.quota_root {
-        return Err(MetaError::fs(
-            libc::EXDEV,
-            "cannot link across quota directories",
-        ));
+        return Err(MetaError::fs(libc::EXDEV, "cannot link across quota directories"));
     }
     let now = w.now;
     let kind = kind_of(&inode);
@@ -374,9 +296,7 @@ fn is_under(w: &W, ancestor: u64, mut ino: u64) -> MetaResult<bool> {
         }
         ino = w.inode(ino)?.parent;
     }
-    Err(MetaError::Internal(format!(
-        "directory {ino} is more than 4096 levels deep or in a loop; run fsck"
-    )))
+    Err(MetaError::Internal(format!("directory {ino} is more than 4096 levels deep or in a loop; run fsck")))
 }
 
 /// rename(2)/renameat2(2) with RENAME_NOREPLACE and RENAME_EXCHANGE.
@@ -393,10 +313,7 @@ pub fn rename(
     if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
         || flags & (RENAME_NOREPLACE | RENAME_EXCHANGE) == (RENAME_NOREPLACE | RENAME_EXCHANGE)
     {
-        return Err(MetaError::fs(
-            libc::EINVAL,
-            format!("unsupported rename flags {flags:#x}"),
-        ));
+        return Err(MetaError::fs(libc::EINVAL, format!("unsupported rename flags {flags:#x}")));
     }
     c.check_name(new_name)?;
     for n in [name, new_name] {
@@ -406,36 +323,21 @@ pub fn rename(
     }
     let same_dir = parent == new_parent;
     let mut src_dir = w.dir(parent)?;
-    let mut dst_dir = if same_dir {
-        None
-    } else {
-        Some(w.dir(new_parent)?)
-    };
-    let sd = w
-        .dentry(parent, name)?
-        .ok_or_else(|| no_entry(parent, name))?;
+    let mut dst_dir = if same_dir { None } else { Some(w.dir(new_parent)?) };
+    let sd = w.dentry(parent, name)?.ok_or_else(|| no_entry(parent, name))?;
     if same_dir && name == new_name {
         return Ok(());
     }
     if sd.ino == c.root {
-        return Err(MetaError::fs(
-            libc::EBUSY,
-            "cannot rename the session's root",
-        ));
+        return Err(MetaError::fs(libc::EBUSY, "cannot rename the session's root"));
     }
     let dst_quota = dst_dir.as_ref().unwrap_or(&src_dir).quota_root;
     if src_dir.quota_root != dst_quota {
-        return Err(MetaError::fs(
-            libc::EXDEV,
-            "cannot rename across quota directories",
-        ));
+        return Err(MetaError::fs(libc::EXDEV, "cannot rename across quota directories"));
     }
     let src_is_dir = sd.kind() == pb::FileKind::Directory;
     if src_is_dir && !same_dir && is_under(w, sd.ino, new_parent)? {
-        return Err(MetaError::fs(
-            libc::EINVAL,
-            "cannot move a directory into itself",
-        ));
+        return Err(MetaError::fs(libc::EINVAL, "cannot move a directory into itself"));
     }
     let td = w.dentry(new_parent, new_name)?;
     let now = w.now;
@@ -444,37 +346,17 @@ pub fn rename(
     if flags & RENAME_EXCHANGE != 0 {
         let td = td.ok_or_else(|| no_entry(new_parent, new_name))?;
         if td.ino == c.root {
-            return Err(MetaError::fs(
-                libc::EBUSY,
-                "cannot rename the session's root",
-            ));
+            return Err(MetaError::fs(libc::EBUSY, "cannot rename the session's root"));
         }
         let dst_is_dir = td.kind() == pb::FileKind::Directory;
         if dst_is_dir && !same_dir && is_under(w, td.ino, parent)? {
-            return Err(MetaError::fs(
-                libc::EINVAL,
-                "cannot move a directory into itself",
-            ));
+            return Err(MetaError::fs(libc::EINVAL, "cannot move a directory into itself"));
         }
         // Each slot keeps its cookie; the inodes swap.
-        let slot_src = rec::Dentry {
-            ino: td.ino,
-            kind: td.kind,
-            cookie: sd.cookie,
-        };
-        let slot_dst = rec::Dentry {
-            ino: sd.ino,
-            kind: sd.kind,
-            cookie: td.cookie,
-        };
-        w.dentries.insert(
-            (parent, name),
-            prost::Message::encode_to_vec(&slot_src).as_slice(),
-        )?;
-        w.dentries.insert(
-            (new_parent, new_name),
-            prost::Message::encode_to_vec(&slot_dst).as_slice(),
-        )?;
+        let slot_src = rec::Dentry { ino: td.ino, kind: td.kind, cookie: sd.cookie };
+        let slot_dst = rec::Dentry { ino: sd.ino, kind: sd.kind, cookie: td.cookie };
+        w.dentries.insert((parent, name), prost::Message::encode_to_vec(&slot_src).as_slice())?;
+        w.dentries.insert((new_parent, new_name), prost::Message::encode_to_vec(&slot_dst).as_slice())?;
         if td.ino != sd.ino {
             let mut ti = w.inode(td.ino)?;
             if !same_dir {
@@ -502,10 +384,7 @@ pub fn rename(
             if flags & RENAME_NOREPLACE != 0 {
                 return Err(MetaError::fs(
                     libc::EEXIST,
-                    format!(
-                        "{:?} exists and RENAME_NOREPLACE was given",
-                        String::from_utf8_lossy(new_name)
-                    ),
+                    format!("{:?} exists and RENAME_NOREPLACE was given", String::from_utf8_lossy(new_name)),
                 ));
             }
             if td.ino == sd.ino {
@@ -516,31 +395,19 @@ pub fn rename(
             let dst_is_dir = td.kind() == pb::FileKind::Directory;
             if src_is_dir {
                 if !dst_is_dir {
-                    return Err(MetaError::fs(
-                        libc::ENOTDIR,
-                        "cannot replace a non-directory with a directory",
-                    ));
+                    return Err(MetaError::fs(libc::ENOTDIR, "cannot replace a non-directory with a directory"));
                 }
                 if td.ino == c.root {
-                    return Err(MetaError::fs(
-                        libc::EBUSY,
-                        "cannot replace the session's root",
-                    ));
+                    return Err(MetaError::fs(libc::EBUSY, "cannot replace the session's root"));
                 }
                 if !w.dir_is_empty(td.ino)? {
                     return Err(MetaError::fs(
                         libc::ENOTEMPTY,
-                        format!(
-                            "directory {:?} is not empty",
-                            String::from_utf8_lossy(new_name)
-                        ),
+                        format!("directory {:?} is not empty", String::from_utf8_lossy(new_name)),
                     ));
                 }
             } else if dst_is_dir {
-                return Err(MetaError::fs(
-                    libc::EISDIR,
-                    "cannot replace a directory with a non-directory",
-                ));
+                return Err(MetaError::fs(libc::EISDIR, "cannot replace a directory with a non-directory"));
             }
             w.remove_dentry(new_parent, new_name)?;
             if dst_is_dir {
@@ -584,12 +451,7 @@ pub fn rename(
 
 /// setattr: chmod, chown, truncate, utimes, with the POSIX side effects (ctime, clearing setuid
 /// and setgid).
-pub fn setattr(
-    w: &mut W,
-    c: &Caller,
-    req: &pb::SetAttrRequest,
-    block_size: u32,
-) -> MetaResult<rec::Inode> {
+pub fn setattr(w: &mut W, c: &Caller, req: &pb::SetAttrRequest, block_size: u32) -> MetaResult<rec::Inode> {
     c.writable()?;
     let ino = req.ino;
     let mut inode = w.inode(ino)?;
@@ -626,16 +488,10 @@ pub fn setattr(
         match kind {
             pb::FileKind::Regular => {}
             pb::FileKind::Directory => {
-                return Err(MetaError::fs(
-                    libc::EISDIR,
-                    format!("inode {ino} is a directory"),
-                ));
+                return Err(MetaError::fs(libc::EISDIR, format!("inode {ino} is a directory")));
             }
             _ => {
-                return Err(MetaError::fs(
-                    libc::EINVAL,
-                    format!("inode {ino} is not a regular file"),
-                ));
+                return Err(MetaError::fs(libc::EINVAL, format!("inode {ino} is not a regular file")));
             }
         }
         super::data::truncate(w, ino, &mut inode, size, block_size)?;
@@ -668,45 +524,26 @@ pub fn setattr(
     Ok(inode)
 }
 
-pub fn setxattr(
-    w: &mut W,
-    c: &Caller,
-    ino: u64,
-    name: &[u8],
-    value: &[u8],
-    flags: u32,
-) -> MetaResult<()> {
+pub fn setxattr(w: &mut W, c: &Caller, ino: u64, name: &[u8], value: &[u8], flags: u32) -> MetaResult<()> {
     c.writable()?;
     if name.is_empty() || name.len() > MAX_XATTR_NAME {
-        return Err(MetaError::fs(
-            libc::ERANGE,
-            format!("xattr name of {} bytes (1..=255 allowed)", name.len()),
-        ));
+        return Err(MetaError::fs(libc::ERANGE, format!("xattr name of {} bytes (1..=255 allowed)", name.len())));
     }
     if value.len() > MAX_XATTR_VALUE {
-        return Err(MetaError::fs(
-            libc::E2BIG,
-            format!("xattr value of {} bytes (at most 65536)", value.len()),
-        ));
+        return Err(MetaError::fs(libc::E2BIG, format!("xattr value of {} bytes (at most 65536)", value.len())));
     }
     let mut inode = w.inode(ino)?;
     let exists = w.xattrs.get((ino, name))?.is_some();
     if flags & XATTR_CREATE != 0 && exists {
         return Err(MetaError::fs(
             libc::EEXIST,
-            format!(
-                "xattr {:?} exists (XATTR_CREATE)",
-                String::from_utf8_lossy(name)
-            ),
+            format!("xattr {:?} exists (XATTR_CREATE)", String::from_utf8_lossy(name)),
         ));
     }
     if flags & XATTR_REPLACE != 0 && !exists {
         return Err(MetaError::fs(
             libc::ENODATA,
-            format!(
-                "no xattr {:?} (XATTR_REPLACE)",
-                String::from_utf8_lossy(name)
-            ),
+            format!("no xattr {:?} (XATTR_REPLACE)", String::from_utf8_lossy(name)),
         ));
     }
     w.xattrs.insert((ino, name), value)?;
@@ -720,10 +557,7 @@ pub fn removexattr(w: &mut W, c: &Caller, ino: u64, name: &[u8]) -> MetaResult<(
     c.writable()?;
     let mut inode = w.inode(ino)?;
     if w.xattrs.remove((ino, name))?.is_none() {
-        return Err(MetaError::fs(
-            libc::ENODATA,
-            format!("no xattr {:?}", String::from_utf8_lossy(name)),
-        ));
+        return Err(MetaError::fs(libc::ENODATA, format!("no xattr {:?}", String::from_utf8_lossy(name))));
     }
     let now = w.now;
     set_times_now(&mut inode, &now, false);

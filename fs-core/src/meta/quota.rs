@@ -21,12 +21,8 @@ pub fn set_dir_quota(w: &mut W, dir: u64, quota: pb::Quota, path: &str) -> MetaR
         return w.put_quota(dir, &q);
     }
     let enclosing = inode.quota_root;
-    let mut q = rec::QuotaDir {
-        quota: Some(quota),
-        parent_quota: enclosing,
-        path: path.to_string(),
-        ..Default::default()
-    };
+    let mut q =
+        rec::QuotaDir { quota: Some(quota), parent_quota: enclosing, path: path.to_string(), ..Default::default() };
     let mut seen = HashSet::new();
     let mut stack = vec![dir];
     while let Some(d) = stack.pop() {
@@ -58,10 +54,7 @@ pub fn set_dir_quota(w: &mut W, dir: u64, quota: pb::Quota, path: &str) -> MetaR
             } else if seen.insert(c.ino) {
                 let mut n = w.inode(c.ino)?;
                 if n.quota_root != enclosing {
-                    return Err(MetaError::Internal(format!(
-                        "inode {} is in two quota directories; run fsck",
-                        c.ino
-                    )));
+                    return Err(MetaError::Internal(format!("inode {} is in two quota directories; run fsck", c.ino)));
                 }
                 q.used_inodes += 1;
                 q.used_bytes += attr(&n).stored;

@@ -85,12 +85,8 @@ pub fn check_version(db: &redb::Database, path: &std::path::Path, kind: &str) ->
         }
         Err(e) => return Err(e.into()),
     };
-    let version = t
-        .get("schema_version")?
-        .and_then(|v| v.value().try_into().ok().map(u32::from_le_bytes));
-    let found_kind = t
-        .get("kind")?
-        .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+    let version = t.get("schema_version")?.and_then(|v| v.value().try_into().ok().map(u32::from_le_bytes));
+    let found_kind = t.get("kind")?.map(|v| String::from_utf8_lossy(v.value()).into_owned());
     match version {
         Some(SCHEMA_VERSION) if found_kind.as_deref() == Some(kind) => Ok(()),
         Some(SCHEMA_VERSION) => Err(MetaError::Protocol(format!(
@@ -101,11 +97,7 @@ pub fn check_version(db: &redb::Database, path: &std::path::Path, kind: &str) ->
         Some(v) => Err(MetaError::Protocol(format!(
             "{} has schema version {v}; this stratusfs knows version {SCHEMA_VERSION} only{}",
             path.display(),
-            if v > SCHEMA_VERSION {
-                " (it was written by a newer stratusfs: upgrade this one)"
-            } else {
-                ""
-            }
+            if v > SCHEMA_VERSION { " (it was written by a newer stratusfs: upgrade this one)" } else { "" }
         ))),
         None => Err(MetaError::Protocol(format!(
             "{} has no schema version; it is not a stratusfs database",

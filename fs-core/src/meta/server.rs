@@ -172,15 +172,7 @@ impl MetaServer {
                     continue;
                 };
                 let rec: rec::Session = schema::dec(val.value())?;
-                map.insert(
-                    id,
-                    Arc::new(SessionState {
-                        id,
-                        volume: v.clone(),
-                        rec,
-                        deadline: Mutex::new(deadline),
-                    }),
-                );
+                map.insert(id, Arc::new(SessionState { id, volume: v.clone(), rec, deadline: Mutex::new(deadline) }));
             }
         }
         self.metrics.sessions.set(map.len() as i64);
@@ -192,17 +184,10 @@ impl MetaServer {
         let Some(path) = &self.cfg.admin_token_file else {
             return Ok(());
         };
-        let token = std::fs::read_to_string(path).map_err(|e| {
-            MetaError::Internal(format!(
-                "reading the admin token file {}: {e}",
-                path.display()
-            ))
-        })?;
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| MetaError::Internal(format!("reading the admin token file {}: {e}", path.display())))?;
         if token.trim().is_empty() {
-            return Err(MetaError::Internal(format!(
-                "the admin token file {} is empty",
-                path.display()
-            )));
+            return Err(MetaError::Internal(format!("the admin token file {} is empty", path.display())));
         }
         let hash = hash_token(&token);
         let rec = rec::AccountToken {
@@ -225,18 +210,12 @@ impl MetaServer {
 
     /// A volume by name or UUID.
     pub fn volume(&self, name_or_uuid: &str) -> MetaResult<Arc<VolumeDb>> {
-        let uuid = self
-            .names
+        let uuid = self.names.read().get(name_or_uuid).cloned().unwrap_or_else(|| name_or_uuid.to_string());
+        self.volumes
             .read()
-            .get(name_or_uuid)
+            .get(&uuid)
             .cloned()
-            .unwrap_or_else(|| name_or_uuid.to_string());
-        self.volumes.read().get(&uuid).cloned().ok_or_else(|| {
-            MetaError::fs(
-                libc::ENOENT,
-                format!("no volume named {name_or_uuid:?} on this server"),
-            )
-        })
+            .ok_or_else(|| MetaError::fs(libc::ENOENT, format!("no volume named {name_or_uuid:?} on this server")))
     }
 
     pub fn volumes(&self) -> Vec<Arc<VolumeDb>> {
@@ -247,20 +226,14 @@ impl MetaServer {
         let name = req.name.trim().to_string();
         if name.is_empty()
             || name.len() > 63
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
             return Err(MetaError::fs(
                 libc::EINVAL,
                 format!("volume name {name:?}: use 1..=63 letters, digits, '-', '_' or '.'"),
             ));
         }
-        let block_size = if req.block_size == 0 {
-            DEFAULT_BLOCK_SIZE
-        } else {
-            req.block_size
-        };
+        let block_size = if req.block_size == 0 { DEFAULT_BLOCK_SIZE } else { req.block_size };
         check_block_size(block_size)?;
         let retention = req.retention_secs.unwrap_or(DEFAULT_RETENTION_SECS);
         if retention < -1 {
@@ -270,27 +243,17 @@ impl MetaServer {
             ));
         }
         if req.backend_json.is_empty() {
-            return Err(MetaError::fs(
-                libc::EINVAL,
-                "a volume needs a block store (backend_json)",
-            ));
+            return Err(MetaError::fs(libc::EINVAL, "a volume needs a block store (backend_json)"));
         }
-        let spec: BackendSpec = serde_json::from_str(&req.backend_json).map_err(|e| {
-            MetaError::fs(
-                libc::EINVAL,
-                format!("block-store spec does not parse: {e}"),
-            )
-        })?;
+        let spec: BackendSpec = serde_json::from_str(&req.backend_json)
+            .map_err(|e| MetaError::fs(libc::EINVAL, format!("block-store spec does not parse: {e}")))?;
         open_backend(&spec).map_err(|e| MetaError::fs(libc::EINVAL, e.to_string()))?;
         let mut compression = req.compression.unwrap_or_default();
         if compression.kind() == pb::compression::Kind::Unspecified {
             compression.set_kind(pb::compression::Kind::Lz4);
         }
         if self.names.read().contains_key(&name) {
-            return Err(MetaError::fs(
-                libc::EEXIST,
-                format!("a volume named {name:?} exists"),
-            ));
+            return Err(MetaError::fs(libc::EEXIST, format!("a volume named {name:?} exists")));
         }
         let info = pb::VolumeInfo {
             uuid: uuid::Uuid::new_v4().to_string(),
@@ -303,17 +266,13 @@ impl MetaServer {
             encryption: req.encryption,
             created: Some(now()),
         };
-        let path = self
-            .cfg
-            .data_dir
-            .join(format!("volumes/{}.redb", info.uuid));
+        let path = self.cfg.data_dir.join(format!("volumes/{}.redb", info.uuid));
         let v = VolumeDb::create_db(&path, info.clone(), self.cfg.sync)?;
         v.writer.sync().await?;
         let (n, u) = (name.clone(), info.uuid.clone());
         self.server_writer
             .write(true, move |txn| {
-                txn.open_table(VOLUME_NAMES)?
-                    .insert(n.as_str(), u.as_str())?;
+                txn.open_table(VOLUME_NAMES)?.insert(n.as_str(), u.as_str())?;
                 Ok(())
             })
             .await?;
@@ -326,13 +285,8 @@ impl MetaServer {
     /// Deletes a volume's metadata (its block objects are left in the bucket; the docs say so).
     pub async fn delete_volume(&self, name: &str) -> MetaResult<()> {
         let v = self.volume(name)?;
-        let ids: Vec<SessionId> = self
-            .sessions
-            .read()
-            .values()
-            .filter(|s| Arc::ptr_eq(&s.volume, &v))
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<SessionId> =
+            self.sessions.read().values().filter(|s| Arc::ptr_eq(&s.volume, &v)).map(|s| s.id).collect();
         for id in ids {
             self.end_session(&id, "volume deleted").await;
         }
@@ -356,10 +310,7 @@ impl MetaServer {
         let mut info = v.info();
         if let Some(r) = req.retention_secs {
             if r < -1 {
-                return Err(MetaError::fs(
-                    libc::EINVAL,
-                    format!("retention {r}: give seconds, 0 or -1"),
-                ));
+                return Err(MetaError::fs(libc::EINVAL, format!("retention {r}: give seconds, 0 or -1")));
             }
             info.retention_secs = r;
         }
@@ -367,12 +318,8 @@ impl MetaServer {
             info.quota = req.quota;
         }
         if !req.backend_json.is_empty() {
-            let spec: BackendSpec = serde_json::from_str(&req.backend_json).map_err(|e| {
-                MetaError::fs(
-                    libc::EINVAL,
-                    format!("block-store spec does not parse: {e}"),
-                )
-            })?;
+            let spec: BackendSpec = serde_json::from_str(&req.backend_json)
+                .map_err(|e| MetaError::fs(libc::EINVAL, format!("block-store spec does not parse: {e}")))?;
             info.backend_json = serde_json::to_string(&spec).expect("a spec serializes");
         }
         if req.encryption.is_some() {
@@ -400,16 +347,11 @@ impl MetaServer {
     pub async fn create_account_token(&self, comment: String) -> MetaResult<pb::CreateTokenReply> {
         let token = uuid::Uuid::new_v4().to_string();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let rec = rec::AccountToken {
-            id: id.clone(),
-            comment,
-            created: Some(now()),
-        };
+        let rec = rec::AccountToken { id: id.clone(), comment, created: Some(now()) };
         let hash = hash_token(&token);
         self.server_writer
             .write(true, move |txn| {
-                txn.open_table(ACCOUNT_TOKENS)?
-                    .insert(hash.as_slice(), rec.encode_to_vec().as_slice())?;
+                txn.open_table(ACCOUNT_TOKENS)?.insert(hash.as_slice(), rec.encode_to_vec().as_slice())?;
                 Ok(())
             })
             .await?;
@@ -422,28 +364,19 @@ impl MetaServer {
         let mut ino = ROOT_INO;
         for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
             if part == ".." {
-                return Err(MetaError::fs(
-                    libc::EINVAL,
-                    format!("path {path:?} may not contain '..'"),
-                ));
+                return Err(MetaError::fs(libc::EINVAL, format!("path {path:?} may not contain '..'")));
             }
             ino = v.lookup(&admin, ino, part.as_bytes())?.0;
         }
         Ok(ino)
     }
 
-    pub async fn create_token(
-        &self,
-        req: pb::CreateTokenRequest,
-    ) -> MetaResult<pb::CreateTokenReply> {
+    pub async fn create_token(&self, req: pb::CreateTokenRequest) -> MetaResult<pb::CreateTokenReply> {
         let v = self.volume(&req.volume)?;
         let root = self.resolve_path(&v, &req.subpath)?;
         let inode = v.getattr(&Caller::admin(), root)?;
         if super::tx::kind_of(&inode) != pb::FileKind::Directory {
-            return Err(MetaError::fs(
-                libc::ENOTDIR,
-                format!("token subpath {:?} is not a directory", req.subpath),
-            ));
+            return Err(MetaError::fs(libc::ENOTDIR, format!("token subpath {:?} is not a directory", req.subpath)));
         }
         let token = uuid::Uuid::new_v4().to_string();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
@@ -458,8 +391,7 @@ impl MetaServer {
         };
         let hash = hash_token(&token);
         v.change(true, move |w| {
-            w.tokens
-                .insert(hash.as_slice(), rec.encode_to_vec().as_slice())?;
+            w.tokens.insert(hash.as_slice(), rec.encode_to_vec().as_slice())?;
             Ok(())
         })
         .await?;
@@ -510,10 +442,7 @@ impl MetaServer {
             })
             .await?;
         if !found {
-            return Err(MetaError::fs(
-                libc::ENOENT,
-                format!("no token {id:?} on volume {volume:?}"),
-            ));
+            return Err(MetaError::fs(libc::ENOENT, format!("no token {id:?} on volume {volume:?}")));
         }
         let ids: Vec<SessionId> = self
             .sessions
@@ -531,20 +460,13 @@ impl MetaServer {
 
     // --- sessions ---------------------------------------------------------------------------------
 
-    pub async fn open_session(
-        &self,
-        req: pb::OpenSessionRequest,
-    ) -> MetaResult<pb::OpenSessionReply> {
+    pub async fn open_session(&self, req: pb::OpenSessionRequest) -> MetaResult<pb::OpenSessionReply> {
         if req.protocol_version != PROTOCOL_VERSION as i32 {
             return Err(MetaError::Protocol(format!(
                 "client speaks protocol version {}, this server speaks {}; upgrade the {}",
                 req.protocol_version,
                 PROTOCOL_VERSION as i32,
-                if req.protocol_version > PROTOCOL_VERSION as i32 {
-                    "server"
-                } else {
-                    "client"
-                }
+                if req.protocol_version > PROTOCOL_VERSION as i32 { "server" } else { "client" }
             )));
         }
         let v = self.volume(&req.volume)?;
@@ -555,10 +477,7 @@ impl MetaServer {
                 Some(val) => schema::dec::<rec::Token>(val.value())?,
                 None => {
                     tracing::warn!(volume = %req.volume, client = %req.client, "session refused: unknown or revoked volume token");
-                    return Err(unauthenticated(format!(
-                        "unknown or revoked token for volume {:?}",
-                        req.volume
-                    )));
+                    return Err(unauthenticated(format!("unknown or revoked token for volume {:?}", req.volume)));
                 }
             }
         };
@@ -590,12 +509,7 @@ impl MetaServer {
             Ok(())
         })
         .await?;
-        let s = Arc::new(SessionState {
-            id,
-            volume: v,
-            rec,
-            deadline: Mutex::new(deadline),
-        });
+        let s = Arc::new(SessionState { id, volume: v, rec, deadline: Mutex::new(deadline) });
         let n = {
             let mut m = self.sessions.write();
             m.insert(id, s.clone());
@@ -630,9 +544,7 @@ impl MetaServer {
         let id = SessionId::try_from(ctx.session.as_slice())
             .map_err(|_| unauthenticated("the request names no session; open one first"))?;
         let s = self.sessions.read().get(&id).cloned().ok_or_else(|| {
-            unauthenticated(
-                "unknown or expired session (its token may have been revoked); open a new one",
-            )
+            unauthenticated("unknown or expired session (its token may have been revoked); open a new one")
         })?;
         *s.deadline.lock() = Instant::now() + self.cfg.lease;
         let c = s.caller(ctx);
@@ -676,13 +588,8 @@ impl MetaServer {
     /// Ends sessions whose lease ran out.
     pub async fn expire_sessions(&self) {
         let now = Instant::now();
-        let expired: Vec<SessionId> = self
-            .sessions
-            .read()
-            .values()
-            .filter(|s| *s.deadline.lock() < now)
-            .map(|s| s.id)
-            .collect();
+        let expired: Vec<SessionId> =
+            self.sessions.read().values().filter(|s| *s.deadline.lock() < now).map(|s| s.id).collect();
         for id in expired {
             self.end_session(&id, "its lease expired").await;
         }
@@ -729,10 +636,7 @@ impl MetaServer {
             return v.update_info(info).await;
         }
         let dir = self.resolve_path(&v, &path)?;
-        v.change(true, move |w| {
-            super::quota::set_dir_quota(w, dir, quota, &path)
-        })
-        .await
+        v.change(true, move |w| super::quota::set_dir_quota(w, dir, quota, &path)).await
     }
 
     pub fn usage(&self, volume: &str) -> MetaResult<pb::UsageReply> {
@@ -772,8 +676,7 @@ impl MetaServer {
         let v = self.volume(volume)?;
         let info = v.info();
         let now_ns = ts_nanos(&now());
-        let (dereferenced, abandoned) =
-            data::collectable(&v.read()?, now_ns, info.retention_secs, self.cfg.gc_grace)?;
+        let (dereferenced, abandoned) = data::collectable(&v.read()?, now_ns, info.retention_secs, self.cfg.gc_grace)?;
         let (kept_retention, kept_grace) = {
             let r = v.read()?;
             (
@@ -788,23 +691,12 @@ impl MetaServer {
                 kept_grace,
             });
         }
-        let spec: BackendSpec = serde_json::from_str(&info.backend_json).map_err(|e| {
-            MetaError::Internal(format!(
-                "volume {} has a bad block-store spec: {e}",
-                info.name
-            ))
-        })?;
+        let spec: BackendSpec = serde_json::from_str(&info.backend_json)
+            .map_err(|e| MetaError::Internal(format!("volume {} has a bad block-store spec: {e}", info.name)))?;
         let store = open_backend(&spec).map_err(|e| MetaError::Internal(e.to_string()))?;
-        let ids: Vec<u64> = dereferenced
-            .iter()
-            .map(|k| k.1)
-            .chain(abandoned.iter().copied())
-            .collect();
+        let ids: Vec<u64> = dereferenced.iter().map(|k| k.1).chain(abandoned.iter().copied()).collect();
         let uuid = info.uuid.clone();
-        let keys = futures::stream::iter(
-            ids.into_iter()
-                .map(move |id| Ok(layout::block_key(&uuid, id))),
-        );
+        let keys = futures::stream::iter(ids.into_iter().map(move |id| Ok(layout::block_key(&uuid, id))));
         let mut results = store.delete_stream(keys.boxed());
         let mut failed = 0u64;
         while let Some(r) = results.next().await {
@@ -835,11 +727,13 @@ impl MetaServer {
         .await?;
         self.metrics.gc_deleted.inc_by(n);
         tracing::info!(volume = %info.name, deleted = n, kept_retention, kept_grace, "garbage collection");
-        Ok(pb::GcReply {
-            deleted: n,
-            kept_retention,
-            kept_grace,
-        })
+        Ok(pb::GcReply { deleted: n, kept_retention, kept_grace })
+    }
+}
+
+impl Drop for MetaServer {
+    fn drop(&mut self) {
+        self.server_writer.stop();
     }
 }
 
@@ -854,7 +748,8 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops serving and makes every change durable.
+    /// Stops serving, makes every change durable and closes the databases (waiting a few
+    /// seconds for requests still in flight to let go of them).
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -862,52 +757,36 @@ impl Running {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+        self.server.sessions.write().clear();
+        self.server.volumes.write().clear();
+        let start = Instant::now();
+        while Arc::strong_count(&self.server) > 1 && start.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&self.server) > 1 {
+            tracing::warn!("requests still hold the server after 5 s; its databases close when they end");
+        }
     }
 }
 
 /// Starts the metadata server: binds both ports, starts the background tasks and returns.
 pub async fn start(cfg: ServerConfig) -> anyhow::Result<Running> {
     use anyhow::Context;
-    let server =
-        tokio::task::block_in_place(|| MetaServer::open(cfg.clone())).with_context(|| {
-            format!(
-                "opening the metadata server's data in {}",
-                cfg.data_dir.display()
-            )
-        })?;
+    let server = tokio::task::block_in_place(|| MetaServer::open(cfg.clone()))
+        .with_context(|| format!("opening the metadata server's data in {}", cfg.data_dir.display()))?;
     server.bootstrap_admin_token().await?;
-    let cert = ServerCert::load_or_generate(
-        cfg.tls_cert.clone(),
-        &cfg.data_dir.join("tls"),
-        &cfg.tls_names,
-    )
-    .context("loading the server certificate")?;
+    let cert = ServerCert::load_or_generate(cfg.tls_cert.clone(), &cfg.data_dir.join("tls"), &cfg.tls_names)
+        .context("loading the server certificate")?;
     let fingerprint = cert.fingerprint();
-    let grpc = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.listen))?;
-    let http = tokio::net::TcpListener::bind(cfg.http_listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.http_listen))?;
+    let grpc = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let http =
+        tokio::net::TcpListener::bind(cfg.http_listen).await.with_context(|| format!("binding {}", cfg.http_listen))?;
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(super::service::serve(
-        server.clone(),
-        cert,
-        grpc,
-        http,
-        stop_rx,
-    ));
+    let task = tokio::spawn(super::service::serve(server.clone(), cert, grpc, http, stop_rx));
     server.ready.store(true, Ordering::SeqCst);
     tracing::info!(%grpc_addr, %http_addr, %fingerprint, data_dir = %cfg.data_dir.display(), sync = cfg.sync, "metadata server ready");
-    Ok(Running {
-        grpc_addr,
-        http_addr,
-        fingerprint,
-        server,
-        stop: Some(stop_tx),
-        task: Some(task),
-    })
+    Ok(Running { grpc_addr, http_addr, fingerprint, server, stop: Some(stop_tx), task: Some(task) })
 }
 
 /// Runs the periodic work until `stop` resolves: lease expiry, certificate reload, GC.

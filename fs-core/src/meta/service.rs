@@ -41,11 +41,7 @@ impl MetaService {
         match f.await {
             Ok(v) => Ok(Response::new(v)),
             Err(e) => {
-                self.srv
-                    .metrics
-                    .rpc_errors
-                    .get_or_create(&OpLabels { op })
-                    .inc();
+                self.srv.metrics.rpc_errors.get_or_create(&OpLabels { op }).inc();
                 match &e {
                     MetaError::Internal(_) => tracing::error!(op, error = %e, "request failed"),
                     MetaError::Unauthenticated(_) => {
@@ -59,45 +55,31 @@ impl MetaService {
     }
 
     fn admin<T>(&self, req: &Request<T>) -> MetaResult<()> {
-        let token = req
-            .metadata()
-            .get(ACCOUNT_TOKEN_KEY)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                MetaError::Unauthenticated(format!(
-                    "admin calls need an account token in {ACCOUNT_TOKEN_KEY}"
-                ))
-            })?;
+        let token = req.metadata().get(ACCOUNT_TOKEN_KEY).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+            MetaError::Unauthenticated(format!("admin calls need an account token in {ACCOUNT_TOKEN_KEY}"))
+        })?;
         self.srv.check_account_token(token)
     }
 }
 
 fn entry(inode: &rec::Inode) -> pb::EntryReply {
-    pb::EntryReply {
-        attr: Some(*attr(inode)),
-        generation: inode.generation,
-    }
+    pb::EntryReply { attr: Some(*attr(inode)), generation: inode.generation }
 }
 
 fn attr_reply(inode: &rec::Inode) -> pb::AttrReply {
-    pb::AttrReply {
-        attr: Some(*attr(inode)),
-    }
+    pb::AttrReply { attr: Some(*attr(inode)) }
 }
 
 #[tonic::async_trait]
 impl pb::meta_server::Meta for MetaService {
     async fn open_session(&self, req: Request<pb::OpenSessionRequest>) -> R<pb::OpenSessionReply> {
-        self.call("open_session", self.srv.open_session(req.into_inner()))
-            .await
+        self.call("open_session", self.srv.open_session(req.into_inner())).await
     }
 
     async fn heartbeat(&self, req: Request<pb::Context>) -> R<pb::HeartbeatReply> {
         self.call("heartbeat", async {
             self.srv.session(Some(req.get_ref()))?;
-            Ok(pb::HeartbeatReply {
-                lease_ms: self.srv.cfg.lease.as_millis() as u32,
-            })
+            Ok(pb::HeartbeatReply { lease_ms: self.srv.cfg.lease.as_millis() as u32 })
         })
         .await
     }
@@ -165,9 +147,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("symlink", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            Ok(entry(
-                &s.volume.symlink(&c, r.parent, r.name, r.target).await?.1,
-            ))
+            Ok(entry(&s.volume.symlink(&c, r.parent, r.name, r.target).await?.1))
         })
         .await
     }
@@ -176,9 +156,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("readlink", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            Ok(pb::ReadLinkReply {
-                target: s.volume.readlink(&c, r.ino)?,
-            })
+            Ok(pb::ReadLinkReply { target: s.volume.readlink(&c, r.ino)? })
         })
         .await
     }
@@ -207,9 +185,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("link", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            Ok(entry(
-                &s.volume.link(&c, r.ino, r.new_parent, r.new_name).await?,
-            ))
+            Ok(entry(&s.volume.link(&c, r.ino, r.new_parent, r.new_name).await?))
         })
         .await
     }
@@ -247,9 +223,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("getxattr", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            Ok(pb::XattrReply {
-                value: s.volume.getxattr(&c, r.ino, &r.name)?,
-            })
+            Ok(pb::XattrReply { value: s.volume.getxattr(&c, r.ino, &r.name)? })
         })
         .await
     }
@@ -268,9 +242,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("listxattr", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            Ok(pb::ListXattrReply {
-                names: s.volume.listxattr(&c, r.ino)?,
-            })
+            Ok(pb::ListXattrReply { names: s.volume.listxattr(&c, r.ino)? })
         })
         .await
     }
@@ -305,10 +277,7 @@ impl pb::meta_server::Meta for MetaService {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
             let (open_id, inode) = s.volume.open_file(&c, r.ino, r.flags).await?;
-            Ok(pb::OpenReply {
-                open_id,
-                attr: Some(*attr(&inode)),
-            })
+            Ok(pb::OpenReply { open_id, attr: Some(*attr(&inode)) })
         })
         .await
     }
@@ -328,24 +297,16 @@ impl pb::meta_server::Meta for MetaService {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
             let (blocks, inode) = s.volume.get_blocks(&c, r.ino, r.first_index, r.count)?;
-            Ok(pb::GetBlocksReply {
-                blocks,
-                attr: Some(*attr(&inode)),
-            })
+            Ok(pb::GetBlocksReply { blocks, attr: Some(*attr(&inode)) })
         })
         .await
     }
 
-    async fn allocate_blocks(
-        &self,
-        req: Request<pb::AllocateBlocksRequest>,
-    ) -> R<pb::AllocateBlocksReply> {
+    async fn allocate_blocks(&self, req: Request<pb::AllocateBlocksRequest>) -> R<pb::AllocateBlocksReply> {
         self.call("allocate_blocks", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            Ok(pb::AllocateBlocksReply {
-                ids: s.volume.allocate_blocks(&c, r.count).await?,
-            })
+            Ok(pb::AllocateBlocksReply { ids: s.volume.allocate_blocks(&c, r.count).await? })
         })
         .await
     }
@@ -376,19 +337,12 @@ impl pb::meta_server::Meta for MetaService {
             let want = lock_of(&c, &r)?;
             Ok(match s.volume.locks.test(r.ino, &want) {
                 Some(l) => pb::GetLockReply {
-                    r#type: if l.write {
-                        pb::LockType::Write
-                    } else {
-                        pb::LockType::Read
-                    } as i32,
+                    r#type: if l.write { pb::LockType::Write } else { pb::LockType::Read } as i32,
                     start: l.start,
                     end: l.end,
                     pid: l.pid,
                 },
-                None => pb::GetLockReply {
-                    r#type: pb::LockType::Unlock as i32,
-                    ..Default::default()
-                },
+                None => pb::GetLockReply { r#type: pb::LockType::Unlock as i32, ..Default::default() },
             })
         })
         .await
@@ -402,12 +356,8 @@ impl pb::meta_server::Meta for MetaService {
             let want = lock_of(&c, &r)?;
             let unlock = r.r#type() == pb::LockType::Unlock;
             let writer = s.volume.writer.clone();
-            let outcome = s
-                .volume
-                .locks
-                .set(r.ino, want, unlock, r.wait, &mut |ino, list| {
-                    persist_locks(&writer, ino, list)
-                });
+            let outcome =
+                s.volume.locks.set(r.ino, want, unlock, r.wait, &mut |ino, list| persist_locks(&writer, ino, list));
             let m = &self.srv.metrics.lock_requests;
             match outcome {
                 SetOutcome::Done(_) => {
@@ -418,20 +368,12 @@ impl pb::meta_server::Meta for MetaService {
                     m.get_or_create(&LockLabels { result: "conflict" }).inc();
                     Err(MetaError::fs(
                         libc::EAGAIN,
-                        format!(
-                            "inode {} bytes {}..={} are locked by pid {}",
-                            r.ino, l.start, l.end, l.pid
-                        ),
+                        format!("inode {} bytes {}..={} are locked by pid {}", r.ino, l.start, l.end, l.pid),
                     ))
                 }
                 SetOutcome::Wait(w) => {
                     // Dropping this future (the client cancelled) drops the waiter, withdrawing it.
-                    let mut cancelled = CountOnDrop(Some(
-                        m.get_or_create(&LockLabels {
-                            result: "cancelled",
-                        })
-                        .clone(),
-                    ));
+                    let mut cancelled = CountOnDrop(Some(m.get_or_create(&LockLabels { result: "cancelled" }).clone()));
                     w.granted().await;
                     cancelled.0 = None;
                     m.get_or_create(&LockLabels { result: "waited" }).inc();
@@ -457,22 +399,13 @@ impl Drop for CountOnDrop {
 fn lock_of(c: &super::access::Caller, r: &pb::LockRequest) -> MetaResult<Lock> {
     let kind = r.kind();
     if kind == pb::LockKind::Unspecified {
-        return Err(MetaError::fs(
-            libc::EINVAL,
-            "lock kind unspecified (posix or flock)",
-        ));
+        return Err(MetaError::fs(libc::EINVAL, "lock kind unspecified (posix or flock)"));
     }
     if r.r#type() == pb::LockType::Unspecified {
-        return Err(MetaError::fs(
-            libc::EINVAL,
-            "lock type unspecified (read, write or unlock)",
-        ));
+        return Err(MetaError::fs(libc::EINVAL, "lock type unspecified (read, write or unlock)"));
     }
     if r.start > r.end {
-        return Err(MetaError::fs(
-            libc::EINVAL,
-            format!("lock range {}..={} is empty", r.start, r.end),
-        ));
+        return Err(MetaError::fs(libc::EINVAL, format!("lock range {}..={} is empty", r.start, r.end)));
     }
     Ok(Lock {
         session: c.session,
@@ -499,8 +432,7 @@ impl pb::admin_server::Admin for MetaService {
     async fn list_volumes(&self, req: Request<pb::Empty>) -> R<pb::ListVolumesReply> {
         self.call("admin_list_volumes", async {
             self.admin(&req)?;
-            let mut volumes: Vec<pb::VolumeInfo> =
-                self.srv.volumes().iter().map(|v| v.info()).collect();
+            let mut volumes: Vec<pb::VolumeInfo> = self.srv.volumes().iter().map(|v| v.info()).collect();
             volumes.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(pb::ListVolumesReply { volumes })
         })
@@ -535,9 +467,7 @@ impl pb::admin_server::Admin for MetaService {
     async fn list_tokens(&self, req: Request<pb::VolumeRef>) -> R<pb::ListTokensReply> {
         self.call("admin_list_tokens", async {
             self.admin(&req)?;
-            Ok(pb::ListTokensReply {
-                tokens: self.srv.list_tokens(&req.get_ref().volume)?,
-            })
+            Ok(pb::ListTokensReply { tokens: self.srv.list_tokens(&req.get_ref().volume)? })
         })
         .await
     }
@@ -552,15 +482,10 @@ impl pb::admin_server::Admin for MetaService {
         .await
     }
 
-    async fn create_account_token(
-        &self,
-        req: Request<pb::CreateAccountTokenRequest>,
-    ) -> R<pb::CreateTokenReply> {
+    async fn create_account_token(&self, req: Request<pb::CreateAccountTokenRequest>) -> R<pb::CreateTokenReply> {
         self.call("admin_create_account_token", async {
             self.admin(&req)?;
-            self.srv
-                .create_account_token(req.into_inner().comment)
-                .await
+            self.srv.create_account_token(req.into_inner().comment).await
         })
         .await
     }
@@ -636,22 +561,11 @@ pub async fn serve(
                 let srv = metrics_srv.clone();
                 async move {
                     for v in srv.volumes() {
-                        let l = VolumeLabels {
-                            volume: v.info().name,
-                        };
-                        srv.metrics
-                            .db_bytes
-                            .get_or_create(&l)
-                            .set(v.file_size() as i64);
+                        let l = VolumeLabels { volume: v.info().name };
+                        srv.metrics.db_bytes.get_or_create(&l).set(v.file_size() as i64);
                         let st = &v.writer.stats;
-                        srv.metrics
-                            .commits
-                            .get_or_create(&l)
-                            .set(st.commits.load(Ordering::Relaxed) as i64);
-                        srv.metrics
-                            .syncs
-                            .get_or_create(&l)
-                            .set(st.syncs.load(Ordering::Relaxed) as i64);
+                        srv.metrics.commits.get_or_create(&l).set(st.commits.load(Ordering::Relaxed) as i64);
+                        srv.metrics.syncs.get_or_create(&l).set(st.syncs.load(Ordering::Relaxed) as i64);
                         srv.metrics
                             .sync_seconds
                             .get_or_create(&l)
@@ -689,22 +603,31 @@ pub async fn serve(
     let bg = tokio::spawn(background(srv.clone(), cert));
 
     let svc = MetaService::new(srv.clone());
-    let result = tonic::transport::Server::builder()
+    let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
+    let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(
-            pb::meta_server::MetaServer::new(svc.clone()).max_decoding_message_size(MAX_MESSAGE),
-        )
+        .add_service(pb::meta_server::MetaServer::new(svc.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(pb::admin_server::AdminServer::new(svc).max_decoding_message_size(MAX_MESSAGE))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::ReceiverStream::new(conn_rx),
-            async {
-                let _ = stop.await;
-            },
-        )
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "the gRPC server stopped");
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(conn_rx), async {
+            let _ = grace_rx.await;
+        });
+    let mut grpc = tokio::spawn(grpc);
+    tokio::select! {
+        r = &mut grpc => {
+            if let Ok(Err(e)) = r {
+                tracing::error!(error = %e, "the gRPC server stopped");
+            }
+        }
+        _ = stop => {
+            // Graceful shutdown waits for requests in flight; a lock wait may never end, so it
+            // gets a few seconds.
+            let _ = grace_tx.send(());
+            if tokio::time::timeout(Duration::from_secs(3), &mut grpc).await.is_err() {
+                grpc.abort();
+                let _ = grpc.await;
+            }
+        }
     }
     srv.ready.store(false, Ordering::SeqCst);
     accept.abort();

@@ -32,35 +32,22 @@ impl TestServer {
     pub async fn start(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let admin_token = uuid::Uuid::new_v4().to_string();
-        std::fs::write(dir.path().join("admin.token"), &admin_token)
-            .expect("writing the admin token");
+        std::fs::write(dir.path().join("admin.token"), &admin_token).expect("writing the admin token");
         let mut cfg = Self::config(dir.path());
         tweak(&mut cfg);
         let running = start(cfg.clone()).await.expect("the test server starts");
-        TestServer {
-            running,
-            dir,
-            admin_token,
-            cfg,
-        }
+        TestServer { running, dir, admin_token, cfg }
     }
 
-    /// Stops the server and starts it again on the same data (new ports).
+    /// Stops the server and starts it again on the same data and the same ports, so clients'
+    /// channels reconnect by themselves.
     pub async fn restart(self) -> TestServer {
-        let TestServer {
-            running,
-            dir,
-            admin_token,
-            cfg,
-        } = self;
+        let TestServer { running, dir, admin_token, mut cfg } = self;
+        cfg.listen = running.grpc_addr;
+        cfg.http_listen = running.http_addr;
         running.stop().await;
         let running = start(cfg.clone()).await.expect("the test server restarts");
-        TestServer {
-            running,
-            dir,
-            admin_token,
-            cfg,
-        }
+        TestServer { running, dir, admin_token, cfg }
     }
 
     pub fn addr(&self) -> String {
@@ -68,16 +55,11 @@ impl TestServer {
     }
 
     pub fn trust(&self) -> ClientTrust {
-        ClientTrust {
-            ca_file: None,
-            fingerprint: Some(self.running.fingerprint.clone()),
-        }
+        ClientTrust { ca_file: None, fingerprint: Some(self.running.fingerprint.clone()) }
     }
 
     pub async fn channel(&self) -> tonic::transport::Channel {
-        connect(&self.addr(), &self.trust())
-            .await
-            .expect("connecting to the test server")
+        connect(&self.addr(), &self.trust()).await.expect("connecting to the test server")
     }
 
     pub async fn admin(&self) -> AdminClient {
@@ -102,37 +84,18 @@ impl TestServer {
             ..Default::default()
         };
         tweak(&mut req);
-        let info = admin
-            .create_volume(req)
-            .await
-            .expect("creating a volume")
-            .into_inner();
+        let info = admin.create_volume(req).await.expect("creating a volume").into_inner();
         let token = self.token(name, |_| {}).await;
         (info, token)
     }
 
-    pub async fn token(
-        &self,
-        volume: &str,
-        tweak: impl FnOnce(&mut pb::CreateTokenRequest),
-    ) -> String {
-        let mut req = pb::CreateTokenRequest {
-            volume: volume.into(),
-            ..Default::default()
-        };
+    pub async fn token(&self, volume: &str, tweak: impl FnOnce(&mut pb::CreateTokenRequest)) -> String {
+        let mut req = pb::CreateTokenRequest { volume: volume.into(), ..Default::default() };
         tweak(&mut req);
-        self.admin()
-            .await
-            .create_token(req)
-            .await
-            .expect("creating a token")
-            .into_inner()
-            .token
+        self.admin().await.create_token(req).await.expect("creating a token").into_inner().token
     }
 
     pub async fn session(&self, volume: &str, token: &str) -> Arc<Session> {
-        Session::open(self.channel().await, volume, token, "test")
-            .await
-            .expect("opening a session")
+        Session::open(self.channel().await, volume, token, "test").await.expect("opening a session")
     }
 }

@@ -17,28 +17,18 @@ pub const ROOT_INO: u64 = 1;
 pub const FIRST_COOKIE: u64 = 3;
 
 pub fn now() -> pb::Timespec {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    pb::Timespec {
-        sec: d.as_secs() as i64,
-        nsec: d.subsec_nanos(),
-    }
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    pb::Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
 }
 
 pub fn ts_nanos(t: &pb::Timespec) -> i64 {
-    t.sec
-        .saturating_mul(1_000_000_000)
-        .saturating_add(t.nsec as i64)
+    t.sec.saturating_mul(1_000_000_000).saturating_add(t.nsec as i64)
 }
 
 /// The attributes of an inode record (always present in records this server writes).
 pub fn attr(inode: &rec::Inode) -> &pb::Attr {
     static EMPTY: std::sync::OnceLock<pb::Attr> = std::sync::OnceLock::new();
-    inode
-        .attr
-        .as_ref()
-        .unwrap_or_else(|| EMPTY.get_or_init(pb::Attr::default))
+    inode.attr.as_ref().unwrap_or_else(|| EMPTY.get_or_init(pb::Attr::default))
 }
 
 pub fn attr_mut(inode: &mut rec::Inode) -> &mut pb::Attr {
@@ -50,20 +40,11 @@ pub fn kind_of(inode: &rec::Inode) -> pb::FileKind {
 }
 
 pub fn no_entry(parent: u64, name: &[u8]) -> MetaError {
-    MetaError::fs(
-        libc::ENOENT,
-        format!(
-            "no entry {:?} in directory {parent}",
-            String::from_utf8_lossy(name)
-        ),
-    )
+    MetaError::fs(libc::ENOENT, format!("no entry {:?} in directory {parent}", String::from_utf8_lossy(name)))
 }
 
 pub fn no_inode(ino: u64) -> MetaError {
-    MetaError::fs(
-        libc::ENOENT,
-        format!("inode {ino} does not exist (deleted?)"),
-    )
+    MetaError::fs(libc::ENOENT, format!("inode {ino} does not exist (deleted?)"))
 }
 
 /// A write transaction with every volume table open.
@@ -139,10 +120,7 @@ impl<'t> W<'t> {
     pub fn dir(&self, ino: u64) -> MetaResult<rec::Inode> {
         let inode = self.inode(ino)?;
         if kind_of(&inode) != pb::FileKind::Directory {
-            return Err(MetaError::fs(
-                libc::ENOTDIR,
-                format!("inode {ino} is not a directory"),
-            ));
+            return Err(MetaError::fs(libc::ENOTDIR, format!("inode {ino} is not a directory")));
         }
         Ok(inode)
     }
@@ -168,24 +146,14 @@ impl<'t> W<'t> {
     ) -> MetaResult<()> {
         let cookie = dir.next_cookie.max(FIRST_COOKIE);
         dir.next_cookie = cookie + 1;
-        let d = rec::Dentry {
-            ino,
-            kind: kind as i32,
-            cookie,
-        };
-        self.dentries
-            .insert((dir_ino, name), d.encode_to_vec().as_slice())?;
+        let d = rec::Dentry { ino, kind: kind as i32, cookie };
+        self.dentries.insert((dir_ino, name), d.encode_to_vec().as_slice())?;
         self.cookies.insert((dir_ino, cookie), name)?;
         Ok(())
     }
 
     pub fn remove_dentry(&mut self, dir_ino: u64, name: &[u8]) -> MetaResult<Option<rec::Dentry>> {
-        let Some(d) = self
-            .dentries
-            .remove((dir_ino, name))?
-            .map(|v| dec::<rec::Dentry>(v.value()))
-            .transpose()?
-        else {
+        let Some(d) = self.dentries.remove((dir_ino, name))?.map(|v| dec::<rec::Dentry>(v.value())).transpose()? else {
             return Ok(None);
         };
         self.cookies.remove((dir_ino, d.cookie))?;
@@ -193,11 +161,7 @@ impl<'t> W<'t> {
     }
 
     pub fn dir_is_empty(&self, ino: u64) -> MetaResult<bool> {
-        Ok(self
-            .cookies
-            .range((ino, 0)..=(ino, u64::MAX))?
-            .next()
-            .is_none())
+        Ok(self.cookies.range((ino, 0)..=(ino, u64::MAX))?.next().is_none())
     }
 
     pub fn quota(&self, dir: u64) -> MetaResult<Option<rec::QuotaDir>> {
@@ -232,10 +196,7 @@ impl<'t> W<'t> {
 }
 
 /// Reads an inode from any inode table.
-pub fn inode_in(
-    t: &impl ReadableTable<u64, &'static [u8]>,
-    ino: u64,
-) -> MetaResult<Option<rec::Inode>> {
+pub fn inode_in(t: &impl ReadableTable<u64, &'static [u8]>, ino: u64) -> MetaResult<Option<rec::Inode>> {
     match t.get(ino)? {
         Some(v) => Ok(Some(dec(v.value())?)),
         None => Ok(None),
@@ -256,11 +217,7 @@ pub fn dentry_in(
 
 /// Whether `ino` lies inside the subtree rooted at `root`: walks the parent links up.
 /// Non-directories are judged by the directory they were first linked in.
-pub fn within(
-    t: &impl ReadableTable<u64, &'static [u8]>,
-    root: u64,
-    mut ino: u64,
-) -> MetaResult<bool> {
+pub fn within(t: &impl ReadableTable<u64, &'static [u8]>, root: u64, mut ino: u64) -> MetaResult<bool> {
     if root == ROOT_INO {
         return Ok(true);
     }

@@ -33,9 +33,7 @@ pub fn check_block_size(bs: u32) -> MetaResult<()> {
     if !bs.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) {
         return Err(MetaError::fs(
             libc::EINVAL,
-            format!(
-                "block size {bs} is not a power of two between 262144 (256 KiB) and 8388608 (8 MiB)"
-            ),
+            format!("block size {bs} is not a power of two between 262144 (256 KiB) and 8388608 (8 MiB)"),
         ));
     }
     Ok(())
@@ -59,17 +57,10 @@ fn mode_of(kind: pb::FileKind) -> MetaResult<()> {
 
 impl VolumeDb {
     /// Creates a new volume database at `path` with its root directory.
-    pub fn create_db(
-        path: &Path,
-        info: pb::VolumeInfo,
-        sync_all: bool,
-    ) -> MetaResult<Arc<VolumeDb>> {
+    pub fn create_db(path: &Path, info: pb::VolumeInfo, sync_all: bool) -> MetaResult<Arc<VolumeDb>> {
         check_block_size(info.block_size)?;
         if path.exists() {
-            return Err(MetaError::fs(
-                libc::EEXIST,
-                format!("{} already exists", path.display()),
-            ));
+            return Err(MetaError::fs(libc::EEXIST, format!("{} already exists", path.display())));
         }
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
@@ -111,20 +102,15 @@ impl VolumeDb {
         let info: pb::VolumeInfo = {
             let r = db.begin_read()?;
             let t = r.open_table(META)?;
-            let v = t.get("volume")?.ok_or_else(|| {
-                MetaError::Internal(format!("{} has no volume record", path.display()))
-            })?;
+            let v = t
+                .get("volume")?
+                .ok_or_else(|| MetaError::Internal(format!("{} has no volume record", path.display())))?;
             schema::dec(v.value())?
         };
         Self::start(db, path, info, sync_all)
     }
 
-    fn start(
-        db: Database,
-        path: &Path,
-        info: pb::VolumeInfo,
-        sync_all: bool,
-    ) -> MetaResult<Arc<VolumeDb>> {
+    fn start(db: Database, path: &Path, info: pb::VolumeInfo, sync_all: bool) -> MetaResult<Arc<VolumeDb>> {
         let db = Arc::new(db);
         let locks = LockTable::default();
         {
@@ -133,10 +119,7 @@ impl VolumeDb {
             for item in t.iter()? {
                 let (k, v) = item?;
                 let list: rec::LockList = schema::dec(v.value())?;
-                locks.restore(
-                    k.value(),
-                    list.locks.iter().filter_map(Lock::from_rec).collect(),
-                );
+                locks.restore(k.value(), list.locks.iter().filter_map(Lock::from_rec).collect());
             }
         }
         let writer = Writer::start(db.clone(), &info.name, sync_all);
@@ -198,19 +181,12 @@ impl VolumeDb {
 
     // --- subtree checks ---------------------------------------------------------------------------
 
-    fn check_within(
-        t: &impl ReadableTable<u64, &'static [u8]>,
-        c: &Caller,
-        inos: &[u64],
-    ) -> MetaResult<()> {
+    fn check_within(t: &impl ReadableTable<u64, &'static [u8]>, c: &Caller, inos: &[u64]) -> MetaResult<()> {
         for &ino in inos {
             if !within(t, c.root, ino)? {
                 return Err(MetaError::fs(
                     libc::EACCES,
-                    format!(
-                        "inode {ino} is outside this session's subtree (root {})",
-                        c.root
-                    ),
+                    format!("inode {ino} is outside this session's subtree (root {})", c.root),
                 ));
             }
         }
@@ -218,13 +194,7 @@ impl VolumeDb {
     }
 
     /// Runs a change after checking, inside the same transaction, that `inos` lie in the subtree.
-    async fn change_in<R, F>(
-        &self,
-        c: &Caller,
-        inos: Vec<u64>,
-        durable: bool,
-        f: F,
-    ) -> MetaResult<R>
+    async fn change_in<R, F>(&self, c: &Caller, inos: Vec<u64>, durable: bool, f: F) -> MetaResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&mut W, &Caller) -> MetaResult<R> + Send + 'static,
@@ -256,20 +226,13 @@ impl VolumeDb {
         let inodes = r.open_table(INODES)?;
         let dir = inode_in(&inodes, parent)?.ok_or_else(|| no_inode(parent))?;
         if kind_of(&dir) != pb::FileKind::Directory {
-            return Err(MetaError::fs(
-                libc::ENOTDIR,
-                format!("inode {parent} is not a directory"),
-            ));
+            return Err(MetaError::fs(libc::ENOTDIR, format!("inode {parent} is not a directory")));
         }
         let ino = match name {
             b"." => parent,
             b".." if parent == c.root => parent,
             b".." => dir.parent,
-            _ => {
-                dentry_in(&r.open_table(DENTRIES)?, parent, name)?
-                    .ok_or_else(|| no_entry(parent, name))?
-                    .ino
-            }
+            _ => dentry_in(&r.open_table(DENTRIES)?, parent, name)?.ok_or_else(|| no_entry(parent, name))?.ino,
         };
         let inode = inode_in(&inodes, ino)?.ok_or_else(|| no_inode(ino))?;
         Ok((ino, inode))
@@ -278,10 +241,7 @@ impl VolumeDb {
     pub fn readlink(&self, c: &Caller, ino: u64) -> MetaResult<Vec<u8>> {
         let inode = self.getattr(c, ino)?;
         if kind_of(&inode) != pb::FileKind::Symlink {
-            return Err(MetaError::fs(
-                libc::EINVAL,
-                format!("inode {ino} is not a symlink"),
-            ));
+            return Err(MetaError::fs(libc::EINVAL, format!("inode {ino} is not a symlink")));
         }
         Ok(inode.symlink_target)
     }
@@ -299,10 +259,7 @@ impl VolumeDb {
         let inodes = r.open_table(INODES)?;
         let dir = inode_in(&inodes, ino)?.ok_or_else(|| no_inode(ino))?;
         if kind_of(&dir) != pb::FileKind::Directory {
-            return Err(MetaError::fs(
-                libc::ENOTDIR,
-                format!("inode {ino} is not a directory"),
-            ));
+            return Err(MetaError::fs(libc::ENOTDIR, format!("inode {ino} is not a directory")));
         }
         let limit = limit.clamp(1, 4096) as usize;
         let mut out = Vec::new();
@@ -356,13 +313,7 @@ impl VolumeDb {
         let t = r.open_table(XATTRS)?;
         let v = t.get((ino, name))?;
         v.map(|v| v.value().to_vec()).ok_or_else(|| {
-            MetaError::fs(
-                libc::ENODATA,
-                format!(
-                    "no xattr {:?} on inode {ino}",
-                    String::from_utf8_lossy(name)
-                ),
-            )
+            MetaError::fs(libc::ENODATA, format!("no xattr {:?} on inode {ino}", String::from_utf8_lossy(name)))
         })
     }
 
@@ -394,11 +345,7 @@ impl VolumeDb {
         let r = self.read_in(c, &[ino])?;
         let inode = inode_in(&r.open_table(INODES)?, ino)?.ok_or_else(|| no_inode(ino))?;
         let t = r.open_table(BLOCKS)?;
-        let last = if count == 0 {
-            u64::MAX
-        } else {
-            first.saturating_add(count - 1)
-        };
+        let last = if count == 0 { u64::MAX } else { first.saturating_add(count - 1) };
         let mut out = Vec::new();
         for item in t.range((ino, first)..=(ino, last))? {
             let (k, v) = item?;
@@ -426,8 +373,7 @@ impl VolumeDb {
             Some(v) => schema::dec(v.value())?,
             None => Default::default(),
         };
-        let (mut total_b, mut used_b, mut total_i, mut used_i) =
-            (0, counters.used_bytes, 0, counters.used_inodes);
+        let (mut total_b, mut used_b, mut total_i, mut used_i) = (0, counters.used_bytes, 0, counters.used_inodes);
         let vq = counters.quota.unwrap_or_default();
         if vq.max_bytes > 0 {
             total_b = vq.max_bytes;
@@ -448,17 +394,9 @@ impl VolumeDb {
             }
         }
         Ok(pb::StatFsReply {
-            total_bytes: if total_b == 0 {
-                NOMINAL.max(used_b)
-            } else {
-                total_b
-            },
+            total_bytes: if total_b == 0 { NOMINAL.max(used_b) } else { total_b },
             used_bytes: used_b,
-            total_inodes: if total_i == 0 {
-                NOMINAL.max(used_i)
-            } else {
-                total_i
-            },
+            total_inodes: if total_i == 0 { NOMINAL.max(used_i) } else { total_i },
             used_inodes: used_i,
             block_size: self.block_size(),
             max_name_len: 255,
@@ -479,13 +417,7 @@ impl VolumeDb {
                 c,
                 req.parent,
                 &req.name,
-                NewNode {
-                    kind,
-                    perm: req.perm,
-                    umask: req.umask,
-                    rdev: req.rdev,
-                    symlink_target: None,
-                },
+                NewNode { kind, perm: req.perm, umask: req.umask, rdev: req.rdev, symlink_target: None },
             )
         })
         .await
@@ -500,15 +432,8 @@ impl VolumeDb {
     ) -> MetaResult<(u64, rec::Inode)> {
         if target.is_empty() || target.len() > ns::MAX_SYMLINK {
             return Err(MetaError::fs(
-                if target.is_empty() {
-                    libc::ENOENT
-                } else {
-                    libc::ENAMETOOLONG
-                },
-                format!(
-                    "symlink target of {} bytes (1..=4096 allowed)",
-                    target.len()
-                ),
+                if target.is_empty() { libc::ENOENT } else { libc::ENAMETOOLONG },
+                format!("symlink target of {} bytes (1..=4096 allowed)", target.len()),
             ));
         }
         self.change_in(c, vec![parent], false, move |w, c| {
@@ -517,66 +442,34 @@ impl VolumeDb {
                 c,
                 parent,
                 &name,
-                NewNode {
-                    kind: pb::FileKind::Symlink,
-                    perm: 0o777,
-                    umask: 0,
-                    rdev: 0,
-                    symlink_target: Some(&target),
-                },
+                NewNode { kind: pb::FileKind::Symlink, perm: 0o777, umask: 0, rdev: 0, symlink_target: Some(&target) },
             )
         })
         .await
     }
 
     pub async fn unlink(&self, c: &Caller, parent: u64, name: Vec<u8>) -> MetaResult<()> {
-        self.change_in(c, vec![parent], false, move |w, c| {
-            ns::unlink(w, c, parent, &name)
-        })
-        .await
+        self.change_in(c, vec![parent], false, move |w, c| ns::unlink(w, c, parent, &name)).await
     }
 
     pub async fn rmdir(&self, c: &Caller, parent: u64, name: Vec<u8>) -> MetaResult<()> {
-        self.change_in(c, vec![parent], false, move |w, c| {
-            ns::rmdir(w, c, parent, &name)
-        })
-        .await
+        self.change_in(c, vec![parent], false, move |w, c| ns::rmdir(w, c, parent, &name)).await
     }
 
-    pub async fn link(
-        &self,
-        c: &Caller,
-        ino: u64,
-        new_parent: u64,
-        new_name: Vec<u8>,
-    ) -> MetaResult<rec::Inode> {
-        self.change_in(c, vec![ino, new_parent], false, move |w, c| {
-            ns::link(w, c, ino, new_parent, &new_name)
-        })
-        .await
+    pub async fn link(&self, c: &Caller, ino: u64, new_parent: u64, new_name: Vec<u8>) -> MetaResult<rec::Inode> {
+        self.change_in(c, vec![ino, new_parent], false, move |w, c| ns::link(w, c, ino, new_parent, &new_name)).await
     }
 
     pub async fn rename(&self, c: &Caller, req: pb::RenameRequest) -> MetaResult<()> {
         self.change_in(c, vec![req.parent, req.new_parent], false, move |w, c| {
-            ns::rename(
-                w,
-                c,
-                req.parent,
-                &req.name,
-                req.new_parent,
-                &req.new_name,
-                req.flags,
-            )
+            ns::rename(w, c, req.parent, &req.name, req.new_parent, &req.new_name, req.flags)
         })
         .await
     }
 
     pub async fn setattr(&self, c: &Caller, req: pb::SetAttrRequest) -> MetaResult<rec::Inode> {
         let bs = self.block_size();
-        self.change_in(c, vec![req.ino], false, move |w, c| {
-            ns::setattr(w, c, &req, bs)
-        })
-        .await
+        self.change_in(c, vec![req.ino], false, move |w, c| ns::setattr(w, c, &req, bs)).await
     }
 
     pub async fn setxattr(&self, c: &Caller, req: pb::SetXattrRequest) -> MetaResult<()> {
@@ -587,35 +480,17 @@ impl VolumeDb {
     }
 
     pub async fn removexattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> MetaResult<()> {
-        self.change_in(c, vec![ino], false, move |w, c| {
-            ns::removexattr(w, c, ino, &name)
-        })
-        .await
+        self.change_in(c, vec![ino], false, move |w, c| ns::removexattr(w, c, ino, &name)).await
     }
 
-    pub async fn create_file(
-        &self,
-        c: &Caller,
-        req: pb::MkNodRequest,
-    ) -> MetaResult<data::Created> {
+    pub async fn create_file(&self, c: &Caller, req: pb::MkNodRequest) -> MetaResult<data::Created> {
         let bs = self.block_size();
-        self.change_in(c, vec![req.parent], false, move |w, c| {
-            data::create(w, c, &req, bs)
-        })
-        .await
+        self.change_in(c, vec![req.parent], false, move |w, c| data::create(w, c, &req, bs)).await
     }
 
-    pub async fn open_file(
-        &self,
-        c: &Caller,
-        ino: u64,
-        flags: u32,
-    ) -> MetaResult<(u64, rec::Inode)> {
+    pub async fn open_file(&self, c: &Caller, ino: u64, flags: u32) -> MetaResult<(u64, rec::Inode)> {
         let bs = self.block_size();
-        self.change_in(c, vec![ino], false, move |w, c| {
-            data::open(w, c, ino, flags, bs)
-        })
-        .await
+        self.change_in(c, vec![ino], false, move |w, c| data::open(w, c, ino, flags, bs)).await
     }
 
     /// Closes an open file: drops the locks of `lock_owners` (POSIX) and the handle's flock, then
@@ -632,10 +507,7 @@ impl VolumeDb {
             match of {
                 Some(of) if of.session == session => of.ino,
                 Some(_) => {
-                    return Err(MetaError::fs(
-                        libc::EBADF,
-                        format!("open file {open_id} belongs to another session"),
-                    ));
+                    return Err(MetaError::fs(libc::EBADF, format!("open file {open_id} belongs to another session")));
                 }
                 None => return Ok(()),
             }
@@ -645,35 +517,31 @@ impl VolumeDb {
                 && ((l.kind == pb::LockKind::Posix && lock_owners.contains(&l.owner))
                     || (l.kind == pb::LockKind::Flock && l.open_id == open_id))
         });
-        self.change(false, move |w| data::release(w, open_id).map(drop))
-            .await
+        self.change(false, move |w| data::release(w, open_id).map(drop)).await
     }
 
     /// Drops matching locks of `ino`, persisting the inode's new list in order.
     pub fn drop_locks(&self, ino: u64, pred: impl Fn(&Lock) -> bool) {
         let writer = self.writer.clone();
-        self.locks.release_where(ino, pred, &mut |ino, list| {
-            persist_locks(&writer, ino, list)
-        });
+        self.locks.release_where(ino, pred, &mut |ino, list| persist_locks(&writer, ino, list));
     }
 
     pub async fn allocate_blocks(&self, c: &Caller, count: u32) -> MetaResult<Vec<u64>> {
         let c = c.clone();
-        self.change(false, move |w| data::allocate_blocks(w, &c, count))
-            .await
+        self.change(false, move |w| data::allocate_blocks(w, &c, count)).await
     }
 
-    pub async fn commit_blocks(
-        &self,
-        c: &Caller,
-        req: pb::CommitBlocksRequest,
-    ) -> MetaResult<rec::Inode> {
+    pub async fn commit_blocks(&self, c: &Caller, req: pb::CommitBlocksRequest) -> MetaResult<rec::Inode> {
         let bs = self.block_size();
         let durable = req.durable;
-        self.change_in(c, vec![req.ino], durable, move |w, c| {
-            data::commit_blocks(w, c, &req, bs)
-        })
-        .await
+        self.change_in(c, vec![req.ino], durable, move |w, c| data::commit_blocks(w, c, &req, bs)).await
+    }
+}
+
+impl Drop for VolumeDb {
+    fn drop(&mut self) {
+        // Final sync, and the writer thread lets go of the database file.
+        self.writer.stop();
     }
 }
 
@@ -681,10 +549,7 @@ impl VolumeDb {
 /// the database in the order they changed). The write's outcome is logged, not awaited.
 pub fn persist_locks(writer: &Writer, ino: u64, list: &[Lock]) {
     let empty = list.is_empty();
-    let bytes = rec::LockList {
-        locks: list.iter().map(Lock::to_rec).collect(),
-    }
-    .encode_to_vec();
+    let bytes = rec::LockList { locks: list.iter().map(Lock::to_rec).collect() }.encode_to_vec();
     let rx = writer.submit(false, move |txn| {
         let mut t = txn.open_table(LOCKS)?;
         if empty {

@@ -33,6 +33,12 @@ struct Job {
     run: Run,
 }
 
+enum Msg {
+    Job(Job),
+    /// Make everything durable and end the thread.
+    Stop,
+}
+
 /// Statistics the metrics endpoint reads.
 #[derive(Default, Debug)]
 pub struct WriterStats {
@@ -42,13 +48,14 @@ pub struct WriterStats {
     pub sync_micros: std::sync::atomic::AtomicU64,
 }
 
-/// Handle to a volume's writer thread. Cloning shares the thread; it stops when the last handle is
-/// dropped, after a final immediate commit.
+/// Handle to a volume's writer thread. Cloning shares the thread; it stops, after a final
+/// immediate commit, on [`Writer::stop`] or when the last handle is dropped.
 #[derive(Clone)]
 pub struct Writer {
-    tx: Sender<Job>,
+    tx: Sender<Msg>,
     sync_all: bool,
     pub stats: Arc<WriterStats>,
+    thread: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Writer {
@@ -57,14 +64,19 @@ impl Writer {
         let (tx, rx) = channel();
         let stats = Arc::new(WriterStats::default());
         let s = stats.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("meta-writer-{name}"))
             .spawn(move || run(db, rx, s))
             .expect("spawning a thread");
-        Writer {
-            tx,
-            sync_all,
-            stats,
+        Writer { tx, sync_all, stats, thread: Arc::new(parking_lot::Mutex::new(Some(thread))) }
+    }
+
+    /// Makes every change durable, ends the thread and waits for it (releasing its database
+    /// handle). Later changes fail with "the writer dropped a change".
+    pub fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
         }
     }
 
@@ -76,9 +88,7 @@ impl Writer {
         R: Send + 'static,
         F: FnOnce(&WriteTransaction) -> MetaResult<R> + Send + 'static,
     {
-        self.submit(durable, f)
-            .await
-            .map_err(|_| MetaError::Internal("the volume's writer dropped a change".into()))?
+        self.submit(durable, f).await.map_err(|_| MetaError::Internal("the volume's writer dropped a change".into()))?
     }
 
     /// Enqueues `f` without waiting: changes enqueued from one thread apply in that order.
@@ -103,7 +113,7 @@ impl Writer {
             }),
         };
         // A stopped writer drops the job; the receiver then reports it.
-        let _ = self.tx.send(job);
+        let _ = self.tx.send(Msg::Job(job));
         rx
     }
 
@@ -118,33 +128,33 @@ fn immediate_commit(db: &Database, stats: &WriterStats) -> Result<(), MetaError>
     let txn = db.begin_write()?;
     // An empty immediate commit persists every earlier non-durable commit.
     txn.commit()?;
-    stats
-        .syncs
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    stats.sync_micros.fetch_add(
-        start.elapsed().as_micros() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    stats.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    stats.sync_micros.fetch_add(start.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 
-fn run(db: Arc<Database>, rx: Receiver<Job>, stats: Arc<WriterStats>) {
+fn run(db: Arc<Database>, rx: Receiver<Msg>, stats: Arc<WriterStats>) {
     let mut dirty_since: Option<Instant> = None;
-    loop {
+    let mut stopping = false;
+    while !stopping {
         let wait = match dirty_since {
             Some(t) => FLUSH_INTERVAL.saturating_sub(t.elapsed()),
             None => Duration::from_secs(3600),
         };
         let first = match rx.recv_timeout(wait) {
-            Ok(job) => Some(job),
+            Ok(Msg::Job(job)) => Some(job),
+            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut waiting: Vec<(Finish, Option<MetaError>)> = Vec::new();
         let mut batch: Vec<Job> = first.into_iter().collect();
         while batch.len() < 1024 {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Msg::Job(job)) => batch.push(job),
+                Ok(Msg::Stop) => {
+                    stopping = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -153,9 +163,7 @@ fn run(db: Arc<Database>, rx: Receiver<Job>, stats: Arc<WriterStats>) {
             let Some((finish, err)) = outcome else {
                 continue;
             };
-            stats
-                .commits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if dirty_since.is_none() {
                 dirty_since = Some(Instant::now());
             }
@@ -165,7 +173,7 @@ fn run(db: Arc<Database>, rx: Receiver<Job>, stats: Arc<WriterStats>) {
                 finish(err);
             }
         }
-        let due = dirty_since.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL);
+        let due = dirty_since.is_some_and(|t| stopping || t.elapsed() >= FLUSH_INTERVAL);
         if !waiting.is_empty() || due {
             let sync_err = immediate_commit(&db, &stats).err();
             if let Some(e) = &sync_err {

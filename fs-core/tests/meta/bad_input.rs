@@ -28,17 +28,9 @@ async fn bad_names_are_refused_and_change_nothing() {
                 })
                 .await
                 .unwrap_err();
-        assert_eq!(
-            errno(err.clone()),
-            want,
-            "{:?}: {err}",
-            String::from_utf8_lossy(&name)
-        );
+        assert_eq!(errno(err.clone()), want, "{:?}: {err}", String::from_utf8_lossy(&name));
     }
-    assert!(
-        fs.create(&"x".repeat(255)).await.is_ok(),
-        "255 bytes is allowed"
-    );
+    assert!(fs.create(&"x".repeat(255)).await.is_ok(), "255 bytes is allowed");
     fs.unlink(&"x".repeat(255)).await.unwrap();
     assert_eq!(fs.readdir(1, 100).await.unwrap(), before);
 }
@@ -71,26 +63,13 @@ async fn a_database_of_an_unknown_schema_is_refused_with_a_message() {
     {
         let db = redb::Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(META)
-            .unwrap()
-            .insert(
-                "schema_version",
-                (SCHEMA_VERSION + 1).to_le_bytes().as_slice(),
-            )
-            .unwrap();
-        txn.open_table(META)
-            .unwrap()
-            .insert("kind", b"volume".as_slice())
-            .unwrap();
+        txn.open_table(META).unwrap().insert("schema_version", (SCHEMA_VERSION + 1).to_le_bytes().as_slice()).unwrap();
+        txn.open_table(META).unwrap().insert("kind", b"volume".as_slice()).unwrap();
         txn.commit().unwrap();
     }
-    let err = fs_core::meta::volume::VolumeDb::open_db(&path, false)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = fs_core::meta::volume::VolumeDb::open_db(&path, false).err().unwrap().to_string();
     assert!(
-        err.contains(&format!("schema version {}", SCHEMA_VERSION + 1))
-            && err.contains("newer stratusfs"),
+        err.contains(&format!("schema version {}", SCHEMA_VERSION + 1)) && err.contains("newer stratusfs"),
         "{err}"
     );
 }

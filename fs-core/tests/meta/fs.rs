@@ -25,12 +25,7 @@ pub struct Fs {
 impl Fs {
     pub fn new(s: Arc<Session>) -> Fs {
         let base = s.root_ino();
-        Fs {
-            s,
-            base,
-            uid: 0,
-            gid: 0,
-        }
+        Fs { s, base, uid: 0, gid: 0 }
     }
 
     pub fn ctx(&self) -> Option<pb::Context> {
@@ -42,15 +37,8 @@ impl Fs {
     }
 
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Res<pb::Attr> {
-        let r = self
-            .rpc()
-            .lookup(pb::NameRequest {
-                ctx: self.ctx(),
-                parent,
-                name: name.to_vec(),
-            })
-            .await
-            .map_err(errno)?;
+        let r =
+            self.rpc().lookup(pb::NameRequest { ctx: self.ctx(), parent, name: name.to_vec() }).await.map_err(errno)?;
         Ok(r.into_inner().attr.unwrap())
     }
 
@@ -70,32 +58,15 @@ impl Fs {
     }
 
     pub async fn getattr(&self, ino: u64) -> Res<pb::Attr> {
-        let r = self
-            .rpc()
-            .get_attr(pb::InodeRequest {
-                ctx: self.ctx(),
-                ino,
-            })
-            .await
-            .map_err(errno)?;
+        let r = self.rpc().get_attr(pb::InodeRequest { ctx: self.ctx(), ino }).await.map_err(errno)?;
         Ok(r.into_inner().attr.unwrap())
     }
 
     pub async fn mknod(&self, path: &str, kind: pb::FileKind, perm: u32) -> Res<pb::Attr> {
         let (parent, name) = self.parent(path).await?;
-        let req = pb::MkNodRequest {
-            ctx: self.ctx(),
-            parent,
-            name,
-            kind: kind as i32,
-            perm,
-            ..Default::default()
-        };
-        let r = if kind == pb::FileKind::Directory {
-            self.rpc().mk_dir(req).await
-        } else {
-            self.rpc().mk_nod(req).await
-        };
+        let req = pb::MkNodRequest { ctx: self.ctx(), parent, name, kind: kind as i32, perm, ..Default::default() };
+        let r =
+            if kind == pb::FileKind::Directory { self.rpc().mk_dir(req).await } else { self.rpc().mk_nod(req).await };
         Ok(r.map_err(errno)?.into_inner().attr.unwrap())
     }
 
@@ -129,25 +100,13 @@ impl Fs {
     }
 
     pub async fn open(&self, ino: u64, flags: i32) -> Res<u64> {
-        let r = self
-            .rpc()
-            .open(pb::OpenRequest {
-                ctx: self.ctx(),
-                ino,
-                flags: flags as u32,
-            })
-            .await
-            .map_err(errno)?;
+        let r = self.rpc().open(pb::OpenRequest { ctx: self.ctx(), ino, flags: flags as u32 }).await.map_err(errno)?;
         Ok(r.into_inner().open_id)
     }
 
     pub async fn release(&self, open_id: u64, owners: Vec<u64>) -> Res<()> {
         self.rpc()
-            .release(pb::ReleaseRequest {
-                ctx: self.ctx(),
-                open_id,
-                lock_owners: owners,
-            })
+            .release(pb::ReleaseRequest { ctx: self.ctx(), open_id, lock_owners: owners })
             .await
             .map_err(errno)?;
         Ok(())
@@ -157,69 +116,32 @@ impl Fs {
         let (parent, name) = self.parent(path).await?;
         let r = self
             .rpc()
-            .symlink(pb::SymlinkRequest {
-                ctx: self.ctx(),
-                parent,
-                name,
-                target: target.as_bytes().to_vec(),
-            })
+            .symlink(pb::SymlinkRequest { ctx: self.ctx(), parent, name, target: target.as_bytes().to_vec() })
             .await
             .map_err(errno)?;
         Ok(r.into_inner().attr.unwrap())
     }
 
     pub async fn readlink(&self, ino: u64) -> Res<Vec<u8>> {
-        Ok(self
-            .rpc()
-            .read_link(pb::InodeRequest {
-                ctx: self.ctx(),
-                ino,
-            })
-            .await
-            .map_err(errno)?
-            .into_inner()
-            .target)
+        Ok(self.rpc().read_link(pb::InodeRequest { ctx: self.ctx(), ino }).await.map_err(errno)?.into_inner().target)
     }
 
     pub async fn unlink(&self, path: &str) -> Res<()> {
         let (parent, name) = self.parent(path).await?;
-        self.rpc()
-            .unlink(pb::NameRequest {
-                ctx: self.ctx(),
-                parent,
-                name,
-            })
-            .await
-            .map_err(errno)?;
+        self.rpc().unlink(pb::NameRequest { ctx: self.ctx(), parent, name }).await.map_err(errno)?;
         Ok(())
     }
 
     pub async fn rmdir(&self, path: &str) -> Res<()> {
         let (parent, name) = self.parent(path).await?;
-        self.rpc()
-            .rm_dir(pb::NameRequest {
-                ctx: self.ctx(),
-                parent,
-                name,
-            })
-            .await
-            .map_err(errno)?;
+        self.rpc().rm_dir(pb::NameRequest { ctx: self.ctx(), parent, name }).await.map_err(errno)?;
         Ok(())
     }
 
     pub async fn link(&self, src: &str, dst: &str) -> Res<pb::Attr> {
         let ino = self.resolve(src).await?;
         let (new_parent, new_name) = self.parent(dst).await?;
-        let r = self
-            .rpc()
-            .link(pb::LinkRequest {
-                ctx: self.ctx(),
-                ino,
-                new_parent,
-                new_name,
-            })
-            .await
-            .map_err(errno)?;
+        let r = self.rpc().link(pb::LinkRequest { ctx: self.ctx(), ino, new_parent, new_name }).await.map_err(errno)?;
         Ok(r.into_inner().attr.unwrap())
     }
 
@@ -227,38 +149,16 @@ impl Fs {
         let (parent, name) = self.parent(src).await?;
         let (new_parent, new_name) = self.parent(dst).await?;
         self.rpc()
-            .rename(pb::RenameRequest {
-                ctx: self.ctx(),
-                parent,
-                name,
-                new_parent,
-                new_name,
-                flags,
-            })
+            .rename(pb::RenameRequest { ctx: self.ctx(), parent, name, new_parent, new_name, flags })
             .await
             .map_err(errno)?;
         Ok(())
     }
 
-    pub async fn setattr(
-        &self,
-        ino: u64,
-        f: impl FnOnce(&mut pb::SetAttrRequest),
-    ) -> Res<pb::Attr> {
-        let mut req = pb::SetAttrRequest {
-            ctx: self.ctx(),
-            ino,
-            ..Default::default()
-        };
+    pub async fn setattr(&self, ino: u64, f: impl FnOnce(&mut pb::SetAttrRequest)) -> Res<pb::Attr> {
+        let mut req = pb::SetAttrRequest { ctx: self.ctx(), ino, ..Default::default() };
         f(&mut req);
-        Ok(self
-            .rpc()
-            .set_attr(req)
-            .await
-            .map_err(errno)?
-            .into_inner()
-            .attr
-            .unwrap())
+        Ok(self.rpc().set_attr(req).await.map_err(errno)?.into_inner().attr.unwrap())
     }
 
     pub async fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: u32) -> Res<()> {
@@ -278,36 +178,19 @@ impl Fs {
     pub async fn getxattr(&self, ino: u64, name: &str) -> Res<Vec<u8>> {
         let r = self
             .rpc()
-            .get_xattr(pb::XattrRequest {
-                ctx: self.ctx(),
-                ino,
-                name: name.as_bytes().to_vec(),
-            })
+            .get_xattr(pb::XattrRequest { ctx: self.ctx(), ino, name: name.as_bytes().to_vec() })
             .await
             .map_err(errno)?;
         Ok(r.into_inner().value)
     }
 
     pub async fn listxattr(&self, ino: u64) -> Res<Vec<Vec<u8>>> {
-        Ok(self
-            .rpc()
-            .list_xattr(pb::InodeRequest {
-                ctx: self.ctx(),
-                ino,
-            })
-            .await
-            .map_err(errno)?
-            .into_inner()
-            .names)
+        Ok(self.rpc().list_xattr(pb::InodeRequest { ctx: self.ctx(), ino }).await.map_err(errno)?.into_inner().names)
     }
 
     pub async fn removexattr(&self, ino: u64, name: &str) -> Res<()> {
         self.rpc()
-            .remove_xattr(pb::XattrRequest {
-                ctx: self.ctx(),
-                ino,
-                name: name.as_bytes().to_vec(),
-            })
+            .remove_xattr(pb::XattrRequest { ctx: self.ctx(), ino, name: name.as_bytes().to_vec() })
             .await
             .map_err(errno)?;
         Ok(())
@@ -320,24 +203,14 @@ impl Fs {
         loop {
             let r = self
                 .rpc()
-                .read_dir(pb::ReadDirRequest {
-                    ctx: self.ctx(),
-                    ino,
-                    cookie,
-                    limit: page,
-                    plus: true,
-                })
+                .read_dir(pb::ReadDirRequest { ctx: self.ctx(), ino, cookie, limit: page, plus: true })
                 .await
                 .map_err(errno)?
                 .into_inner();
             if let Some(last) = r.entries.last() {
                 cookie = last.cookie;
             }
-            out.extend(
-                r.entries
-                    .into_iter()
-                    .filter(|e| e.name != b"." && e.name != b".."),
-            );
+            out.extend(r.entries.into_iter().filter(|e| e.name != b"." && e.name != b".."));
             if r.eof {
                 return Ok(out);
             }
@@ -354,35 +227,14 @@ impl Fs {
         end: u64,
         durable: bool,
     ) -> Res<pb::Attr> {
-        let ids = self
-            .rpc()
-            .allocate_blocks(pb::AllocateBlocksRequest {
-                ctx: self.ctx(),
-                count: 1,
-            })
-            .await
-            .map_err(errno)?;
+        let ids =
+            self.rpc().allocate_blocks(pb::AllocateBlocksRequest { ctx: self.ctx(), count: 1 }).await.map_err(errno)?;
         let id = ids.into_inner().ids[0];
-        self.commit(
-            ino,
-            vec![pb::BlockChange {
-                index,
-                base_version: base,
-                block: Some(block(id, len)),
-            }],
-            end,
-            durable,
-        )
-        .await
+        self.commit(ino, vec![pb::BlockChange { index, base_version: base, block: Some(block(id, len)) }], end, durable)
+            .await
     }
 
-    pub async fn commit(
-        &self,
-        ino: u64,
-        changes: Vec<pb::BlockChange>,
-        end: u64,
-        durable: bool,
-    ) -> Res<pb::Attr> {
+    pub async fn commit(&self, ino: u64, changes: Vec<pb::BlockChange>, end: u64, durable: bool) -> Res<pb::Attr> {
         let r = self
             .rpc()
             .commit_blocks(pb::CommitBlocksRequest {
@@ -402,12 +254,7 @@ impl Fs {
     pub async fn blocks(&self, ino: u64) -> Res<Vec<pb::BlockRef>> {
         let r = self
             .rpc()
-            .get_blocks(pb::GetBlocksRequest {
-                ctx: self.ctx(),
-                ino,
-                first_index: 0,
-                count: 0,
-            })
+            .get_blocks(pb::GetBlocksRequest { ctx: self.ctx(), ino, first_index: 0, count: 0 })
             .await
             .map_err(errno)?;
         Ok(r.into_inner().blocks)
@@ -415,13 +262,5 @@ impl Fs {
 }
 
 pub fn block(id: u64, len: u32) -> pb::BlockRef {
-    pb::BlockRef {
-        index: 0,
-        id,
-        len,
-        version: 0,
-        stored_len: len,
-        checksum: vec![1, 2, 3, 4],
-        compression: 0,
-    }
+    pb::BlockRef { index: 0, id, len, version: 0, stored_len: len, checksum: vec![1, 2, 3, 4], compression: 0 }
 }

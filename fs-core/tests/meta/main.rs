@@ -7,6 +7,7 @@ mod locks;
 mod model;
 mod posix;
 mod quota_gc;
+mod restart;
 mod tokens;
 
 use fs::Fs;

@@ -79,9 +79,7 @@ fn split(path: &str) -> (&str, &str) {
 
 impl Model {
     fn new() -> Model {
-        Model {
-            nodes: vec![Node::new(Kind::Dir, 0o755, 0)],
-        }
+        Model { nodes: vec![Node::new(Kind::Dir, 0o755, 0)] }
     }
 
     fn resolve(&self, path: &str) -> Res<usize> {
@@ -112,11 +110,7 @@ impl Model {
 
     fn nlink(&self, n: usize) -> u32 {
         if self.nodes[n].kind == Kind::Dir {
-            2 + self.nodes[n]
-                .entries
-                .values()
-                .filter(|c| self.nodes[**c].kind == Kind::Dir)
-                .count() as u32
+            2 + self.nodes[n].entries.values().filter(|c| self.nodes[**c].kind == Kind::Dir).count() as u32
         } else {
             self.count_links(0, n)
         }
@@ -128,11 +122,7 @@ impl Model {
             .values()
             .map(|c| {
                 let here = (*c == target) as u32;
-                here + if self.nodes[*c].kind == Kind::Dir {
-                    self.count_links(*c, target)
-                } else {
-                    0
-                }
+                here + if self.nodes[*c].kind == Kind::Dir { self.count_links(*c, target) } else { 0 }
             })
             .sum()
     }
@@ -235,18 +225,12 @@ impl Model {
                 if *flags == 2 && !exists {
                     return Err(libc::ENODATA);
                 }
-                self.nodes[n]
-                    .xattrs
-                    .insert(key, vec![*value; *value as usize + 1]);
+                self.nodes[n].xattrs.insert(key, vec![*value; *value as usize + 1]);
                 Ok(())
             }
             Op::RemoveXattr(p, name) => {
                 let n = self.resolve(p)?;
-                self.nodes[n]
-                    .xattrs
-                    .remove(&xname(*name))
-                    .map(drop)
-                    .ok_or(libc::ENODATA)
+                self.nodes[n].xattrs.remove(&xname(*name)).map(drop).ok_or(libc::ENODATA)
             }
         }
     }
@@ -309,15 +293,7 @@ impl Model {
 
 impl Node {
     fn new(kind: Kind, perm: u32, parent: usize) -> Node {
-        Node {
-            kind,
-            perm,
-            size: 0,
-            target: String::new(),
-            xattrs: BTreeMap::new(),
-            entries: BTreeMap::new(),
-            parent,
-        }
+        Node { kind, perm, size: 0, target: String::new(), xattrs: BTreeMap::new(), entries: BTreeMap::new(), parent }
     }
 }
 
@@ -344,18 +320,11 @@ async fn apply_server(fs: &Fs, op: &Op) -> Res<()> {
         }
         Op::SetXattr(p, n, v, f) => {
             let ino = fs.resolve(p).await?;
-            fs.setxattr(
-                ino,
-                &String::from_utf8(xname(*n)).unwrap(),
-                &vec![*v; *v as usize + 1],
-                *f,
-            )
-            .await
+            fs.setxattr(ino, &String::from_utf8(xname(*n)).unwrap(), &vec![*v; *v as usize + 1], *f).await
         }
         Op::RemoveXattr(p, n) => {
             let ino = fs.resolve(p).await?;
-            fs.removexattr(ino, &String::from_utf8(xname(*n)).unwrap())
-                .await
+            fs.removexattr(ino, &String::from_utf8(xname(*n)).unwrap()).await
         }
     }
 }
@@ -371,17 +340,12 @@ async fn compare(
     path: &str,
     ids: &mut HashMap<u64, usize>,
 ) -> Result<(), String> {
-    let attr = fs
-        .getattr(ino)
-        .await
-        .map_err(|e| format!("{path}: getattr errno {e}"))?;
+    let attr = fs.getattr(ino).await.map_err(|e| format!("{path}: getattr errno {e}"))?;
     let node = &m.nodes[n];
     if let Some(prev) = ids.insert(ino, n)
         && prev != n
     {
-        return Err(format!(
-            "{path}: server inode {ino} is model nodes {prev} and {n}"
-        ));
+        return Err(format!("{path}: server inode {ino} is model nodes {prev} and {n}"));
     }
     let kind = match attr.kind() {
         pb::FileKind::Regular => Kind::File,
@@ -389,38 +353,19 @@ async fn compare(
         pb::FileKind::Symlink => Kind::Symlink,
         k => return Err(format!("{path}: unexpected kind {k:?}")),
     };
-    let got = (
-        kind,
-        attr.perm,
-        attr.nlink,
-        if kind == Kind::Dir { 0 } else { attr.size },
-    );
-    let want = (
-        node.kind,
-        node.perm,
-        m.nlink(n),
-        if node.kind == Kind::Dir { 0 } else { node.size },
-    );
+    let got = (kind, attr.perm, attr.nlink, if kind == Kind::Dir { 0 } else { attr.size });
+    let want = (node.kind, node.perm, m.nlink(n), if node.kind == Kind::Dir { 0 } else { node.size });
     if got != want {
-        return Err(format!(
-            "{path}: server (kind, perm, nlink, size) {got:?}, model {want:?}"
-        ));
+        return Err(format!("{path}: server (kind, perm, nlink, size) {got:?}, model {want:?}"));
     }
     if kind == Kind::Symlink {
-        let t = fs
-            .readlink(ino)
-            .await
-            .map_err(|e| format!("{path}: readlink errno {e}"))?;
+        let t = fs.readlink(ino).await.map_err(|e| format!("{path}: readlink errno {e}"))?;
         if t != node.target.as_bytes() {
             return Err(format!("{path}: symlink target differs"));
         }
     }
     let mut xs = BTreeMap::new();
-    for name in fs
-        .listxattr(ino)
-        .await
-        .map_err(|e| format!("{path}: listxattr errno {e}"))?
-    {
+    for name in fs.listxattr(ino).await.map_err(|e| format!("{path}: listxattr errno {e}"))? {
         let v = fs
             .getxattr(ino, &String::from_utf8_lossy(&name))
             .await
@@ -428,20 +373,11 @@ async fn compare(
         xs.insert(name, v);
     }
     if xs != node.xattrs {
-        return Err(format!(
-            "{path}: xattrs differ: server {xs:?}, model {:?}",
-            node.xattrs
-        ));
+        return Err(format!("{path}: xattrs differ: server {xs:?}, model {:?}", node.xattrs));
     }
     if kind == Kind::Dir {
-        let entries = fs
-            .readdir(ino, 2)
-            .await
-            .map_err(|e| format!("{path}: readdir errno {e}"))?;
-        let mut names: Vec<String> = entries
-            .iter()
-            .map(|e| String::from_utf8_lossy(&e.name).into_owned())
-            .collect();
+        let entries = fs.readdir(ino, 2).await.map_err(|e| format!("{path}: readdir errno {e}"))?;
+        let mut names: Vec<String> = entries.iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect();
         names.sort();
         let want: Vec<String> = node.entries.keys().cloned().collect();
         if names != want {
@@ -470,35 +406,18 @@ async fn run_case(fs: &Fs, ops: &[Op]) -> Result<(), String> {
 
 #[test]
 fn namespace_operations_agree_with_the_model() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (srv, root) = rt.block_on(crate::setup());
-    let cases: u32 = std::env::var("STRATUSFS_MODEL_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let cases: u32 = std::env::var("STRATUSFS_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let counter = std::sync::atomic::AtomicU32::new(0);
     let result = runner.run(&prop::collection::vec(op(), 1..60), |ops| {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         // Each case runs in a fresh directory of its own, seen as the root.
         let case_dir = format!("case{n}");
         let r = rt.block_on(async {
-            let dir = root
-                .mkdir(&case_dir)
-                .await
-                .map_err(|e| format!("mkdir errno {e}"))?;
-            let fs = Fs {
-                base: dir.ino,
-                ..root.clone()
-            };
+            let dir = root.mkdir(&case_dir).await.map_err(|e| format!("mkdir errno {e}"))?;
+            let fs = Fs { base: dir.ino, ..root.clone() };
             run_case(&fs, &ops).await
         });
         r.map_err(TestCaseError::fail)

@@ -8,18 +8,11 @@ use crate::setup;
 async fn create_lookup_getattr_and_kinds() {
     let (_srv, fs) = setup().await;
     let f = fs.create("f").await.unwrap();
-    assert_eq!(
-        (f.kind(), f.perm, f.nlink, f.size),
-        (pb::FileKind::Regular, 0o644, 1, 0)
-    );
+    assert_eq!((f.kind(), f.perm, f.nlink, f.size), (pb::FileKind::Regular, 0o644, 1, 0));
     assert_eq!(fs.create("f").await.unwrap_err(), libc::EEXIST);
     let d = fs.mkdir("d").await.unwrap();
     assert_eq!((d.kind(), d.nlink), (pb::FileKind::Directory, 2));
-    assert_eq!(
-        fs.getattr(fs.base).await.unwrap().nlink,
-        3,
-        "a subdirectory adds a link to its parent"
-    );
+    assert_eq!(fs.getattr(fs.base).await.unwrap().nlink, 3, "a subdirectory adds a link to its parent");
     for (name, kind) in [
         ("fifo", pb::FileKind::Fifo),
         ("sock", pb::FileKind::Socket),
@@ -29,20 +22,13 @@ async fn create_lookup_getattr_and_kinds() {
         assert_eq!(fs.mknod(name, kind, 0o600).await.unwrap().kind(), kind);
     }
     let l = fs.symlink("l", "../some/where").await.unwrap();
-    assert_eq!(
-        (l.kind(), l.size, l.perm),
-        (pb::FileKind::Symlink, 13, 0o777)
-    );
+    assert_eq!((l.kind(), l.size, l.perm), (pb::FileKind::Symlink, 13, 0o777));
     assert_eq!(fs.readlink(l.ino).await.unwrap(), b"../some/where");
     assert_eq!(fs.readlink(f.ino).await.unwrap_err(), libc::EINVAL);
     assert_eq!(fs.lookup(fs.base, b"nope").await.unwrap_err(), libc::ENOENT);
     assert_eq!(fs.lookup(f.ino, b"x").await.unwrap_err(), libc::ENOTDIR);
     assert_eq!(fs.lookup(d.ino, b"..").await.unwrap().ino, fs.base);
-    assert_eq!(
-        fs.lookup(fs.base, b"..").await.unwrap().ino,
-        fs.base,
-        "`..` of the root is the root"
-    );
+    assert_eq!(fs.lookup(fs.base, b"..").await.unwrap().ino, fs.base, "`..` of the root is the root");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,25 +43,12 @@ async fn unlink_rmdir_and_an_open_unlinked_file_lives_until_last_close() {
     let (a, open_id) = fs.create_open("d/g", true).await.unwrap();
     fs.write_block(a.ino, 0, 0, 100, 100, false).await.unwrap();
     fs.unlink("d/g").await.unwrap();
-    assert_eq!(
-        fs.lookup(fs.resolve("d").await.unwrap(), b"g")
-            .await
-            .unwrap_err(),
-        libc::ENOENT
-    );
+    assert_eq!(fs.lookup(fs.resolve("d").await.unwrap(), b"g").await.unwrap_err(), libc::ENOENT);
     let still = fs.getattr(a.ino).await.unwrap();
-    assert_eq!(
-        (still.nlink, still.size),
-        (0, 100),
-        "an unlinked open file keeps its data"
-    );
+    assert_eq!((still.nlink, still.size), (0, 100), "an unlinked open file keeps its data");
     assert_eq!(fs.blocks(a.ino).await.unwrap().len(), 1);
     fs.release(open_id, vec![]).await.unwrap();
-    assert_eq!(
-        fs.getattr(a.ino).await.unwrap_err(),
-        libc::ENOENT,
-        "the last close deletes it"
-    );
+    assert_eq!(fs.getattr(a.ino).await.unwrap_err(), libc::ENOENT, "the last close deletes it");
 
     fs.unlink("d/f").await.unwrap();
     fs.rmdir("d").await.unwrap();
@@ -89,16 +62,9 @@ async fn hard_links_count_and_survive_unlink() {
     fs.mkdir("d").await.unwrap();
     assert_eq!(fs.link("f", "d/g").await.unwrap().nlink, 2);
     assert_eq!(fs.link("f", "d/g").await.unwrap_err(), libc::EEXIST);
-    assert_eq!(
-        fs.link("d", "e").await.unwrap_err(),
-        libc::EPERM,
-        "directories cannot be hard-linked"
-    );
+    assert_eq!(fs.link("d", "e").await.unwrap_err(), libc::EPERM, "directories cannot be hard-linked");
     fs.unlink("f").await.unwrap();
-    let g = fs
-        .lookup(fs.resolve("d").await.unwrap(), b"g")
-        .await
-        .unwrap();
+    let g = fs.lookup(fs.resolve("d").await.unwrap(), b"g").await.unwrap();
     assert_eq!((g.ino, g.nlink), (f.ino, 1));
 }
 
@@ -112,61 +78,19 @@ async fn rename_replaces_by_posix_rules_and_supports_noreplace_and_exchange() {
     // Across directories, replacing a file.
     fs.rename("a/x", "b/y", 0).await.unwrap();
     assert_eq!(fs.resolve("b/y").await.unwrap(), x.ino);
-    assert_eq!(
-        fs.getattr(y.ino).await.unwrap_err(),
-        libc::ENOENT,
-        "the replaced file is gone"
-    );
+    assert_eq!(fs.getattr(y.ino).await.unwrap_err(), libc::ENOENT, "the replaced file is gone");
     // NOREPLACE refuses an existing target.
     fs.create("a/z").await.unwrap();
-    assert_eq!(
-        fs.rename("a/z", "b/y", ns::NOREPLACE).await.unwrap_err(),
-        libc::EEXIST
-    );
+    assert_eq!(fs.rename("a/z", "b/y", ns::NOREPLACE).await.unwrap_err(), libc::EEXIST);
     // EXCHANGE swaps a file and a directory atomically, fixing the link counts.
     fs.mkdir("b/sub").await.unwrap();
     fs.rename("a/z", "b/sub", ns::EXCHANGE).await.unwrap();
-    assert_eq!(
-        fs.lookup(fs.resolve("a").await.unwrap(), b"z")
-            .await
-            .unwrap()
-            .kind(),
-        pb::FileKind::Directory
-    );
-    assert_eq!(
-        fs.lookup(fs.resolve("b").await.unwrap(), b"sub")
-            .await
-            .unwrap()
-            .kind(),
-        pb::FileKind::Regular
-    );
-    assert_eq!(
-        fs.getattr(fs.resolve("a").await.unwrap())
-            .await
-            .unwrap()
-            .nlink,
-        3
-    );
-    assert_eq!(
-        fs.getattr(fs.resolve("b").await.unwrap())
-            .await
-            .unwrap()
-            .nlink,
-        2
-    );
-    assert_eq!(
-        fs.lookup(fs.resolve("a/z").await.unwrap(), b"..")
-            .await
-            .unwrap()
-            .ino,
-        fs.resolve("a").await.unwrap()
-    );
-    assert_eq!(
-        fs.rename("a/z", "b/missing", ns::EXCHANGE)
-            .await
-            .unwrap_err(),
-        libc::ENOENT
-    );
+    assert_eq!(fs.lookup(fs.resolve("a").await.unwrap(), b"z").await.unwrap().kind(), pb::FileKind::Directory);
+    assert_eq!(fs.lookup(fs.resolve("b").await.unwrap(), b"sub").await.unwrap().kind(), pb::FileKind::Regular);
+    assert_eq!(fs.getattr(fs.resolve("a").await.unwrap()).await.unwrap().nlink, 3);
+    assert_eq!(fs.getattr(fs.resolve("b").await.unwrap()).await.unwrap().nlink, 2);
+    assert_eq!(fs.lookup(fs.resolve("a/z").await.unwrap(), b"..").await.unwrap().ino, fs.resolve("a").await.unwrap());
+    assert_eq!(fs.rename("a/z", "b/missing", ns::EXCHANGE).await.unwrap_err(), libc::ENOENT);
     // A directory over a non-empty directory, a file over a directory, a directory into itself.
     fs.mkdir("c").await.unwrap();
     fs.create("c/f").await.unwrap();
@@ -177,11 +101,7 @@ async fn rename_replaces_by_posix_rules_and_supports_noreplace_and_exchange() {
     // Onto an empty directory: allowed, and the parent loses the replaced directory's link.
     fs.mkdir("e").await.unwrap();
     fs.rename("a/z", "e", 0).await.unwrap();
-    assert_eq!(
-        fs.getattr(fs.base).await.unwrap().nlink,
-        2 + 4,
-        "a, b, c, e"
-    );
+    assert_eq!(fs.getattr(fs.base).await.unwrap().nlink, 2 + 4, "a, b, c, e");
     // Two links of one inode: rename does nothing.
     fs.link("b/y", "b/y2").await.unwrap();
     fs.rename("b/y", "b/y2", 0).await.unwrap();
@@ -205,13 +125,7 @@ async fn readdir_cookies_are_stable_while_the_directory_changes() {
     let first =
         fs.s.rpc
             .clone()
-            .read_dir(pb::ReadDirRequest {
-                ctx: fs.ctx(),
-                ino: d,
-                cookie: 0,
-                limit: 12,
-                plus: false,
-            })
+            .read_dir(pb::ReadDirRequest { ctx: fs.ctx(), ino: d, cookie: 0, limit: 12, plus: false })
             .await
             .unwrap()
             .into_inner();
@@ -237,23 +151,11 @@ async fn readdir_cookies_are_stable_while_the_directory_changes() {
             .into_inner();
     assert!(rest.eof);
     let names: Vec<Vec<u8>> = rest.entries.iter().map(|e| e.name.clone()).collect();
-    assert!(
-        !names.iter().any(|n| seen.contains(n)),
-        "no entry is returned twice"
-    );
-    assert!(
-        !names.contains(&b"f30".to_vec()),
-        "a removed entry is not returned"
-    );
-    assert!(
-        names.contains(&b"new".to_vec()),
-        "an entry added meanwhile is returned"
-    );
+    assert!(!names.iter().any(|n| seen.contains(n)), "no entry is returned twice");
+    assert!(!names.contains(&b"f30".to_vec()), "a removed entry is not returned");
+    assert!(names.contains(&b"new".to_vec()), "an entry added meanwhile is returned");
     assert_eq!(names.len(), 40 - 1 + 1);
-    assert!(
-        rest.entries.iter().all(|e| e.attr.is_some()),
-        "readdirplus carries attributes"
-    );
+    assert!(rest.entries.iter().all(|e| e.attr.is_some()), "readdirplus carries attributes");
     assert_eq!(fs.readdir(d, 7).await.unwrap().len(), 49);
 }
 
@@ -276,10 +178,7 @@ async fn setattr_rules_for_mode_owner_size_and_times() {
     fs.uid = 0;
     fs.gid = 0;
     // Times.
-    let t = pb::Timespec {
-        sec: 1_000_000,
-        nsec: 7,
-    };
+    let t = pb::Timespec { sec: 1_000_000, nsec: 7 };
     let a = fs
         .setattr(f.ino, |r| {
             r.atime = Some(t);
@@ -290,15 +189,9 @@ async fn setattr_rules_for_mode_owner_size_and_times() {
     assert_eq!((a.atime, a.mtime), (Some(t), Some(t)));
     // Size on a directory or a symlink.
     let d = fs.mkdir("d").await.unwrap();
-    assert_eq!(
-        fs.setattr(d.ino, |r| r.size = Some(0)).await.unwrap_err(),
-        libc::EISDIR
-    );
+    assert_eq!(fs.setattr(d.ino, |r| r.size = Some(0)).await.unwrap_err(), libc::EISDIR);
     let l = fs.symlink("l", "f").await.unwrap();
-    assert_eq!(
-        fs.setattr(l.ino, |r| r.size = Some(0)).await.unwrap_err(),
-        libc::EINVAL
-    );
+    assert_eq!(fs.setattr(l.ino, |r| r.size = Some(0)).await.unwrap_err(), libc::EINVAL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,10 +216,7 @@ async fn new_inodes_in_a_setgid_directory_take_its_group() {
 async fn xattrs_with_create_and_replace_flags() {
     let (_srv, fs) = setup().await;
     let f = fs.create("f").await.unwrap();
-    assert_eq!(
-        fs.getxattr(f.ino, "user.a").await.unwrap_err(),
-        libc::ENODATA
-    );
+    assert_eq!(fs.getxattr(f.ino, "user.a").await.unwrap_err(), libc::ENODATA);
     assert_eq!(
         fs.setxattr(f.ino, "user.a", b"1", 2).await.unwrap_err(),
         libc::ENODATA,
@@ -339,27 +229,14 @@ async fn xattrs_with_create_and_replace_flags() {
         "CREATE refuses an existing xattr"
     );
     fs.setxattr(f.ino, "user.a", b"2", 2).await.unwrap();
-    fs.setxattr(f.ino, "system.posix_acl_access", &[2, 0, 0, 0], 0)
-        .await
-        .unwrap();
+    fs.setxattr(f.ino, "system.posix_acl_access", &[2, 0, 0, 0], 0).await.unwrap();
     assert_eq!(fs.getxattr(f.ino, "user.a").await.unwrap(), b"2");
     let mut names = fs.listxattr(f.ino).await.unwrap();
     names.sort();
-    assert_eq!(
-        names,
-        [b"system.posix_acl_access".to_vec(), b"user.a".to_vec()]
-    );
+    assert_eq!(names, [b"system.posix_acl_access".to_vec(), b"user.a".to_vec()]);
     fs.removexattr(f.ino, "user.a").await.unwrap();
-    assert_eq!(
-        fs.removexattr(f.ino, "user.a").await.unwrap_err(),
-        libc::ENODATA
-    );
-    assert_eq!(
-        fs.setxattr(f.ino, "user.big", &vec![0; 65537], 0)
-            .await
-            .unwrap_err(),
-        libc::E2BIG
-    );
+    assert_eq!(fs.removexattr(f.ino, "user.a").await.unwrap_err(), libc::ENODATA);
+    assert_eq!(fs.setxattr(f.ino, "user.big", &vec![0; 65537], 0).await.unwrap_err(), libc::E2BIG);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,35 +244,19 @@ async fn block_map_commits_refuse_stale_versions_and_only_truncate_shrinks() {
     let (_srv, fs) = setup().await;
     let bs = 4 * 1024 * 1024u64;
     let (f, _) = fs.create_open("f", true).await.unwrap();
-    let a = fs
-        .write_block(f.ino, 0, 0, 4096, 4096, false)
-        .await
-        .unwrap();
+    let a = fs.write_block(f.ino, 0, 0, 4096, 4096, false).await.unwrap();
     assert_eq!((a.size, a.stored), (4096, 4096));
     let v1 = fs.blocks(f.ino).await.unwrap()[0].version;
     // A second writer that built on version 0 is refused and nothing changes.
-    assert_eq!(
-        fs.write_block(f.ino, 0, 0, 10, 10, false)
-            .await
-            .unwrap_err(),
-        libc::ESTALE
-    );
+    assert_eq!(fs.write_block(f.ino, 0, 0, 10, 10, false).await.unwrap_err(), libc::ESTALE);
     assert_eq!(fs.blocks(f.ino).await.unwrap()[0].version, v1);
     // A write below the end does not lower the size; a write further out raises it.
     let a = fs.write_block(f.ino, 0, v1, 100, 100, false).await.unwrap();
     assert_eq!(a.size, 4096, "size is max(old, end)");
-    let a = fs
-        .write_block(f.ino, 2, 0, 10, 2 * bs + 10, false)
-        .await
-        .unwrap();
+    let a = fs.write_block(f.ino, 2, 0, 10, 2 * bs + 10, false).await.unwrap();
     assert_eq!(a.size, 2 * bs + 10);
     assert_eq!(
-        fs.blocks(f.ino)
-            .await
-            .unwrap()
-            .iter()
-            .map(|b| b.index)
-            .collect::<Vec<_>>(),
+        fs.blocks(f.ino).await.unwrap().iter().map(|b| b.index).collect::<Vec<_>>(),
         [0, 2],
         "index 1 is a hole"
     );
@@ -408,11 +269,7 @@ async fn block_map_commits_refuse_stale_versions_and_only_truncate_shrinks() {
     let err = fs
         .commit(
             f.ino,
-            vec![pb::BlockChange {
-                index: 5,
-                base_version: 0,
-                block: Some(crate::fs::block(999_999, 1)),
-            }],
+            vec![pb::BlockChange { index: 5, base_version: 0, block: Some(crate::fs::block(999_999, 1)) }],
             1,
             false,
         )

@@ -22,10 +22,7 @@ async fn directory_quotas_give_edquot_statfs_and_exdev() {
         .set_quota(pb::SetQuotaRequest {
             volume: "v".into(),
             path: "/q".into(),
-            quota: Some(pb::Quota {
-                max_bytes: 10_000,
-                max_inodes: 4,
-            }),
+            quota: Some(pb::Quota { max_bytes: 10_000, max_inodes: 4 }),
         })
         .await
         .unwrap();
@@ -36,62 +33,22 @@ async fn directory_quotas_give_edquot_statfs_and_exdev() {
     assert_eq!(fs.mkdir("q/d").await.unwrap_err(), libc::EDQUOT);
     fs.create("other/free").await.unwrap();
     // Bytes: a commit past the quota is refused whole by the server.
-    fs.write_block(b.ino, 0, 0, 6000, 6000, false)
-        .await
-        .unwrap();
-    assert_eq!(
-        fs.write_block(b.ino, 1, 0, 6000, 4 * 1024 * 1024 + 6000, false)
-            .await
-            .unwrap_err(),
-        libc::EDQUOT
-    );
+    fs.write_block(b.ino, 0, 0, 6000, 6000, false).await.unwrap();
+    assert_eq!(fs.write_block(b.ino, 1, 0, 6000, 4 * 1024 * 1024 + 6000, false).await.unwrap_err(), libc::EDQUOT);
     let attr = fs.getattr(b.ino).await.unwrap();
-    assert_eq!(
-        (attr.size, attr.stored),
-        (6000, 6000),
-        "the refused commit changed nothing"
-    );
+    assert_eq!((attr.size, attr.stored), (6000, 6000), "the refused commit changed nothing");
     // statfs inside the quota directory reports the quota.
-    let st =
-        fs.s.rpc
-            .clone()
-            .stat_fs(pb::InodeRequest {
-                ctx: fs.ctx(),
-                ino: b.ino,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-    assert_eq!(
-        (
-            st.total_bytes,
-            st.used_bytes,
-            st.total_inodes,
-            st.used_inodes
-        ),
-        (10_000, 6000, 4, 4)
-    );
+    let st = fs.s.rpc.clone().stat_fs(pb::InodeRequest { ctx: fs.ctx(), ino: b.ino }).await.unwrap().into_inner();
+    assert_eq!((st.total_bytes, st.used_bytes, st.total_inodes, st.used_inodes), (10_000, 6000, 4, 4));
     // Crossing the quota boundary by rename or link is EXDEV.
-    assert_eq!(
-        fs.rename("q/a", "other/a", 0).await.unwrap_err(),
-        libc::EXDEV
-    );
-    assert_eq!(
-        fs.rename("other/free", "q/free", 0).await.unwrap_err(),
-        libc::EXDEV
-    );
+    assert_eq!(fs.rename("q/a", "other/a", 0).await.unwrap_err(), libc::EXDEV);
+    assert_eq!(fs.rename("other/free", "q/free", 0).await.unwrap_err(), libc::EXDEV);
     assert_eq!(fs.link("q/a", "other/a2").await.unwrap_err(), libc::EXDEV);
     fs.rename("q/a", "q/a2", 0).await.unwrap();
     // Freeing space frees quota.
     fs.unlink("q/a2").await.unwrap();
     fs.create("q/c").await.unwrap();
-    let usage = srv
-        .admin()
-        .await
-        .usage(pb::VolumeRef { volume: "v".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let usage = srv.admin().await.usage(pb::VolumeRef { volume: "v".into() }).await.unwrap().into_inner();
     let q = usage.quotas.iter().find(|q| q.path == "/q").unwrap();
     assert_eq!((q.used_inodes, q.used_bytes), (4, 6000));
 }
@@ -99,49 +56,21 @@ async fn directory_quotas_give_edquot_statfs_and_exdev() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_volume_quota_binds_a_raw_client() {
     let srv = TestServer::start(|_| {}).await;
-    let (_, token) = srv
-        .volume("v", |r| {
-            r.quota = Some(pb::Quota {
-                max_bytes: 1000,
-                max_inodes: 0,
-            })
-        })
-        .await;
+    let (_, token) = srv.volume("v", |r| r.quota = Some(pb::Quota { max_bytes: 1000, max_inodes: 0 })).await;
     let fs = Fs::new(srv.session("v", &token).await);
     let f = fs.create("f").await.unwrap();
-    fs.write_block(f.ino, 0, 0, 1000, 1000, false)
-        .await
-        .unwrap();
-    assert_eq!(
-        fs.write_block(f.ino, 1, 0, 1, 4 * 1024 * 1024 + 1, false)
-            .await
-            .unwrap_err(),
-        libc::EDQUOT
-    );
+    fs.write_block(f.ino, 0, 0, 1000, 1000, false).await.unwrap();
+    assert_eq!(fs.write_block(f.ino, 1, 0, 1, 4 * 1024 * 1024 + 1, false).await.unwrap_err(), libc::EDQUOT);
 }
 
 async fn put_object(srv: &TestServer, uuid: &str, id: u64) -> BackendSpec {
-    let spec = BackendSpec::Local {
-        path: srv.dir.path().join("blocks"),
-        prefix: String::new(),
-    };
-    open_backend(&spec)
-        .unwrap()
-        .put(
-            &layout::block_key(uuid, id),
-            PutPayload::from_static(b"block"),
-        )
-        .await
-        .unwrap();
+    let spec = BackendSpec::Local { path: srv.dir.path().join("blocks"), prefix: String::new() };
+    open_backend(&spec).unwrap().put(&layout::block_key(uuid, id), PutPayload::from_static(b"block")).await.unwrap();
     spec
 }
 
 async fn exists(spec: &BackendSpec, uuid: &str, id: u64) -> bool {
-    open_backend(spec)
-        .unwrap()
-        .head(&layout::block_key(uuid, id))
-        .await
-        .is_ok()
+    open_backend(spec).unwrap().head(&layout::block_key(uuid, id)).await.is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,10 +85,7 @@ async fn gc_deletes_blocks_exactly_when_allowed() {
         async move {
             fs.s.rpc
                 .clone()
-                .allocate_blocks(pb::AllocateBlocksRequest {
-                    ctx: fs.ctx(),
-                    count: n,
-                })
+                .allocate_blocks(pb::AllocateBlocksRequest { ctx: fs.ctx(), count: n })
                 .await
                 .unwrap()
                 .into_inner()
@@ -172,83 +98,31 @@ async fn gc_deletes_blocks_exactly_when_allowed() {
         put_object(&srv, &info.uuid, *id).await;
     }
     let spec = put_object(&srv, &info.uuid, old).await;
-    fs.commit(
-        f.ino,
-        vec![pb::BlockChange {
-            index: 0,
-            base_version: 0,
-            block: Some(block(old, 5)),
-        }],
-        5,
-        false,
-    )
-    .await
-    .unwrap();
-    let v = fs.blocks(f.ino).await.unwrap()[0].version;
-    fs.commit(
-        f.ino,
-        vec![pb::BlockChange {
-            index: 0,
-            base_version: v,
-            block: Some(block(new, 5)),
-        }],
-        5,
-        false,
-    )
-    .await
-    .unwrap();
-    // Right away: the replaced block is within retention, the abandoned upload within its grace.
-    let r = admin
-        .gc(pb::GcRequest {
-            volume: "v".into(),
-            dry_run: false,
-        })
+    fs.commit(f.ino, vec![pb::BlockChange { index: 0, base_version: 0, block: Some(block(old, 5)) }], 5, false)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
+    let v = fs.blocks(f.ino).await.unwrap()[0].version;
+    fs.commit(f.ino, vec![pb::BlockChange { index: 0, base_version: v, block: Some(block(new, 5)) }], 5, false)
+        .await
+        .unwrap();
+    // Right away: the replaced block is within retention, the abandoned upload within its grace.
+    let r = admin.gc(pb::GcRequest { volume: "v".into(), dry_run: false }).await.unwrap().into_inner();
     assert_eq!((r.deleted, r.kept_retention, r.kept_grace), (0, 1, 1));
     assert!(exists(&spec, &info.uuid, old).await && exists(&spec, &info.uuid, abandoned).await);
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    let r = admin
-        .gc(pb::GcRequest {
-            volume: "v".into(),
-            dry_run: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = admin.gc(pb::GcRequest { volume: "v".into(), dry_run: false }).await.unwrap().into_inner();
     assert_eq!((r.deleted, r.kept_retention, r.kept_grace), (2, 0, 0));
-    assert!(
-        !exists(&spec, &info.uuid, old).await,
-        "the replaced block went after its retention"
-    );
-    assert!(
-        !exists(&spec, &info.uuid, abandoned).await,
-        "the abandoned upload went after its grace"
-    );
-    assert!(
-        exists(&spec, &info.uuid, new).await,
-        "a referenced block is never deleted"
-    );
+    assert!(!exists(&spec, &info.uuid, old).await, "the replaced block went after its retention");
+    assert!(!exists(&spec, &info.uuid, abandoned).await, "the abandoned upload went after its grace");
+    assert!(exists(&spec, &info.uuid, new).await, "a referenced block is never deleted");
     // Unlinking the file dereferences its last block; with retention 0 it may go at once.
     admin
-        .update_volume(pb::UpdateVolumeRequest {
-            volume: "v".into(),
-            retention_secs: Some(0),
-            ..Default::default()
-        })
+        .update_volume(pb::UpdateVolumeRequest { volume: "v".into(), retention_secs: Some(0), ..Default::default() })
         .await
         .unwrap();
     fs.unlink("f").await.unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let r = admin
-        .gc(pb::GcRequest {
-            volume: "v".into(),
-            dry_run: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = admin.gc(pb::GcRequest { volume: "v".into(), dry_run: false }).await.unwrap().into_inner();
     assert_eq!(r.deleted, 1);
     assert!(!exists(&spec, &info.uuid, new).await);
 }

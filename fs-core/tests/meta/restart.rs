@@ -1,0 +1,76 @@
+//! A server restart keeps sessions, open files and locks, each with a full lease from readiness;
+//! clients reconnect by themselves.
+
+use std::time::{Duration, Instant};
+
+use fs_core::meta::testkit::TestServer;
+use fs_core::proto::pb;
+
+use crate::fs::{Fs, errno};
+
+fn posix(fs: &Fs, ino: u64, t: pb::LockType) -> pb::LockRequest {
+    pb::LockRequest {
+        ctx: fs.ctx(),
+        ino,
+        owner: 5,
+        kind: pb::LockKind::Posix as i32,
+        r#type: t as i32,
+        start: 0,
+        end: u64::MAX,
+        wait: false,
+        open_id: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_open_files_and_locks_survive_a_restart() {
+    let srv = TestServer::start(|c| c.lease = Duration::from_secs(3)).await;
+    let (_, token) = srv.volume("v", |_| {}).await;
+    let a = Fs::new(srv.session("v", &token).await);
+    let b = Fs::new(srv.session("v", &token).await);
+    let (f, _) = a.create_open("f", true).await.unwrap();
+    a.s.rpc.clone().set_lock(posix(&a, f.ino, pb::LockType::Write)).await.unwrap();
+    let (g, g_open) = a.create_open("g", true).await.unwrap();
+    a.write_block(g.ino, 0, 0, 10, 10, true).await.unwrap();
+    a.unlink("g").await.unwrap();
+
+    let before = srv.addr();
+    let srv = srv.restart().await;
+    assert_eq!(srv.addr(), before, "same port after the restart");
+    let ready = Instant::now();
+    for s in [&a.s, &b.s] {
+        s.wait_ready(Duration::from_secs(5)).await.unwrap();
+    }
+
+    // A's session, open file and lock are still there; the channel reconnected by itself.
+    assert_eq!(a.getattr(g.ino).await.unwrap().nlink, 0, "the unlinked open file survived the restart");
+    let err = b.s.rpc.clone().set_lock(posix(&b, f.ino, pb::LockType::Write)).await.unwrap_err();
+    assert_eq!(errno(err), libc::EAGAIN, "A's lock survived the restart");
+    a.release(g_open, vec![]).await.unwrap();
+    assert_eq!(a.getattr(g.ino).await.unwrap_err(), libc::ENOENT, "its last close deleted it");
+
+    // A now goes silent; B keeps its session alive and waits for A's lock, which goes with A's
+    // lease: a full lease counted from readiness, not from A's last request before the restart.
+    let keepalive = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = b.s.rpc.clone().heartbeat(b.s.root()).await;
+            }
+        })
+    };
+    let mut req = posix(&b, f.ino, pb::LockType::Write);
+    req.wait = true;
+    tokio::time::timeout(Duration::from_secs(6), b.s.rpc.clone().set_lock(req))
+        .await
+        .expect("granted after A's lease")
+        .unwrap();
+    keepalive.abort();
+    assert!(
+        ready.elapsed() >= Duration::from_millis(2500),
+        "A kept its lease after the restart ({:?})",
+        ready.elapsed()
+    );
+    drop(srv);
+}
