@@ -67,6 +67,7 @@ mod tests {
             "azurite",
             "pjdfstest",
             "fsx",
+            "cargo-fuzz",
         ] {
             assert!(version(tool).is_ok(), "{tool} is not pinned");
         }

@@ -33,6 +33,29 @@ pub enum Command {
     Admin(AdminArgs),
     /// Delete the block objects of a volume that nothing may need any more.
     Gc(GcArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Metadata operations over TLS against the in-process store, and memory per idle session.
+    /// Starts its own server on loopback; takes at most 5 minutes.
+    Meta {
+        /// Idle sessions to open for the memory figure (raise `ulimit -n` for many).
+        #[arg(long, default_value_t = 500)]
+        sessions: usize,
+        /// Files per concurrency level.
+        #[arg(long, default_value_t = 4000)]
+        files: usize,
+        /// Session counts to measure with.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+        /// Run the server with --sync.
+        #[arg(long)]
+        sync: bool,
+    },
 }
 
 #[derive(Args)]
@@ -224,6 +247,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin(a) => admin(a).await,
+        Command::Bench(BenchCommand::Meta { sessions, files, concurrency, sync }) => {
+            crate::bench::bench_meta(crate::bench::BenchArgs { concurrency, files, idle_sessions: sessions, sync })
+                .await
+        }
         Command::Gc(g) => {
             let mut c = g.server.admin().await?;
             let r = c.gc(pb::GcRequest { volume: g.volume.clone(), dry_run: g.dry_run }).await?.into_inner();

@@ -2,6 +2,7 @@
 //! gRPC clients (the same the mounts use).
 
 mod bad_input;
+mod crash;
 mod fs;
 mod locks;
 mod model;

@@ -1,0 +1,569 @@
+//! `stratusfs bench meta`: throughput and latency of the metadata server over TLS, beside the
+//! same operations called in-process on the store (the limit), and memory per idle session.
+//!
+//! The server runs as a child process (this same binary, `stratusfs meta`) on loopback so its
+//! memory can be read apart from the clients'; the in-process figures use a volume opened in this
+//! process. Everything lives in a temporary directory removed at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::AsyncBufReadExt;
+
+use crate::blockstore::BackendSpec;
+use crate::meta::access::Caller;
+use crate::meta::client::{Session, admin_client, connect};
+use crate::meta::volume::VolumeDb;
+use crate::proto::pb;
+use crate::tls::ClientTrust;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchArgs {
+    /// Session counts to run the operations with.
+    pub concurrency: Vec<usize>,
+    /// Files per concurrency level (split among the sessions).
+    pub files: usize,
+    /// Idle sessions to open for the memory figure.
+    pub idle_sessions: usize,
+    /// Run the server with --sync.
+    pub sync: bool,
+}
+
+impl Default for BenchArgs {
+    fn default() -> Self {
+        BenchArgs { concurrency: vec![1, 16, 64], files: 4000, idle_sessions: 500, sync: false }
+    }
+}
+
+/// Latencies of one phase and its wall time.
+struct Phase {
+    lat: Vec<Duration>,
+    wall: Duration,
+}
+
+impl Phase {
+    fn ops_per_sec(&self) -> f64 {
+        self.lat.len() as f64 / self.wall.as_secs_f64()
+    }
+    fn pct(&mut self, p: f64) -> Duration {
+        self.lat.sort_unstable();
+        self.lat[((self.lat.len() as f64 - 1.0) * p).round() as usize]
+    }
+}
+
+const OPS: [&str; 5] = ["create", "getattr", "readdir", "rename", "unlink"];
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Raises the open-file limit to the hard limit (many sessions need many sockets).
+fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit write/read the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+    r.rlim_cur
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct ServerProcess {
+    child: Child,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn spawn_server(dir: &Path, sync: bool) -> anyhow::Result<(ServerProcess, String, String)> {
+    let exe = std::env::current_exe().context("locating the stratusfs binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("meta")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--gc-interval-secs",
+            "0",
+            "--lease-secs",
+            "300",
+        ])
+        .arg("--admin-token-file")
+        .arg(dir.join("admin.token"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if sync {
+        cmd.arg("--sync");
+    }
+    let mut child = cmd.spawn().context("starting stratusfs meta")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = tokio::io::BufReader::new(tokio::process::ChildStdout::from_std(stdout)?).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .context("the server did not start within 30 s")??
+        .context("the server exited before it listened")?;
+    // "stratusfs meta listening on ADDR (TLS, fingerprint FP), ..."
+    let addr = line.split_whitespace().nth(4).context("no address in the server's first line")?.to_string();
+    let fp = line.split("fingerprint ").nth(1).and_then(|s| s.split(')').next()).context("no fingerprint")?.to_string();
+    Ok((ServerProcess { child }, addr, fp))
+}
+
+/// Runs `per_session` operations in each of `sessions.len()` tasks; `op(session index, i)`.
+async fn phase<S, F, Fut>(sessions: &[S], per_session: usize, op: F) -> anyhow::Result<Phase>
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S, usize, usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (k, s) in sessions.iter().enumerate() {
+        let (s, op) = (s.clone(), op.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_session);
+            for i in 0..per_session {
+                let t = Instant::now();
+                op(s.clone(), k, i).await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    Ok(Phase { lat, wall: start.elapsed() })
+}
+
+fn ctx(s: &Session) -> Option<pb::Context> {
+    Some(s.ctx(0, 0, 1))
+}
+
+fn name(i: usize) -> Vec<u8> {
+    format!("f{i}").into_bytes()
+}
+
+/// The five phases over gRPC/TLS with `c` sessions, each in its own directory.
+async fn over_tls(sessions: &[Arc<Session>], dirs: &[u64], files: usize) -> anyhow::Result<Vec<Phase>> {
+    let per = (files / sessions.len()).max(1);
+    let pairs: Vec<(Arc<Session>, u64)> = sessions.iter().cloned().zip(dirs.iter().copied()).collect();
+    let mut out = Vec::new();
+    let inos: Arc<parking_lot::Mutex<Vec<Vec<u64>>>> =
+        Arc::new(parking_lot::Mutex::new(vec![vec![0; per]; pairs.len()]));
+    let i2 = inos.clone();
+    out.push(
+        phase(&pairs, per, move |(s, d), k, i| {
+            let inos = i2.clone();
+            async move {
+                let r = s
+                    .rpc
+                    .clone()
+                    .mk_nod(pb::MkNodRequest {
+                        ctx: ctx(&s),
+                        parent: d,
+                        name: name(i),
+                        kind: pb::FileKind::Regular as i32,
+                        perm: 0o644,
+                        ..Default::default()
+                    })
+                    .await?;
+                inos.lock()[k][i] = r.into_inner().attr.map(|a| a.ino).unwrap_or(0);
+                Ok(())
+            }
+        })
+        .await?,
+    );
+    let snapshot = Arc::new(inos.lock().clone());
+    let i3 = snapshot.clone();
+    out.push(
+        phase(&pairs, per * 3, move |(s, _), k, i| {
+            let ino = i3[k][i % per];
+            async move {
+                s.rpc.clone().get_attr(pb::InodeRequest { ctx: ctx(&s), ino }).await?;
+                Ok(())
+            }
+        })
+        .await?,
+    );
+    out.push(
+        phase(&pairs, (per / 8).max(20), move |(s, d), _, _| async move {
+            s.rpc
+                .clone()
+                .read_dir(pb::ReadDirRequest { ctx: ctx(&s), ino: d, cookie: 0, limit: 128, plus: true })
+                .await?;
+            Ok(())
+        })
+        .await?,
+    );
+    out.push(
+        phase(&pairs, per, move |(s, d), _, i| async move {
+            let mut new = name(i);
+            new.push(b'r');
+            s.rpc
+                .clone()
+                .rename(pb::RenameRequest {
+                    ctx: ctx(&s),
+                    parent: d,
+                    name: name(i),
+                    new_parent: d,
+                    new_name: new,
+                    flags: 0,
+                })
+                .await?;
+            Ok(())
+        })
+        .await?,
+    );
+    out.push(
+        phase(&pairs, per, move |(s, d), _, i| async move {
+            let mut n = name(i);
+            n.push(b'r');
+            s.rpc.clone().unlink(pb::NameRequest { ctx: ctx(&s), parent: d, name: n }).await?;
+            Ok(())
+        })
+        .await?,
+    );
+    Ok(out)
+}
+
+/// The same phases called on the store in this process (no gRPC, no TLS).
+async fn in_process(v: Arc<VolumeDb>, c: usize, files: usize, level: usize) -> anyhow::Result<Vec<Phase>> {
+    let per = (files / c).max(1);
+    let admin = Caller::admin();
+    let top = v
+        .mknod(
+            &admin,
+            pb::MkNodRequest {
+                parent: 1,
+                name: format!("inproc{level}").into_bytes(),
+                kind: pb::FileKind::Directory as i32,
+                perm: 0o755,
+                ..Default::default()
+            },
+        )
+        .await?
+        .0;
+    let mut pairs = Vec::new();
+    for k in 0..c {
+        let d = v
+            .mknod(
+                &admin,
+                pb::MkNodRequest {
+                    parent: top,
+                    name: format!("s{k}").into_bytes(),
+                    kind: pb::FileKind::Directory as i32,
+                    perm: 0o755,
+                    ..Default::default()
+                },
+            )
+            .await?
+            .0;
+        pairs.push((v.clone(), d));
+    }
+    let inos: Arc<parking_lot::Mutex<Vec<Vec<u64>>>> = Arc::new(parking_lot::Mutex::new(vec![vec![0; per]; c]));
+    let i2 = inos.clone();
+    let mut out = Vec::new();
+    out.push(
+        phase(&pairs, per, move |(v, d), k, i| {
+            let inos = i2.clone();
+            async move {
+                let (ino, _) = v
+                    .mknod(
+                        &Caller::admin(),
+                        pb::MkNodRequest {
+                            parent: d,
+                            name: name(i),
+                            kind: pb::FileKind::Regular as i32,
+                            perm: 0o644,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                inos.lock()[k][i] = ino;
+                Ok(())
+            }
+        })
+        .await?,
+    );
+    let snapshot = Arc::new(inos.lock().clone());
+    out.push(
+        phase(&pairs, per * 3, move |(v, _), k, i| {
+            let ino = snapshot[k][i % per];
+            async move {
+                v.getattr(&Caller::admin(), ino)?;
+                Ok(())
+            }
+        })
+        .await?,
+    );
+    out.push(
+        phase(&pairs, (per / 8).max(20), move |(v, d), _, _| async move {
+            v.readdir(&Caller::admin(), d, 0, 128, true)?;
+            Ok(())
+        })
+        .await?,
+    );
+    out.push(
+        phase(&pairs, per, move |(v, d), _, i| async move {
+            let mut new = name(i);
+            new.push(b'r');
+            v.rename(
+                &Caller::admin(),
+                pb::RenameRequest { ctx: None, parent: d, name: name(i), new_parent: d, new_name: new, flags: 0 },
+            )
+            .await?;
+            Ok(())
+        })
+        .await?,
+    );
+    out.push(
+        phase(&pairs, per, move |(v, d), _, i| async move {
+            let mut n = name(i);
+            n.push(b'r');
+            v.unlink(&Caller::admin(), d, n).await?;
+            Ok(())
+        })
+        .await?,
+    );
+    Ok(out)
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn bench_meta(args: BenchArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let nofile = raise_nofile();
+    if (args.idle_sessions as u64) * 2 + 256 > nofile {
+        bail!(
+            "{} idle sessions need about {} open files; the limit is {nofile} (raise it with ulimit -n)",
+            args.idle_sessions,
+            args.idle_sessions * 2 + 256
+        );
+    }
+    let dir: PathBuf = std::env::temp_dir().join(format!("stratusfs-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = RemoveDir(dir.clone());
+    let admin_token = uuid::Uuid::new_v4().to_string();
+    std::fs::write(dir.join("admin.token"), &admin_token)?;
+    let (child, addr, fp) = spawn_server(&dir, args.sync).await?;
+    let trust = ClientTrust { ca_file: None, fingerprint: Some(fp) };
+    let backend_json = serde_json::to_string(&BackendSpec::Local { path: dir.join("blocks"), prefix: String::new() })?;
+    let mut admin = admin_client(connect(&addr, &trust).await?, &admin_token)?;
+    admin
+        .create_volume(pb::CreateVolumeRequest {
+            name: "bench".into(),
+            backend_json: backend_json.clone(),
+            ..Default::default()
+        })
+        .await?;
+    let token = admin
+        .create_token(pb::CreateTokenRequest { volume: "bench".into(), ..Default::default() })
+        .await?
+        .into_inner()
+        .token;
+
+    // The in-process limit: a volume of its own in this process.
+    let info = pb::VolumeInfo {
+        uuid: "inproc".into(),
+        name: "inproc".into(),
+        block_size: crate::meta::volume::DEFAULT_BLOCK_SIZE,
+        backend_json,
+        ..Default::default()
+    };
+    let local = VolumeDb::create_db(&dir.join("inproc.redb"), info, args.sync)?;
+
+    println!(
+        "stratusfs bench meta: server {addr} (child process, TLS), {} files per level, sync={}",
+        args.files, args.sync
+    );
+    println!(
+        "{:<8} {:>8} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>6}",
+        "op", "sessions", "TLS ops/s", "p50 ms", "p99 ms", "local op/s", "p50 ms", "p99 ms", "ratio"
+    );
+    for (level, &c) in args.concurrency.iter().enumerate() {
+        let mut sessions = Vec::new();
+        let mut dirs = Vec::new();
+        let top = {
+            let s = Session::open(connect(&addr, &trust).await?, "bench", &token, "bench").await?;
+            let r = s
+                .rpc
+                .clone()
+                .mk_dir(pb::MkNodRequest {
+                    ctx: ctx(&s),
+                    parent: 1,
+                    name: format!("tls{level}").into_bytes(),
+                    kind: pb::FileKind::Directory as i32,
+                    perm: 0o755,
+                    ..Default::default()
+                })
+                .await?;
+            r.into_inner().attr.map(|a| a.ino).unwrap_or(0)
+        };
+        for k in 0..c {
+            let s = Session::open(connect(&addr, &trust).await?, "bench", &token, "bench").await?;
+            let d = s
+                .rpc
+                .clone()
+                .mk_dir(pb::MkNodRequest {
+                    ctx: ctx(&s),
+                    parent: top,
+                    name: format!("s{k}").into_bytes(),
+                    kind: pb::FileKind::Directory as i32,
+                    perm: 0o755,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .attr
+                .map(|a| a.ino)
+                .unwrap_or(0);
+            sessions.push(s);
+            dirs.push(d);
+        }
+        let mut tls = over_tls(&sessions, &dirs, args.files).await?;
+        let mut loc = in_process(local.clone(), c, args.files, level).await?;
+        for (i, op) in OPS.iter().enumerate() {
+            let (t, l) = (&mut tls[i], &mut loc[i]);
+            let (t50, t99, l50, l99) = (t.pct(0.5), t.pct(0.99), l.pct(0.5), l.pct(0.99));
+            println!(
+                "{op:<8} {c:>8} | {:>10.0} {:>8.3} {:>8.3} | {:>10.0} {:>8.3} {:>8.3} | {:>5.0}%",
+                t.ops_per_sec(),
+                ms(t50),
+                ms(t99),
+                l.ops_per_sec(),
+                ms(l50),
+                ms(l99),
+                100.0 * t.ops_per_sec() / l.ops_per_sec()
+            );
+        }
+        for s in &sessions {
+            let _ = s.close().await;
+        }
+        if started.elapsed() > Duration::from_secs(240) {
+            println!("(stopping early: the benchmark keeps to 5 minutes)");
+            break;
+        }
+    }
+
+    // Lock hand-over: B waits in F_SETLKW, A releases; time until B holds the lock.
+    {
+        let a = Session::open(connect(&addr, &trust).await?, "bench", &token, "lock-a").await?;
+        let b = Session::open(connect(&addr, &trust).await?, "bench", &token, "lock-b").await?;
+        let ino = a
+            .rpc
+            .clone()
+            .mk_nod(pb::MkNodRequest {
+                ctx: ctx(&a),
+                parent: 1,
+                name: b"lockfile".to_vec(),
+                kind: pb::FileKind::Regular as i32,
+                perm: 0o644,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .attr
+            .map(|x| x.ino)
+            .unwrap_or(0);
+        let req = |s: &Session, t: pb::LockType, wait: bool| pb::LockRequest {
+            ctx: ctx(s),
+            ino,
+            owner: 1,
+            kind: pb::LockKind::Posix as i32,
+            r#type: t as i32,
+            start: 0,
+            end: u64::MAX,
+            wait,
+            open_id: 0,
+        };
+        let mut lat = Vec::new();
+        for _ in 0..200 {
+            a.rpc.clone().set_lock(req(&a, pb::LockType::Write, false)).await?;
+            let mut rpc = b.rpc.clone();
+            let want = req(&b, pb::LockType::Write, true);
+            let waiter = tokio::spawn(async move { rpc.set_lock(want).await.map(|_| Instant::now()) });
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let released = Instant::now();
+            a.rpc.clone().set_lock(req(&a, pb::LockType::Unlock, false)).await?;
+            let granted = waiter.await??;
+            lat.push(granted.saturating_duration_since(released));
+            b.rpc.clone().set_lock(req(&b, pb::LockType::Unlock, false)).await?;
+        }
+        let mut p = Phase { wall: lat.iter().sum(), lat };
+        println!(
+            "lock wake-up (release -> waiter granted, 200 hand-overs): p50 {:.3} ms, p99 {:.3} ms; a client polling every 100 ms would wait 50 ms on average, up to 100 ms",
+            ms(p.pct(0.5)),
+            ms(p.pct(0.99))
+        );
+    }
+
+    // Memory per idle session, and latency with them open.
+    let pid = child.child.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(pid);
+    let mut idle = Vec::with_capacity(args.idle_sessions);
+    let open_start = Instant::now();
+    for _ in 0..args.idle_sessions {
+        idle.push(Session::open(connect(&addr, &trust).await?, "bench", &token, "idle").await?);
+    }
+    let open_time = open_start.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(pid);
+    println!(
+        "idle sessions: {} opened in {:.1} s (each its own TLS connection); server RSS {} KiB -> {} KiB: {:.1} KiB per session",
+        args.idle_sessions,
+        open_time.as_secs_f64(),
+        before,
+        after,
+        (after.saturating_sub(before)) as f64 / args.idle_sessions.max(1) as f64
+    );
+    let probe: Vec<Arc<Session>> = idle.iter().take(16).cloned().collect();
+    let mut p = phase(&probe, 500, |s: Arc<Session>, _, _| async move {
+        s.rpc.clone().get_attr(pb::InodeRequest { ctx: ctx(&s), ino: 1 }).await?;
+        Ok(())
+    })
+    .await?;
+    println!(
+        "getattr with {} sessions open, 16 active: {:.0} ops/s, p50 {:.3} ms, p99 {:.3} ms",
+        args.idle_sessions,
+        p.ops_per_sec(),
+        ms(p.pct(0.5)),
+        ms(p.pct(0.99))
+    );
+    println!("total time {:.0} s", started.elapsed().as_secs_f64());
+    drop(idle);
+    drop(local);
+    drop(child);
+    Ok(())
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
