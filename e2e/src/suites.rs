@@ -79,18 +79,22 @@ fn strip_ansi(s: &str) -> String {
 }
 
 /// Runs pjdfstest (all cases, or those matching `patterns`) in `dir` with the project's
-/// configuration. `dir` must be writable by root.
-pub fn pjdfstest(dir: &Path, patterns: &[&str]) -> Result<PjdfstestSummary> {
+/// configuration. `dir` must be writable by root. `secondary`, a directory on another filesystem,
+/// enables the cases that rename across filesystems (EXDEV).
+pub fn pjdfstest(dir: &Path, secondary: Option<&Path>, patterns: &[&str]) -> Result<PjdfstestSummary> {
     // The configuration lives beside the test directory, not in it: pjdfstest creates and removes
     // entries under the path it is given.
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("run");
     let config = dir.with_file_name(format!(".{name}.pjdfstest.toml"));
     std::fs::write(&config, PJDFSTEST_CONFIG).map_err(HarnessError::io(format!("writing {}", config.display())))?;
     let out = Command::new(tools::binary("pjdfstest")?)
+        // Verbose: each skipped case is followed by the reason it skipped.
+        .arg("-v")
         .arg("-c")
         .arg(&config)
         .arg("-p")
         .arg(dir)
+        .args(secondary.into_iter().flat_map(|s| [std::ffi::OsStr::new("-s"), s.as_os_str()]))
         .args(patterns)
         .env("NO_COLOR", "1")
         .output()

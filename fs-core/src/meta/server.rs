@@ -797,7 +797,7 @@ pub async fn background(server: Arc<MetaServer>, cert: Arc<ServerCert>) {
     loop {
         tick.tick().await;
         server.expire_sessions().await;
-        if last_cert.elapsed() > Duration::from_secs(5) {
+        if last_cert.elapsed() > Duration::from_secs(2) {
             last_cert = Instant::now();
             cert.reload_if_changed();
         }

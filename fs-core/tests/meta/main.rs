@@ -9,6 +9,7 @@ mod model;
 mod posix;
 mod quota_gc;
 mod restart;
+mod server_ops;
 mod tokens;
 
 use fs::Fs;
