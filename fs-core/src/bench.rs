@@ -167,142 +167,99 @@ fn name(i: usize) -> Vec<u8> {
     format!("f{i}").into_bytes()
 }
 
-/// The five phases over gRPC/TLS with `c` sessions, each in its own directory.
-async fn over_tls(sessions: &[Arc<Session>], dirs: &[u64], files: usize) -> anyhow::Result<Vec<Phase>> {
-    let per = (files / sessions.len()).max(1);
-    let pairs: Vec<(Arc<Session>, u64)> = sessions.iter().cloned().zip(dirs.iter().copied()).collect();
-    let mut out = Vec::new();
-    let inos: Arc<parking_lot::Mutex<Vec<Vec<u64>>>> =
-        Arc::new(parking_lot::Mutex::new(vec![vec![0; per]; pairs.len()]));
-    let i2 = inos.clone();
-    out.push(
-        phase(&pairs, per, move |(s, d), k, i| {
-            let inos = i2.clone();
-            async move {
-                let r = s
-                    .rpc
-                    .clone()
-                    .mk_nod(pb::MkNodRequest {
-                        ctx: ctx(&s),
-                        parent: d,
-                        name: name(i),
-                        kind: pb::FileKind::Regular as i32,
-                        perm: 0o644,
-                        ..Default::default()
-                    })
-                    .await?;
-                inos.lock()[k][i] = r.into_inner().attr.map(|a| a.ino).unwrap_or(0);
-                Ok(())
-            }
-        })
-        .await?,
-    );
-    let snapshot = Arc::new(inos.lock().clone());
-    let i3 = snapshot.clone();
-    out.push(
-        phase(&pairs, per * 3, move |(s, _), k, i| {
-            let ino = i3[k][i % per];
-            async move {
-                s.rpc.clone().get_attr(pb::InodeRequest { ctx: ctx(&s), ino }).await?;
-                Ok(())
-            }
-        })
-        .await?,
-    );
-    out.push(
-        phase(&pairs, (per / 8).max(20), move |(s, d), _, _| async move {
-            s.rpc
-                .clone()
-                .read_dir(pb::ReadDirRequest { ctx: ctx(&s), ino: d, cookie: 0, limit: 128, plus: true })
-                .await?;
-            Ok(())
-        })
-        .await?,
-    );
-    out.push(
-        phase(&pairs, per, move |(s, d), _, i| async move {
-            let mut new = name(i);
-            new.push(b'r');
-            s.rpc
-                .clone()
-                .rename(pb::RenameRequest {
-                    ctx: ctx(&s),
-                    parent: d,
-                    name: name(i),
-                    new_parent: d,
-                    new_name: new,
-                    flags: 0,
-                })
-                .await?;
-            Ok(())
-        })
-        .await?,
-    );
-    out.push(
-        phase(&pairs, per, move |(s, d), _, i| async move {
-            let mut n = name(i);
-            n.push(b'r');
-            s.rpc.clone().unlink(pb::NameRequest { ctx: ctx(&s), parent: d, name: n }).await?;
-            Ok(())
-        })
-        .await?,
-    );
-    Ok(out)
+/// Where the phases run: a session over gRPC/TLS, or the store in this process (no gRPC, no TLS).
+#[derive(Clone)]
+enum Target {
+    Tls(Arc<Session>),
+    Local(Arc<VolumeDb>),
 }
 
-/// The same phases called on the store in this process (no gRPC, no TLS).
-async fn in_process(v: Arc<VolumeDb>, c: usize, files: usize, level: usize) -> anyhow::Result<Vec<Phase>> {
-    let per = (files / c).max(1);
-    let admin = Caller::admin();
-    let top = v
-        .mknod(
-            &admin,
-            pb::MkNodRequest {
-                parent: 1,
-                name: format!("inproc{level}").into_bytes(),
-                kind: pb::FileKind::Directory as i32,
-                perm: 0o755,
-                ..Default::default()
-            },
-        )
-        .await?
-        .0;
-    let mut pairs = Vec::new();
-    for k in 0..c {
-        let d = v
-            .mknod(
-                &admin,
-                pb::MkNodRequest {
-                    parent: top,
-                    name: format!("s{k}").into_bytes(),
-                    kind: pb::FileKind::Directory as i32,
-                    perm: 0o755,
-                    ..Default::default()
-                },
-            )
-            .await?
-            .0;
-        pairs.push((v.clone(), d));
+impl Target {
+    async fn mkdir(&self, parent: u64, name: Vec<u8>) -> anyhow::Result<u64> {
+        let req = |ctx| pb::MkNodRequest {
+            ctx,
+            parent,
+            name,
+            kind: pb::FileKind::Directory as i32,
+            perm: 0o755,
+            ..Default::default()
+        };
+        Ok(match self {
+            Target::Tls(s) => s.rpc.clone().mk_dir(req(ctx(s))).await?.into_inner().attr.map_or(0, |a| a.ino),
+            Target::Local(v) => v.mknod(&Caller::admin(), req(None)).await?.0,
+        })
     }
-    let inos: Arc<parking_lot::Mutex<Vec<Vec<u64>>>> = Arc::new(parking_lot::Mutex::new(vec![vec![0; per]; c]));
-    let i2 = inos.clone();
+
+    async fn create(&self, parent: u64, name: Vec<u8>) -> anyhow::Result<u64> {
+        let req = |ctx| pb::MkNodRequest {
+            ctx,
+            parent,
+            name,
+            kind: pb::FileKind::Regular as i32,
+            perm: 0o644,
+            ..Default::default()
+        };
+        Ok(match self {
+            Target::Tls(s) => s.rpc.clone().mk_nod(req(ctx(s))).await?.into_inner().attr.map_or(0, |a| a.ino),
+            Target::Local(v) => v.mknod(&Caller::admin(), req(None)).await?.0,
+        })
+    }
+
+    async fn getattr(&self, ino: u64) -> anyhow::Result<()> {
+        match self {
+            Target::Tls(s) => drop(s.rpc.clone().get_attr(pb::InodeRequest { ctx: ctx(s), ino }).await?),
+            Target::Local(v) => drop(v.getattr(&Caller::admin(), ino)?),
+        }
+        Ok(())
+    }
+
+    async fn readdir(&self, ino: u64) -> anyhow::Result<()> {
+        match self {
+            Target::Tls(s) => {
+                let req = pb::ReadDirRequest { ctx: ctx(s), ino, cookie: 0, limit: 128, plus: true };
+                drop(s.rpc.clone().read_dir(req).await?)
+            }
+            Target::Local(v) => drop(v.readdir(&Caller::admin(), ino, 0, 128, true)?),
+        }
+        Ok(())
+    }
+
+    async fn rename(&self, dir: u64, name: Vec<u8>, new_name: Vec<u8>) -> anyhow::Result<()> {
+        let req = |ctx| pb::RenameRequest { ctx, parent: dir, name, new_parent: dir, new_name, flags: 0 };
+        match self {
+            Target::Tls(s) => drop(s.rpc.clone().rename(req(ctx(s))).await?),
+            Target::Local(v) => v.rename(&Caller::admin(), req(None)).await?,
+        }
+        Ok(())
+    }
+
+    async fn unlink(&self, dir: u64, name: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Target::Tls(s) => drop(s.rpc.clone().unlink(pb::NameRequest { ctx: ctx(s), parent: dir, name }).await?),
+            Target::Local(v) => v.unlink(&Caller::admin(), dir, name).await?,
+        }
+        Ok(())
+    }
+}
+
+fn renamed(i: usize) -> Vec<u8> {
+    let mut n = name(i);
+    n.push(b'r');
+    n
+}
+
+/// The five phases with one task per (target, directory): create, getattr, readdir (one page of
+/// 128 with attributes), rename, unlink, over `files` files split among the tasks.
+async fn phases(pairs: Vec<(Target, u64)>, files: usize) -> anyhow::Result<Vec<Phase>> {
+    let per = (files / pairs.len()).max(1);
+    let inos = Arc::new(parking_lot::Mutex::new(vec![vec![0u64; per]; pairs.len()]));
     let mut out = Vec::new();
+    let i2 = inos.clone();
     out.push(
-        phase(&pairs, per, move |(v, d), k, i| {
+        phase(&pairs, per, move |(t, d), k, i| {
             let inos = i2.clone();
             async move {
-                let (ino, _) = v
-                    .mknod(
-                        &Caller::admin(),
-                        pb::MkNodRequest {
-                            parent: d,
-                            name: name(i),
-                            kind: pb::FileKind::Regular as i32,
-                            perm: 0o644,
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
+                let ino = t.create(d, name(i)).await?;
                 inos.lock()[k][i] = ino;
                 Ok(())
             }
@@ -311,44 +268,25 @@ async fn in_process(v: Arc<VolumeDb>, c: usize, files: usize, level: usize) -> a
     );
     let snapshot = Arc::new(inos.lock().clone());
     out.push(
-        phase(&pairs, per * 3, move |(v, _), k, i| {
+        phase(&pairs, per * 3, move |(t, _), k, i| {
             let ino = snapshot[k][i % per];
-            async move {
-                v.getattr(&Caller::admin(), ino)?;
-                Ok(())
-            }
+            async move { t.getattr(ino).await }
         })
         .await?,
     );
-    out.push(
-        phase(&pairs, (per / 8).max(20), move |(v, d), _, _| async move {
-            v.readdir(&Caller::admin(), d, 0, 128, true)?;
-            Ok(())
-        })
-        .await?,
-    );
-    out.push(
-        phase(&pairs, per, move |(v, d), _, i| async move {
-            let mut new = name(i);
-            new.push(b'r');
-            v.rename(
-                &Caller::admin(),
-                pb::RenameRequest { ctx: None, parent: d, name: name(i), new_parent: d, new_name: new, flags: 0 },
-            )
-            .await?;
-            Ok(())
-        })
-        .await?,
-    );
-    out.push(
-        phase(&pairs, per, move |(v, d), _, i| async move {
-            let mut n = name(i);
-            n.push(b'r');
-            v.unlink(&Caller::admin(), d, n).await?;
-            Ok(())
-        })
-        .await?,
-    );
+    out.push(phase(&pairs, (per / 8).max(20), |(t, d), _, _| async move { t.readdir(d).await }).await?);
+    out.push(phase(&pairs, per, |(t, d), _, i| async move { t.rename(d, name(i), renamed(i)).await }).await?);
+    out.push(phase(&pairs, per, |(t, d), _, i| async move { t.unlink(d, renamed(i)).await }).await?);
+    Ok(out)
+}
+
+/// `c` directories under a new directory `top` of `t`'s root.
+async fn dirs(t: &Target, top: String, c: usize) -> anyhow::Result<Vec<u64>> {
+    let top = t.mkdir(1, top.into_bytes()).await?;
+    let mut out = Vec::new();
+    for k in 0..c {
+        out.push(t.mkdir(top, format!("s{k}").into_bytes()).await?);
+    }
     Ok(out)
 }
 
@@ -405,46 +343,15 @@ pub async fn bench_meta(args: BenchArgs) -> anyhow::Result<()> {
     );
     for (level, &c) in args.concurrency.iter().enumerate() {
         let mut sessions = Vec::new();
-        let mut dirs = Vec::new();
-        let top = {
-            let s = Session::open(connect(&addr, &trust).await?, "bench", &token, "bench").await?;
-            let r = s
-                .rpc
-                .clone()
-                .mk_dir(pb::MkNodRequest {
-                    ctx: ctx(&s),
-                    parent: 1,
-                    name: format!("tls{level}").into_bytes(),
-                    kind: pb::FileKind::Directory as i32,
-                    perm: 0o755,
-                    ..Default::default()
-                })
-                .await?;
-            r.into_inner().attr.map(|a| a.ino).unwrap_or(0)
-        };
-        for k in 0..c {
-            let s = Session::open(connect(&addr, &trust).await?, "bench", &token, "bench").await?;
-            let d = s
-                .rpc
-                .clone()
-                .mk_dir(pb::MkNodRequest {
-                    ctx: ctx(&s),
-                    parent: top,
-                    name: format!("s{k}").into_bytes(),
-                    kind: pb::FileKind::Directory as i32,
-                    perm: 0o755,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .attr
-                .map(|a| a.ino)
-                .unwrap_or(0);
-            sessions.push(s);
-            dirs.push(d);
+        for _ in 0..c {
+            sessions.push(Session::open(connect(&addr, &trust).await?, "bench", &token, "bench").await?);
         }
-        let mut tls = over_tls(&sessions, &dirs, args.files).await?;
-        let mut loc = in_process(local.clone(), c, args.files, level).await?;
+        let tls_dirs = dirs(&Target::Tls(sessions[0].clone()), format!("tls{level}"), c).await?;
+        let tls_pairs = sessions.iter().map(|s| Target::Tls(s.clone())).zip(tls_dirs).collect();
+        let mut tls = phases(tls_pairs, args.files).await?;
+        let local_target = Target::Local(local.clone());
+        let local_dirs = dirs(&local_target, format!("local{level}"), c).await?;
+        let mut loc = phases(local_dirs.into_iter().map(|d| (local_target.clone(), d)).collect(), args.files).await?;
         for (i, op) in OPS.iter().enumerate() {
             let (t, l) = (&mut tls[i], &mut loc[i]);
             let (t50, t99, l50, l99) = (t.pct(0.5), t.pct(0.99), l.pct(0.5), l.pct(0.99));

@@ -83,7 +83,7 @@ impl SessionState {
             root: self.rec.root_ino,
             read_only: self.rec.read_only,
             root_squash: self.rec.root_squash,
-            opaque_names: self.volume.info().encryption.is_some(),
+            opaque_names: self.volume.encrypted(),
             uid: ctx.uid,
             gid: ctx.gid,
             groups: ctx.groups.clone(),
@@ -521,12 +521,9 @@ impl MetaServer {
     }
 
     fn session_reply(&self, s: &SessionState, resumed: bool) -> pb::OpenSessionReply {
-        let mut volume = s.volume.info();
-        if s.rec.read_only {
-            // Token limits bind the namespace, not the bucket: a read-only session still receives the
-            // block store's credentials (docs/security.md says so).
-            volume.quota = None;
-        }
+        // Token limits bind the namespace, not the bucket: every session, read-only ones too, receives
+        // the block store's spec with its credentials (docs/metadata-server.md says so).
+        let volume = s.volume.info();
         pb::OpenSessionReply {
             session: s.id.to_vec(),
             root_ino: s.rec.root_ino,

@@ -137,6 +137,11 @@ impl VolumeDb {
         self.info.read().clone()
     }
 
+    /// Whether names are ciphertext (the volume has an encryption envelope).
+    pub fn encrypted(&self) -> bool {
+        self.info.read().encryption.is_some()
+    }
+
     pub fn block_size(&self) -> u32 {
         self.info.read().block_size
     }

@@ -127,15 +127,7 @@ async fn a_dead_sessions_locks_go_when_its_lease_ends() {
     let start = Instant::now();
     let mut rpc = b.s.rpc.clone();
     let req = lock(&b, ino, 1, Posix, Write, (0, 0), true);
-    let keepalive = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = b.s.rpc.clone().heartbeat(b.s.root()).await;
-            }
-        })
-    };
+    let keepalive = b.s.spawn_heartbeat();
     tokio::time::timeout(Duration::from_secs(5), rpc.set_lock(req)).await.expect("granted after A's lease").unwrap();
     keepalive.abort();
     let waited = start.elapsed();

@@ -51,15 +51,7 @@ async fn sessions_open_files_and_locks_survive_a_restart() {
 
     // A now goes silent; B keeps its session alive and waits for A's lock, which goes with A's
     // lease: a full lease counted from readiness, not from A's last request before the restart.
-    let keepalive = {
-        let b = b.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = b.s.rpc.clone().heartbeat(b.s.root()).await;
-            }
-        })
-    };
+    let keepalive = b.s.spawn_heartbeat();
     let mut req = posix(&b, f.ino, pb::LockType::Write);
     req.wait = true;
     tokio::time::timeout(Duration::from_secs(6), b.s.rpc.clone().set_lock(req))
