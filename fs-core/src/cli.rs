@@ -33,9 +33,29 @@ pub enum Command {
     Admin(AdminArgs),
     /// Delete the block objects of a volume that nothing may need any more.
     Gc(GcArgs),
+    /// Mount a volume: stratusfs://HOST:PORT/VOLUME[/SUBPATH] on a directory.
+    Mount(MountCliArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args)]
+pub struct MountCliArgs {
+    /// stratusfs://HOST:PORT/VOLUME[/SUBPATH]
+    pub source: String,
+    pub mountpoint: PathBuf,
+    /// File holding the volume token.
+    #[arg(long, env = "STRATUSFS_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    #[arg(long, env = "STRATUSFS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    #[arg(long, env = "STRATUSFS_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// Mount options: ro, allow_other, noatime, noexec, nosuid, nodev, attr_ttl=SECS,
+    /// entry_ttl=SECS, cache_mib=N, threads=N (comma separated, as mount -o).
+    #[arg(short = 'o', value_delimiter = ',')]
+    pub options: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -247,6 +267,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin(a) => admin(a).await,
+        Command::Mount(m) => mount_cmd(m).await,
         Command::Bench(BenchCommand::Meta { sessions, files, concurrency, sync }) => {
             crate::bench::bench_meta(crate::bench::BenchArgs { concurrency, files, idle_sessions: sessions, sync })
                 .await
@@ -373,6 +394,52 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn mount_cmd(m: MountCliArgs) -> anyhow::Result<()> {
+    use crate::client::FsConfig;
+    use crate::fuse::mount::KernelOptions;
+    let source: crate::mount::Source = m.source.parse().map_err(anyhow::Error::msg)?;
+    let token = std::fs::read_to_string(&m.token_file)
+        .with_context(|| format!("reading the token from {}", m.token_file.display()))?;
+    let mut kernel = KernelOptions { nodev: true, ..Default::default() };
+    let mut fs = FsConfig::default();
+    let mut threads = 4;
+    for o in m.options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        let (k, v) = o.split_once('=').unwrap_or((o, ""));
+        let secs = |v: &str| -> anyhow::Result<Duration> {
+            Ok(Duration::from_secs_f64(v.parse::<f64>().with_context(|| format!("mount option {o}: give seconds"))?))
+        };
+        match k {
+            "ro" => kernel.read_only = true,
+            "rw" | "defaults" | "_netdev" | "auto" | "noauto" | "nofail" | "user" | "nouser" => {}
+            "allow_other" => kernel.allow_other = true,
+            "noatime" => kernel.noatime = true,
+            "noexec" => kernel.noexec = true,
+            "nosuid" => kernel.nosuid = true,
+            "nodev" => kernel.nodev = true,
+            "dev" => kernel.nodev = false,
+            "attr_ttl" => fs.attr_ttl = secs(v)?,
+            "entry_ttl" => fs.entry_ttl = secs(v)?,
+            "cache_mib" => {
+                fs.cache_bytes = v.parse::<usize>().with_context(|| format!("mount option {o}: give MiB"))? << 20
+            }
+            "threads" => threads = v.parse().with_context(|| format!("mount option {o}: give a number"))?,
+            other => bail!(
+                "unknown mount option {other:?} (known: ro, allow_other, noatime, noexec, nosuid, nodev, attr_ttl=, entry_ttl=, cache_mib=, threads=)"
+            ),
+        }
+    }
+    let args = crate::mount::MountArgs {
+        source,
+        mountpoint: m.mountpoint,
+        token: token.trim().to_string(),
+        trust: ClientTrust { ca_file: m.ca_file, fingerprint: m.fingerprint },
+        kernel,
+        fs,
+        threads,
+    };
+    crate::mount::run_mount(args, shutdown_signal()).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -9,6 +9,9 @@
 pub mod bench;
 pub mod blockstore;
 pub mod cli;
+pub mod client;
+pub mod fuse;
 pub mod meta;
+pub mod mount;
 pub mod proto;
 pub mod tls;

@@ -4,6 +4,7 @@
 //! `object_store` client; [`layout`] names the objects.
 
 pub mod backend;
+pub mod codec;
 pub mod layout;
 
 pub use backend::{BackendError, BackendSpec, open_backend};

@@ -1,0 +1,365 @@
+//! Translates FUSE requests into [`StratusFs`] calls and their results into replies. Nothing
+//! here decides filesystem behaviour; every reply path ends in exactly one reply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::abi::{self, Wire, fattr, opcode};
+use super::session::{Handler, InitParams, Replier, Request};
+use crate::client::{Ctx, FsResult, StratusFs};
+use crate::proto::pb;
+
+pub struct Adapter {
+    pub fs: Arc<StratusFs>,
+    pub params: InitParams,
+}
+
+/// A reply body: one or more byte strings written after the header.
+type Body = Vec<u8>;
+
+fn split_name(b: &[u8]) -> FsResult<(&[u8], &[u8])> {
+    let nul = b.iter().position(|&c| c == 0).ok_or(libc::EINVAL)?;
+    Ok((&b[..nul], &b[nul + 1..]))
+}
+
+fn name(b: &[u8]) -> FsResult<&[u8]> {
+    Ok(split_name(b)?.0)
+}
+
+fn arg<T: Wire>(body: &[u8]) -> FsResult<(T, &[u8])> {
+    let v = T::read(body).ok_or(libc::EINVAL)?;
+    Ok((v, &body[std::mem::size_of::<T>()..]))
+}
+
+fn kind_bits(k: pb::FileKind) -> u32 {
+    match k {
+        pb::FileKind::Regular | pb::FileKind::Unspecified => libc::S_IFREG,
+        pb::FileKind::Directory => libc::S_IFDIR,
+        pb::FileKind::Symlink => libc::S_IFLNK,
+        pb::FileKind::Fifo => libc::S_IFIFO,
+        pb::FileKind::Socket => libc::S_IFSOCK,
+        pb::FileKind::CharDevice => libc::S_IFCHR,
+        pb::FileKind::BlockDevice => libc::S_IFBLK,
+    }
+}
+
+fn kind_of_mode(mode: u32) -> pb::FileKind {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => pb::FileKind::Directory,
+        libc::S_IFLNK => pb::FileKind::Symlink,
+        libc::S_IFIFO => pb::FileKind::Fifo,
+        libc::S_IFSOCK => pb::FileKind::Socket,
+        libc::S_IFCHR => pb::FileKind::CharDevice,
+        libc::S_IFBLK => pb::FileKind::BlockDevice,
+        _ => pb::FileKind::Regular,
+    }
+}
+
+fn ttl(d: Duration) -> (u64, u32) {
+    (d.as_secs(), d.subsec_nanos())
+}
+
+impl Adapter {
+    fn attr(&self, a: &pb::Attr) -> abi::Attr {
+        let t = |t: &Option<pb::Timespec>| t.map_or((0, 0), |t| (t.sec as u64, t.nsec));
+        let (at, an) = t(&a.atime);
+        let (mt, mn) = t(&a.mtime);
+        let (ct, cn) = t(&a.ctime);
+        abi::Attr {
+            ino: self.fs.to_kernel(a.ino),
+            size: a.size,
+            blocks: a.stored.div_ceil(512),
+            atime: at,
+            mtime: mt,
+            ctime: ct,
+            atimensec: an,
+            mtimensec: mn,
+            ctimensec: cn,
+            mode: kind_bits(a.kind()) | (a.perm & 0o7777),
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev as u32,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn entry(&self, a: &pb::Attr) -> abi::EntryOut {
+        let (es, en) = ttl(self.fs.cfg.entry_ttl);
+        let (as_, an) = ttl(self.fs.cfg.attr_ttl);
+        abi::EntryOut {
+            nodeid: self.fs.to_kernel(a.ino),
+            generation: 0,
+            entry_valid: es,
+            attr_valid: as_,
+            entry_valid_nsec: en,
+            attr_valid_nsec: an,
+            attr: self.attr(a),
+        }
+    }
+
+    fn attr_out(&self, a: &pb::Attr) -> Body {
+        let (s, n) = ttl(self.fs.cfg.attr_ttl);
+        abi::AttrOut { attr_valid: s, attr_valid_nsec: n, dummy: 0, attr: self.attr(a) }.bytes().to_vec()
+    }
+
+    fn entry_out(&self, a: &pb::Attr) -> Body {
+        self.entry(a).bytes().to_vec()
+    }
+
+    fn lock_req(lk: &abi::LkIn, wait: bool) -> FsResult<pb::LockRequest> {
+        let typ = match lk.lk.typ as i32 {
+            libc::F_RDLCK => pb::LockType::Read,
+            libc::F_WRLCK => pb::LockType::Write,
+            libc::F_UNLCK => pb::LockType::Unlock,
+            _ => return Err(libc::EINVAL),
+        };
+        let kind = if lk.lk_flags & abi::LK_FLOCK != 0 { pb::LockKind::Flock } else { pb::LockKind::Posix };
+        let end = if lk.lk.end >= i64::MAX as u64 { u64::MAX } else { lk.lk.end };
+        Ok(pb::LockRequest {
+            ctx: None,
+            ino: 0,
+            owner: lk.owner,
+            kind: kind as i32,
+            r#type: typ as i32,
+            start: lk.lk.start,
+            end,
+            wait,
+            open_id: lk.fh,
+        })
+    }
+
+    async fn dispatch(&self, req: &Request) -> FsResult<Body> {
+        let h = &req.header;
+        let c = Ctx { uid: h.uid, gid: h.gid, pid: h.pid };
+        let fs = &self.fs;
+        let body = req.body.as_slice();
+        let node = h.nodeid;
+        match h.opcode {
+            opcode::LOOKUP => Ok(self.entry_out(&fs.lookup(c, node, name(body)?).await?)),
+            opcode::GETATTR => Ok(self.attr_out(&fs.getattr(c, node).await?)),
+            opcode::SETATTR => {
+                let (s, _) = arg::<abi::SetattrIn>(body)?;
+                let ts = |sec: u64, nsec: u32| pb::Timespec { sec: sec as i64, nsec };
+                let v = s.valid;
+                let req = pb::SetAttrRequest {
+                    ctx: None,
+                    ino: node,
+                    perm: (v & fattr::MODE != 0).then_some(s.mode & 0o7777),
+                    uid: (v & fattr::UID != 0).then_some(s.uid),
+                    gid: (v & fattr::GID != 0).then_some(s.gid),
+                    size: (v & fattr::SIZE != 0).then_some(s.size),
+                    atime: (v & fattr::ATIME != 0 && v & fattr::ATIME_NOW == 0).then(|| ts(s.atime, s.atimensec)),
+                    atime_now: v & fattr::ATIME_NOW != 0,
+                    mtime: (v & fattr::MTIME != 0 && v & fattr::MTIME_NOW == 0).then(|| ts(s.mtime, s.mtimensec)),
+                    mtime_now: v & fattr::MTIME_NOW != 0,
+                    ctime: (v & fattr::CTIME != 0).then(|| ts(s.ctime, s.ctimensec)),
+                    open_id: if v & fattr::FH != 0 { s.fh } else { 0 },
+                };
+                Ok(self.attr_out(&fs.setattr(c, req).await?))
+            }
+            opcode::READLINK => fs.readlink(c, node).await,
+            opcode::SYMLINK => {
+                let (n, rest) = split_name(body)?;
+                let target = name(rest)?;
+                Ok(self.entry_out(&fs.symlink(c, node, n, target).await?))
+            }
+            opcode::MKNOD | opcode::MKDIR => {
+                let (kind, perm, umask, rdev, rest) = if h.opcode == opcode::MKNOD {
+                    let (m, rest) = arg::<abi::MknodIn>(body)?;
+                    (kind_of_mode(m.mode), m.mode, m.umask, m.rdev as u64, rest)
+                } else {
+                    let (m, rest) = arg::<abi::MkdirIn>(body)?;
+                    (pb::FileKind::Directory, m.mode, m.umask, 0, rest)
+                };
+                let req = pb::MkNodRequest {
+                    parent: node,
+                    name: name(rest)?.to_vec(),
+                    kind: kind as i32,
+                    perm: perm & 0o7777,
+                    umask,
+                    rdev,
+                    ..Default::default()
+                };
+                Ok(self.entry_out(&fs.mknod(c, req).await?))
+            }
+            opcode::UNLINK => fs.unlink(c, node, name(body)?).await.map(|_| Vec::new()),
+            opcode::RMDIR => fs.rmdir(c, node, name(body)?).await.map(|_| Vec::new()),
+            opcode::RENAME | opcode::RENAME2 => {
+                let (newdir, flags, rest) = if h.opcode == opcode::RENAME {
+                    let (r, rest) = arg::<abi::RenameIn>(body)?;
+                    (r.newdir, 0, rest)
+                } else {
+                    let (r, rest) = arg::<abi::Rename2In>(body)?;
+                    (r.newdir, r.flags, rest)
+                };
+                let (old, rest) = split_name(rest)?;
+                let new = name(rest)?;
+                fs.rename(c, node, old, newdir, new, flags).await.map(|_| Vec::new())
+            }
+            opcode::LINK => {
+                let (l, rest) = arg::<abi::LinkIn>(body)?;
+                Ok(self.entry_out(&fs.link(c, l.oldnodeid, node, name(rest)?).await?))
+            }
+            opcode::OPEN => {
+                let (o, _) = arg::<abi::OpenIn>(body)?;
+                let opened = fs.open(c, node, o.flags).await?;
+                let flags = if opened.keep_cache { abi::fopen::KEEP_CACHE } else { 0 };
+                Ok(abi::OpenOut { fh: opened.fh, open_flags: flags, backing_id: 0 }.bytes().to_vec())
+            }
+            opcode::CREATE => {
+                let (cr, rest) = arg::<abi::CreateIn>(body)?;
+                let (attr, opened) = fs.create(c, node, name(rest)?, cr.mode & 0o7777, cr.umask, cr.flags).await?;
+                let mut out = self.entry_out(&attr);
+                out.extend_from_slice(abi::OpenOut { fh: opened.fh, open_flags: 0, backing_id: 0 }.bytes());
+                Ok(out)
+            }
+            opcode::READ => {
+                let (r, _) = arg::<abi::ReadIn>(body)?;
+                fs.read(c, r.fh, r.offset, r.size).await
+            }
+            opcode::WRITE => {
+                let (w, rest) = arg::<abi::WriteIn>(body)?;
+                let data = rest.get(..w.size as usize).ok_or(libc::EINVAL)?;
+                let n = fs.write(c, w.fh, w.offset, data).await?;
+                Ok(abi::WriteOut { size: n, padding: 0 }.bytes().to_vec())
+            }
+            opcode::FLUSH => {
+                let (f, _) = arg::<abi::FlushIn>(body)?;
+                fs.flush(c, f.fh, Some(f.lock_owner)).await.map(|_| Vec::new())
+            }
+            opcode::RELEASE => {
+                let (r, _) = arg::<abi::ReleaseIn>(body)?;
+                fs.release(c, r.fh).await.map(|_| Vec::new())
+            }
+            opcode::FSYNC => {
+                let (f, _) = arg::<abi::FsyncIn>(body)?;
+                fs.fsync(c, f.fh).await.map(|_| Vec::new())
+            }
+            opcode::OPENDIR => Ok(abi::OpenOut { fh: 0, open_flags: 0, backing_id: 0 }.bytes().to_vec()),
+            opcode::RELEASEDIR | opcode::FSYNCDIR => Ok(Vec::new()),
+            opcode::READDIR | opcode::READDIRPLUS => {
+                let (r, _) = arg::<abi::ReadIn>(body)?;
+                self.readdir(c, node, r.offset, r.size as usize, h.opcode == opcode::READDIRPLUS).await
+            }
+            opcode::STATFS => {
+                let s = fs.statfs(c, node).await?;
+                let bsize = 4096u64;
+                let st = abi::Kstatfs {
+                    blocks: s.total_bytes / bsize,
+                    bfree: s.total_bytes.saturating_sub(s.used_bytes) / bsize,
+                    bavail: s.total_bytes.saturating_sub(s.used_bytes) / bsize,
+                    files: s.total_inodes,
+                    ffree: s.total_inodes.saturating_sub(s.used_inodes),
+                    bsize: bsize as u32,
+                    namelen: s.max_name_len,
+                    frsize: bsize as u32,
+                    ..Default::default()
+                };
+                Ok(st.bytes().to_vec())
+            }
+            opcode::SETXATTR => {
+                let ext = self.params.has(abi::init::SETXATTR_EXT);
+                let (s, rest) = arg::<abi::SetxattrIn>(body)?;
+                let rest = if ext { rest } else { &body[8..] };
+                let (n, value) = split_name(rest)?;
+                let value = value.get(..s.size as usize).ok_or(libc::EINVAL)?;
+                fs.setxattr(c, node, n, value, s.flags).await.map(|_| Vec::new())
+            }
+            opcode::GETXATTR => {
+                let (g, rest) = arg::<abi::GetxattrIn>(body)?;
+                let v = fs.getxattr(c, node, name(rest)?).await?;
+                sized(v, g.size)
+            }
+            opcode::LISTXATTR => {
+                let (g, _) = arg::<abi::GetxattrIn>(body)?;
+                let mut all = Vec::new();
+                for n in fs.listxattr(c, node).await? {
+                    all.extend_from_slice(&n);
+                    all.push(0);
+                }
+                sized(all, g.size)
+            }
+            opcode::REMOVEXATTR => fs.removexattr(c, node, name(body)?).await.map(|_| Vec::new()),
+            opcode::GETLK => {
+                let (lk, _) = arg::<abi::LkIn>(body)?;
+                let r = fs.getlk(c, node, Self::lock_req(&lk, false)?).await?;
+                let typ = match r.r#type() {
+                    pb::LockType::Read => libc::F_RDLCK,
+                    pb::LockType::Write => libc::F_WRLCK,
+                    _ => libc::F_UNLCK,
+                } as u32;
+                let end = if r.end == u64::MAX { i64::MAX as u64 } else { r.end };
+                let out = abi::LkOut { lk: abi::FileLock { start: r.start, end, typ, pid: r.pid } };
+                Ok(out.bytes().to_vec())
+            }
+            opcode::SETLK | opcode::SETLKW => {
+                let (lk, _) = arg::<abi::LkIn>(body)?;
+                let r = Self::lock_req(&lk, h.opcode == opcode::SETLKW)?;
+                fs.setlk(c, node, lk.fh, r).await.map(|_| Vec::new())
+            }
+            opcode::ACCESS => Ok(Vec::new()),
+            _ => Err(libc::ENOSYS),
+        }
+    }
+
+    async fn readdir(&self, c: Ctx, ino: u64, offset: u64, size: usize, plus: bool) -> FsResult<Body> {
+        let per_entry = if plus { 160 } else { 40 };
+        let limit = (size / per_entry).clamp(1, 1024) as u32;
+        let entries = self.fs.readdir(c, ino, offset, limit, plus).await?;
+        let mut out = Vec::with_capacity(size);
+        for e in entries {
+            let dirent = abi::Dirent {
+                ino: self.fs.to_kernel(e.ino),
+                off: e.cookie,
+                namelen: e.name.len() as u32,
+                typ: kind_bits(e.kind()) >> 12,
+            };
+            let entry_len =
+                abi::dirent_size(e.name.len()) + if plus { std::mem::size_of::<abi::EntryOut>() } else { 0 };
+            if out.len() + entry_len > size {
+                break;
+            }
+            if plus {
+                let is_dot = e.name == b"." || e.name == b"..";
+                let entry = match (&e.attr, is_dot) {
+                    (Some(a), false) => self.entry(a),
+                    // The kernel ignores `.` and `..` in readdirplus; their node id 0 says "no entry".
+                    _ => abi::EntryOut::default(),
+                };
+                out.extend_from_slice(entry.bytes());
+            }
+            out.extend_from_slice(dirent.bytes());
+            out.extend_from_slice(&e.name);
+            let pad = abi::dirent_size(e.name.len()) - std::mem::size_of::<abi::Dirent>() - e.name.len();
+            out.extend(std::iter::repeat_n(0u8, pad));
+        }
+        Ok(out)
+    }
+}
+
+/// The xattr protocol: size 0 asks for the length; a too-small buffer is ERANGE.
+fn sized(v: Vec<u8>, size: u32) -> FsResult<Body> {
+    if size == 0 {
+        Ok(abi::GetxattrOut { size: v.len() as u32, padding: 0 }.bytes().to_vec())
+    } else if v.len() > size as usize {
+        Err(libc::ERANGE)
+    } else {
+        Ok(v)
+    }
+}
+
+impl Handler for Adapter {
+    async fn handle(self: Arc<Self>, req: Request, reply: Replier) {
+        tracing::trace!(unique = req.header.unique, opcode = req.header.opcode, nodeid = req.header.nodeid, "request");
+        match self.dispatch(&req).await {
+            Ok(body) => reply.ok(&[&body]),
+            Err(errno) => reply.err(errno),
+        }
+    }
+
+    fn interruptible(&self, h: &abi::InHeader) -> bool {
+        h.opcode == opcode::SETLKW
+    }
+}
