@@ -1,31 +1,30 @@
 //! The filesystem a mount serves, independent of FUSE: namespace calls go to the metadata server
-//! over the session; file data is read and written as blocks in the block store.
+//! over the session; file data is read and written as blocks in the block store ([`file`]).
 //!
 //! Every method takes the caller's credentials ([`Ctx`]) and returns `Result<_, i32>` (errno), so
 //! the FUSE adapter only translates. Node ids are the server's inode numbers, except that the
-//! session's root is node 1 (FUSE's root); [`StratusFs::to_server`] and [`StratusFs::to_kernel`]
-//! are the one place that mapping happens.
-//!
-//! Data: each open inode has a [`FileState`]: the block map read at open (close-to-open
-//! consistency), the size, and dirty blocks. A write copies into the dirty block (read-modify-write
-//! from its base block); flush, fsync and release upload the dirty blocks as new immutable objects
-//! and commit them, each naming the version it was built on; a stale base is re-read, the writes
-//! re-applied on it, and the commit retried.
+//! mount's root is node 1 (FUSE's root); [`StratusFs::to_server`] and [`StratusFs::to_kernel`]
+//! are the one place that mapping happens. Open file handles are the server's open ids. Both
+//! make the mount state transferable: a process that adopts a live FUSE connection needs nothing
+//! from its predecessor but the session (see `docs/mount.md`).
 
 pub mod cache;
+pub mod file;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::ObjectStore;
 use parking_lot::Mutex;
 
-use crate::blockstore::{BackendSpec, codec, layout, open_backend};
+use crate::blockstore::{BackendSpec, open_backend};
 use crate::meta::MetaError;
 use crate::meta::client::Session;
 use crate::proto::pb;
 use cache::BlockCache;
+use file::OpenFile;
 
 pub type FsResult<T> = Result<T, i32>;
 
@@ -38,70 +37,85 @@ pub struct Ctx {
 }
 
 /// Mount options that change what the filesystem does (kernel-side options live in the mount).
+/// The defaults here are the one place they are set.
 #[derive(Clone, Debug)]
 pub struct FsConfig {
+    /// How long the kernel may cache attributes.
     pub attr_ttl: Duration,
+    /// How long the kernel may cache names (lookups).
     pub entry_ttl: Duration,
     /// Memory for decoded blocks (L1).
     pub cache_bytes: usize,
+    /// Unflushed bytes per file before write() commits them (bounds memory).
+    pub dirty_limit: usize,
+    /// Blocks read ahead of a sequential reader.
+    pub readahead_blocks: u64,
+    /// Block uploads and downloads in flight at once.
+    pub io_concurrency: usize,
+    /// Permission bits taken away from every new inode (the `umask` mount option).
+    pub umask: u32,
 }
 
 impl Default for FsConfig {
     fn default() -> Self {
-        FsConfig { attr_ttl: Duration::from_secs(1), entry_ttl: Duration::from_secs(1), cache_bytes: 256 << 20 }
+        FsConfig {
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            cache_bytes: 256 << 20,
+            dirty_limit: 64 << 20,
+            readahead_blocks: 4,
+            io_concurrency: 16,
+            umask: 0,
+        }
     }
 }
 
-fn errno_of(s: tonic::Status) -> i32 {
+/// The one mapping from a metadata-server error to an errno (logged when it is the server's or
+/// the network's fault).
+pub fn errno_of(s: tonic::Status) -> i32 {
     let e = MetaError::from_status(&s);
-    if matches!(e, MetaError::Internal(_)) || e.errno() == libc::EIO {
+    let errno = e.errno();
+    if matches!(e, MetaError::Internal(_)) || errno == libc::EIO {
         tracing::warn!(error = %e, "metadata request failed");
+    } else {
+        tracing::debug!(error = %e, errno, "metadata request refused");
     }
-    e.errno()
+    errno
 }
 
-/// A block being written: its whole content (base plus writes), what it was built on, and which
-/// byte ranges this mount wrote (re-applied on a newer base when the commit is stale).
-struct Dirty {
-    data: Vec<u8>,
-    base_version: u64,
-    extents: Vec<(usize, usize)>,
+/// Files whose state a mount keeps after their last close (to keep the kernel's page cache
+/// when they did not change); past this, closed files are forgotten.
+const MAX_IDLE_FILES: usize = 100_000;
+
+/// Longest name on a plain volume (encrypted volumes check the plaintext against the same limit).
+pub const NAME_MAX: usize = 255;
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX { Err(libc::ENAMETOOLONG) } else { Ok(()) }
 }
 
-/// Per-inode data state shared by the mount's handles of that inode.
+/// An open file handle: which POSIX lock owners used it (their locks go when it is released).
 #[derive(Default)]
-pub struct FileState {
-    map: HashMap<u64, pb::BlockRef>,
-    size: u64,
-    dirty: BTreeMap<u64, Dirty>,
-    /// The change counter seen at the last open (kernel page cache kept while it is unchanged).
-    change: u64,
+struct Handle {
+    lock_owners: HashSet<u64>,
 }
 
-/// An open file handle.
-struct Handle {
-    ino: u64,
-    lock_owners: HashSet<u64>,
+/// What a successful open tells the kernel.
+pub struct Opened {
+    pub fh: u64,
+    /// The file changed since this mount last saw it: the kernel must drop cached pages and
+    /// attributes (close-to-open consistency).
+    pub changed: bool,
 }
 
 pub struct StratusFs {
     pub session: Arc<Session>,
     pub volume: pb::VolumeInfo,
     pub cfg: FsConfig,
-    store: Arc<dyn ObjectStore>,
-    block_size: u64,
-    compression: pb::compression::Kind,
     root: u64,
-    files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<FileState>>>>,
+    data: file::DataPath,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Handle>>,
-    cache: BlockCache,
-}
-
-/// What a successful open tells the kernel.
-pub struct Opened {
-    pub fh: u64,
-    /// The content did not change since this mount last opened the file: keep the page cache.
-    pub keep_cache: bool,
 }
 
 impl StratusFs {
@@ -109,16 +123,22 @@ impl StratusFs {
         let volume = session.reply.volume.clone().ok_or("the server sent no volume description")?;
         let spec: BackendSpec = serde_json::from_str(&volume.backend_json)
             .map_err(|e| format!("the volume's block-store spec does not parse: {e}"))?;
-        let store = open_backend(&spec).map_err(|e| e.to_string())?;
+        let store: Arc<dyn ObjectStore> = open_backend(&spec).map_err(|e| e.to_string())?;
         let compression = volume.compression.map(|c| c.kind()).unwrap_or(pb::compression::Kind::Lz4);
-        Ok(StratusFs {
-            block_size: volume.block_size as u64,
-            compression,
-            root: session.root_ino(),
-            cache: BlockCache::new(cfg.cache_bytes),
-            cfg,
+        let data = file::DataPath::new(
+            session.clone(),
             store,
+            Arc::new(BlockCache::new(cfg.cache_bytes)),
+            &volume.uuid,
+            volume.block_size as u64,
+            compression,
+            &cfg,
+        );
+        Ok(StratusFs {
+            root: session.root_ino(),
+            cfg,
             volume,
+            data,
             session,
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
@@ -129,10 +149,8 @@ impl StratusFs {
     pub async fn set_root_path(&mut self, path: &str) -> Result<(), String> {
         let mut ino = self.root;
         for part in path.split('/').filter(|p| !p.is_empty()) {
-            let r = self
-                .rpc()
-                .lookup(pb::NameRequest { ctx: self.ctx(Ctx::default()), parent: ino, name: part.as_bytes().to_vec() })
-                .await;
+            let req = pb::NameRequest { ctx: self.ctx(Ctx::default()), parent: ino, name: part.as_bytes().to_vec() };
+            let r = self.rpc().lookup(req).await;
             let a = r.map_err(|s| MetaError::from_status(&s).to_string())?.into_inner().attr.unwrap_or_default();
             if a.kind() != pb::FileKind::Directory {
                 return Err(format!("{part:?} is not a directory"));
@@ -153,6 +171,15 @@ impl StratusFs {
         if ino == self.root { crate::fuse::abi::ROOT_ID } else { ino }
     }
 
+    pub fn block_size(&self) -> u64 {
+        self.volume.block_size as u64
+    }
+
+    /// L1 cache counters: (hits, fetches).
+    pub fn cache_stats(&self) -> (u64, u64) {
+        self.data.cache_stats()
+    }
+
     fn ctx(&self, c: Ctx) -> Option<pb::Context> {
         Some(self.session.ctx(c.uid, c.gid, c.pid))
     }
@@ -161,18 +188,19 @@ impl StratusFs {
         self.session.rpc.clone()
     }
 
-    fn state(&self, ino: u64) -> Arc<tokio::sync::Mutex<FileState>> {
-        self.files.lock().entry(ino).or_default().clone()
+    /// The data state of an inode (created on first use).
+    fn file(&self, ino: u64) -> Arc<OpenFile> {
+        self.files.lock().entry(ino).or_insert_with(|| Arc::new(OpenFile::new(ino))).clone()
+    }
+
+    fn existing_file(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.files.lock().get(&ino).cloned()
     }
 
     /// Attributes as this mount sees them: the server's, with the size raised by unflushed writes.
     async fn local_attr(&self, mut a: pb::Attr) -> pb::Attr {
-        let st = self.files.lock().get(&a.ino).cloned();
-        if let Some(st) = st {
-            let st = st.lock().await;
-            if !st.dirty.is_empty() {
-                a.size = a.size.max(st.size);
-            }
+        if let Some(f) = self.existing_file(a.ino) {
+            a.size = f.local_size(a.size).await;
         }
         a
     }
@@ -180,11 +208,9 @@ impl StratusFs {
     // --- namespace ----------------------------------------------------------------------------
 
     pub async fn lookup(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<pb::Attr> {
-        let r = self
-            .rpc()
-            .lookup(pb::NameRequest { ctx: self.ctx(c), parent: self.to_server(parent), name: name.to_vec() })
-            .await;
-        let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
+        check_name(name)?;
+        let req = pb::NameRequest { ctx: self.ctx(c), parent: self.to_server(parent), name: name.to_vec() };
+        let a = self.rpc().lookup(req).await.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
         Ok(self.local_attr(a).await)
     }
 
@@ -197,23 +223,27 @@ impl StratusFs {
     pub async fn setattr(&self, c: Ctx, mut req: pb::SetAttrRequest) -> FsResult<pb::Attr> {
         req.ino = self.to_server(req.ino);
         req.ctx = self.ctx(c);
-        if req.size.is_some() {
-            // Unflushed writes first, so the truncate applies to them too.
-            self.flush_inode(c, req.ino, false).await?;
-        }
-        let a = self.rpc().set_attr(req.clone()).await.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
-        if req.size.is_some() {
-            let st = self.state(a.ino);
-            let mut st = st.lock().await;
-            self.reload_map(c, a.ino, &mut st).await?;
-        }
+        let Some(size) = req.size else {
+            let a = self.rpc().set_attr(req).await.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
+            return Ok(self.local_attr(a).await);
+        };
+        // A truncate: unflushed writes go first so it applies to them too, and no write of this
+        // mount slips in between.
+        let f = self.file(req.ino);
+        let mut st = f.lock().await;
+        self.data.commit(c, &mut st, false).await?;
+        let a = self.rpc().set_attr(req).await.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
+        debug_assert_eq!(a.size, size);
+        self.data.truncated(c, &mut st, &a).await?;
         Ok(a)
     }
 
     /// mknod and mkdir: `req` names the parent as the kernel does (node ids).
     pub async fn mknod(&self, c: Ctx, mut req: pb::MkNodRequest) -> FsResult<pb::Attr> {
+        check_name(&req.name)?;
         req.ctx = self.ctx(c);
         req.parent = self.to_server(req.parent);
+        req.perm &= !self.cfg.umask;
         let r = if req.kind() == pb::FileKind::Directory {
             self.rpc().mk_dir(req).await
         } else {
@@ -223,6 +253,7 @@ impl StratusFs {
     }
 
     pub async fn symlink(&self, c: Ctx, parent: u64, name: &[u8], target: &[u8]) -> FsResult<pb::Attr> {
+        check_name(name)?;
         let req = pb::SymlinkRequest {
             ctx: self.ctx(c),
             parent: self.to_server(parent),
@@ -238,12 +269,14 @@ impl StratusFs {
     }
 
     pub async fn unlink(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<()> {
+        check_name(name)?;
         let req = pb::NameRequest { ctx: self.ctx(c), parent: self.to_server(parent), name: name.to_vec() };
         self.rpc().unlink(req).await.map_err(errno_of)?;
         Ok(())
     }
 
     pub async fn rmdir(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<()> {
+        check_name(name)?;
         let req = pb::NameRequest { ctx: self.ctx(c), parent: self.to_server(parent), name: name.to_vec() };
         self.rpc().rm_dir(req).await.map_err(errno_of)?;
         Ok(())
@@ -258,6 +291,8 @@ impl StratusFs {
         new_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        check_name(name)?;
+        check_name(new_name)?;
         let req = pb::RenameRequest {
             ctx: self.ctx(c),
             parent: self.to_server(parent),
@@ -271,6 +306,7 @@ impl StratusFs {
     }
 
     pub async fn link(&self, c: Ctx, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<pb::Attr> {
+        check_name(new_name)?;
         let req = pb::LinkRequest {
             ctx: self.ctx(c),
             ino: self.to_server(ino),
@@ -284,7 +320,15 @@ impl StratusFs {
     /// One page of directory entries after `cookie` (attributes included with `plus`).
     pub async fn readdir(&self, c: Ctx, ino: u64, cookie: u64, limit: u32, plus: bool) -> FsResult<Vec<pb::DirEntry>> {
         let req = pb::ReadDirRequest { ctx: self.ctx(c), ino: self.to_server(ino), cookie, limit, plus };
-        Ok(self.rpc().read_dir(req).await.map_err(errno_of)?.into_inner().entries)
+        let mut entries = self.rpc().read_dir(req).await.map_err(errno_of)?.into_inner().entries;
+        if plus {
+            for e in &mut entries {
+                if let Some(a) = e.attr.take() {
+                    e.attr = Some(self.local_attr(a).await);
+                }
+            }
+        }
+        Ok(entries)
     }
 
     pub async fn statfs(&self, c: Ctx, ino: u64) -> FsResult<pb::StatFsReply> {
@@ -293,11 +337,8 @@ impl StratusFs {
     }
 
     pub async fn getxattr(&self, c: Ctx, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        let r = self
-            .rpc()
-            .get_xattr(pb::XattrRequest { ctx: self.ctx(c), ino: self.to_server(ino), name: name.to_vec() })
-            .await;
-        Ok(r.map_err(errno_of)?.into_inner().value)
+        let req = pb::XattrRequest { ctx: self.ctx(c), ino: self.to_server(ino), name: name.to_vec() };
+        Ok(self.rpc().get_xattr(req).await.map_err(errno_of)?.into_inner().value)
     }
 
     pub async fn listxattr(&self, c: Ctx, ino: u64) -> FsResult<Vec<Vec<u8>>> {
@@ -323,23 +364,32 @@ impl StratusFs {
         Ok(())
     }
 
+    /// fsync of a directory, syncfs: every change this session made is durable on return.
+    pub async fn sync_all(&self, c: Ctx) -> FsResult<()> {
+        self.rpc().sync(self.session.ctx(c.uid, c.gid, c.pid)).await.map_err(errno_of)?;
+        Ok(())
+    }
+
     // --- open files ---------------------------------------------------------------------------
 
+    /// Registers an open and compares the file with what this mount saw last.
     async fn opened(&self, c: Ctx, ino: u64, open_id: u64, attr: &pb::Attr) -> FsResult<Opened> {
-        self.handles.lock().insert(open_id, Handle { ino, lock_owners: HashSet::new() });
-        let st = self.state(ino);
-        let mut st = st.lock().await;
-        let keep_cache = st.change == attr.change && st.dirty.is_empty();
-        st.change = attr.change;
-        if st.dirty.is_empty() {
-            st.size = attr.size;
-        }
-        self.reload_map(c, ino, &mut st).await?;
-        Ok(Opened { fh: open_id, keep_cache })
+        self.handles.lock().insert(open_id, Handle::default());
+        let f = self.file(ino);
+        f.opens.fetch_add(1, Ordering::Relaxed);
+        let mut st = f.lock().await;
+        let changed = self.data.opened(c, &mut st, attr).await?;
+        Ok(Opened { fh: open_id, changed })
     }
 
     pub async fn open(&self, c: Ctx, ino: u64, flags: u32) -> FsResult<Opened> {
         let ino = self.to_server(ino);
+        if flags as i32 & libc::O_TRUNC != 0
+            && let Some(f) = self.existing_file(ino)
+        {
+            // The server truncates at open: this mount's unflushed writes go first.
+            self.data.commit(c, &mut *f.lock().await, false).await?;
+        }
         let r = self.rpc().open(pb::OpenRequest { ctx: self.ctx(c), ino, flags }).await.map_err(errno_of)?.into_inner();
         self.opened(c, ino, r.open_id, &r.attr.unwrap_or_default()).await
     }
@@ -353,12 +403,13 @@ impl StratusFs {
         umask: u32,
         flags: u32,
     ) -> FsResult<(pb::Attr, Opened)> {
+        check_name(name)?;
         let req = pb::MkNodRequest {
             ctx: self.ctx(c),
             parent: self.to_server(parent),
             name: name.to_vec(),
             kind: pb::FileKind::Regular as i32,
-            perm,
+            perm: perm & !self.cfg.umask,
             umask,
             flags,
             exclusive: flags as i32 & libc::O_EXCL != 0,
@@ -366,28 +417,24 @@ impl StratusFs {
         };
         let r = self.rpc().create(req).await.map_err(errno_of)?.into_inner();
         let attr = r.attr.unwrap_or_default();
-        let opened = self.opened(c, attr.ino, r.open_id, &attr).await?;
+        let mut opened = self.opened(c, attr.ino, r.open_id, &attr).await?;
+        // A new file has nothing cached in the kernel.
+        opened.changed &= !r.created;
         Ok((attr, opened))
     }
 
-    /// Commits the inode's dirty blocks (with `durable`, the reply waits for the disk).
-    pub async fn flush_inode(&self, c: Ctx, ino: u64, durable: bool) -> FsResult<()> {
-        let Some(st) = self.files.lock().get(&ino).cloned() else {
-            return Ok(());
-        };
-        let mut st = st.lock().await;
-        self.commit(c, ino, &mut st, durable).await
-    }
-
-    pub async fn flush(&self, c: Ctx, fh: u64, lock_owner: Option<u64>) -> FsResult<()> {
-        let ino = self.handles.lock().get(&fh).map(|h| h.ino).ok_or(libc::EBADF)?;
-        self.flush_inode(c, ino, false).await?;
-        if let Some(owner) = lock_owner {
-            // close(2) drops the process's POSIX locks on the file.
+    /// close(2) of one descriptor: commits the file's unflushed writes (visible to every mount
+    /// from now on) and drops the POSIX locks of `lock_owner` on it.
+    pub async fn flush(&self, c: Ctx, ino: u64, fh: u64, lock_owner: u64) -> FsResult<()> {
+        let ino = self.to_server(ino);
+        let f = self.file(ino);
+        let mut st = f.lock().await;
+        let r = self.data.commit(c, &mut st, false).await;
+        if st.lock_owners.remove(&lock_owner) {
             let req = pb::LockRequest {
                 ctx: self.ctx(c),
                 ino,
-                owner,
+                owner: lock_owner,
                 kind: pb::LockKind::Posix as i32,
                 r#type: pb::LockType::Unlock as i32,
                 start: 0,
@@ -397,237 +444,101 @@ impl StratusFs {
             };
             self.rpc().set_lock(req).await.map_err(errno_of)?;
         }
-        Ok(())
+        r
     }
 
-    pub async fn fsync(&self, c: Ctx, fh: u64) -> FsResult<()> {
-        let ino = self.handles.lock().get(&fh).map(|h| h.ino).ok_or(libc::EBADF)?;
-        let st = self.state(ino);
-        let mut st = st.lock().await;
-        if st.dirty.is_empty() {
-            self.rpc().sync(self.session.ctx(c.uid, c.gid, c.pid)).await.map_err(errno_of)?;
-            return Ok(());
+    /// fsync: returns when the file's blocks and block map are durable.
+    pub async fn fsync(&self, c: Ctx, ino: u64) -> FsResult<()> {
+        let f = self.file(self.to_server(ino));
+        let mut st = f.lock().await;
+        if st.has_dirty() {
+            self.data.commit(c, &mut st, true).await
+        } else {
+            // Earlier commits of this file (at close) may not be durable yet.
+            self.sync_all(c).await
         }
-        self.commit(c, ino, &mut st, true).await
     }
 
-    pub async fn release(&self, c: Ctx, fh: u64) -> FsResult<()> {
-        let Some(h) = self.handles.lock().remove(&fh) else { return Ok(()) };
-        let r = self.flush_inode(c, h.ino, false).await;
+    /// The last close of a handle.
+    pub async fn release(&self, c: Ctx, ino: u64, fh: u64) -> FsResult<()> {
+        let ino = self.to_server(ino);
+        let handle = self.handles.lock().remove(&fh).unwrap_or_default();
+        let f = self.file(ino);
+        let r = {
+            let mut st = f.lock().await;
+            let r = self.data.commit(c, &mut st, false).await;
+            for o in &handle.lock_owners {
+                st.lock_owners.remove(o);
+            }
+            r
+        };
         let req =
-            pb::ReleaseRequest { ctx: self.ctx(c), open_id: fh, lock_owners: h.lock_owners.into_iter().collect() };
+            pb::ReleaseRequest { ctx: self.ctx(c), open_id: fh, lock_owners: handle.lock_owners.into_iter().collect() };
         self.rpc().release(req).await.map_err(errno_of)?;
-        let still_open = self.handles.lock().values().any(|o| o.ino == h.ino);
-        if !still_open {
-            let st = self.files.lock().get(&h.ino).cloned();
-            if let Some(st) = st
-                && st.lock().await.dirty.is_empty()
-            {
-                self.files.lock().remove(&h.ino);
+        // The other handles of this mount on the inode, if any, keep its state.
+        let was = f.opens.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+        if was.unwrap_or(0) <= 1 {
+            let mut st = f.lock().await;
+            self.data.idle(c, &mut st).await;
+            if !st.has_dirty() && st.lock_owners.is_empty() && self.files.lock().len() > MAX_IDLE_FILES {
+                // Forgotten: its next open in this mount counts as changed.
+                self.files.lock().remove(&ino);
             }
         }
         r
     }
 
-    // --- data ---------------------------------------------------------------------------------
+    pub async fn read(&self, c: Ctx, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let f = self.file(self.to_server(ino));
+        self.data.read(c, &f, offset, size).await
+    }
 
-    async fn reload_map(&self, c: Ctx, ino: u64, st: &mut FileState) -> FsResult<()> {
-        let req = pb::GetBlocksRequest { ctx: self.ctx(c), ino, first_index: 0, count: 0 };
-        let r = self.rpc().get_blocks(req).await.map_err(errno_of)?.into_inner();
-        st.map = r.blocks.into_iter().map(|b| (b.index, b)).collect();
-        if let Some(a) = r.attr
-            && st.dirty.is_empty()
-        {
-            st.size = a.size;
+    pub async fn write(&self, c: Ctx, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let f = self.file(self.to_server(ino));
+        let mut st = f.lock().await;
+        self.data.write(c, &mut st, offset, data).await
+    }
+
+    /// fallocate(2): allocation (mode 0, KEEP_SIZE), PUNCH_HOLE and ZERO_RANGE.
+    pub async fn fallocate(&self, c: Ctx, ino: u64, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let ino = self.to_server(ino);
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let zero = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
+        let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 || (mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && !keep_size) {
+            return Err(libc::EOPNOTSUPP);
+        }
+        let end = offset.checked_add(len).ok_or(libc::EFBIG)?;
+        let f = self.file(ino);
+        let mut st = f.lock().await;
+        if zero {
+            self.data.zero_range(c, &mut st, offset, end).await?;
+        }
+        // Blocks are allocated when written (holes are not stored): allocation only moves the
+        // size, and only up.
+        let size = st.size();
+        if !keep_size && end > size {
+            self.data.commit(c, &mut st, false).await?;
+            let req = pb::SetAttrRequest { ctx: self.ctx(c), ino, size: Some(end), open_id: fh, ..Default::default() };
+            let a = self.rpc().set_attr(req).await.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
+            self.data.truncated(c, &mut st, &a).await?;
+        } else if !zero {
+            // posix_fallocate changes ctime even when nothing had to be allocated.
+            self.data.commit(c, &mut st, false).await?;
         }
         Ok(())
     }
 
-    /// The decoded content of a stored block (L1 cache, one fetch however many readers).
-    async fn block(&self, b: &pb::BlockRef) -> FsResult<Arc<Vec<u8>>> {
-        let key = layout::block_key(&self.volume.uuid, b.id);
-        let (store, b2) = (self.store.clone(), b.clone());
-        self.cache
-            .get_or_fetch(b.id, async move {
-                let bytes = store.get(&key).await.map_err(|e| {
-                    tracing::error!(block = b2.id, error = %e, "reading a block object failed");
-                    libc::EIO
-                })?;
-                let stored = bytes.bytes().await.map_err(|e| {
-                    tracing::error!(block = b2.id, error = %e, "reading a block object failed");
-                    libc::EIO
-                })?;
-                codec::decode(&stored, b2.compression(), b2.len as usize, &b2.checksum).map(Arc::new).map_err(|e| {
-                    tracing::error!(block = b2.id, key = %key, error = %e, "a block failed its check; returning EIO");
-                    libc::EIO
-                })
-            })
-            .await
-    }
-
-    pub async fn read(&self, _c: Ctx, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let ino = self.handles.lock().get(&fh).map(|h| h.ino).ok_or(libc::EBADF)?;
-        let st = self.state(ino);
-        let st = st.lock().await;
-        let end = (offset + size as u64).min(st.size);
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let mut out = vec![0u8; (end - offset) as usize];
-        let bs = self.block_size;
-        let mut pos = offset;
-        while pos < end {
-            let index = pos / bs;
-            let in_block = (pos % bs) as usize;
-            let n = ((bs - pos % bs).min(end - pos)) as usize;
-            let dst = &mut out[(pos - offset) as usize..(pos - offset) as usize + n];
-            let fill = |dst: &mut [u8], src: &[u8]| {
-                if in_block < src.len() {
-                    let m = (src.len() - in_block).min(dst.len());
-                    dst[..m].copy_from_slice(&src[in_block..in_block + m]);
-                }
-            };
-            if let Some(d) = st.dirty.get(&index) {
-                fill(dst, &d.data);
-            } else if let Some(b) = st.map.get(&index) {
-                let data = self.block(b).await?;
-                fill(dst, &data[..(b.len as usize).min(data.len())]);
-            }
-            pos += n as u64;
-        }
-        Ok(out)
-    }
-
-    pub async fn write(&self, _c: Ctx, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
-        let ino = self.handles.lock().get(&fh).map(|h| h.ino).ok_or(libc::EBADF)?;
-        let st = self.state(ino);
-        let mut st = st.lock().await;
-        let bs = self.block_size;
-        let mut pos = offset;
-        let end = offset + data.len() as u64;
-        while pos < end {
-            let index = pos / bs;
-            let in_block = (pos % bs) as usize;
-            let n = ((bs - pos % bs).min(end - pos)) as usize;
-            if !st.dirty.contains_key(&index) {
-                let (base, version) = match st.map.get(&index) {
-                    Some(b) => {
-                        let d = self.block(b).await?;
-                        (d[..(b.len as usize).min(d.len())].to_vec(), b.version)
-                    }
-                    None => (Vec::new(), 0),
-                };
-                st.dirty.insert(index, Dirty { data: base, base_version: version, extents: Vec::new() });
-            }
-            let d = st.dirty.get_mut(&index).expect("inserted above");
-            if d.data.len() < in_block + n {
-                d.data.resize(in_block + n, 0);
-            }
-            let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
-            d.data[in_block..in_block + n].copy_from_slice(src);
-            d.extents.push((in_block, in_block + n));
-            pos += n as u64;
-        }
-        st.size = st.size.max(end);
-        Ok(data.len() as u32)
-    }
-
-    /// Uploads the dirty blocks and commits them; on a stale base re-reads the map, re-applies
-    /// this mount's writes on the new bases and retries.
-    async fn commit(&self, c: Ctx, ino: u64, st: &mut FileState, durable: bool) -> FsResult<()> {
-        if st.dirty.is_empty() {
-            return Ok(());
-        }
-        for _attempt in 0..16 {
-            let n = st.dirty.len() as u32;
-            let ids = self
-                .rpc()
-                .allocate_blocks(pb::AllocateBlocksRequest { ctx: self.ctx(c), count: n })
-                .await
-                .map_err(errno_of)?
-                .into_inner()
-                .ids;
-            let mut uploads = Vec::new();
-            let mut changes = Vec::new();
-            for ((index, d), id) in st.dirty.iter().zip(ids) {
-                let (stored, checksum, kind) = codec::encode(&d.data, self.compression);
-                let key = layout::block_key(&self.volume.uuid, id);
-                changes.push(pb::BlockChange {
-                    index: *index,
-                    base_version: d.base_version,
-                    block: Some(pb::BlockRef {
-                        index: *index,
-                        id,
-                        len: d.data.len() as u32,
-                        version: 0,
-                        stored_len: stored.len() as u32,
-                        checksum,
-                        compression: kind as i32,
-                    }),
-                });
-                let store = self.store.clone();
-                uploads.push(async move { store.put(&key, PutPayload::from(stored)).await });
-            }
-            for r in futures::future::join_all(uploads).await {
-                r.map_err(|e| {
-                    tracing::error!(ino, error = %e, "uploading a block failed");
-                    libc::EIO
-                })?;
-            }
-            let req = pb::CommitBlocksRequest {
-                ctx: self.ctx(c),
-                ino,
-                open_id: 0,
-                changes,
-                end: st.size,
-                mtime: None,
-                durable,
-            };
-            match self.rpc().commit_blocks(req).await {
-                Ok(r) => {
-                    let a = r.into_inner().attr.unwrap_or_default();
-                    st.dirty.clear();
-                    st.change = a.change;
-                    return self.reload_map(c, ino, st).await;
-                }
-                Err(s) if s.code() == tonic::Code::Aborted => {
-                    // Someone else changed some of these blocks: rebuild on their versions.
-                    self.reload_map(c, ino, st).await?;
-                    let indexes: Vec<u64> = st.dirty.keys().copied().collect();
-                    for index in indexes {
-                        let cur = st.map.get(&index).cloned();
-                        let d = st.dirty.get_mut(&index).expect("listed above");
-                        let cur_version = cur.as_ref().map_or(0, |b| b.version);
-                        if cur_version == d.base_version {
-                            continue;
-                        }
-                        let mut base = match &cur {
-                            Some(b) => {
-                                let data = self.block(b).await?;
-                                data[..(b.len as usize).min(data.len())].to_vec()
-                            }
-                            None => Vec::new(),
-                        };
-                        for &(s, e) in &d.extents {
-                            if base.len() < e {
-                                base.resize(e, 0);
-                            }
-                            base[s..e].copy_from_slice(&d.data[s..e]);
-                        }
-                        d.data = base;
-                        d.base_version = cur_version;
-                    }
-                }
-                Err(s) => return Err(errno_of(s)),
-            }
-        }
-        tracing::error!(ino, "commit kept conflicting after 16 attempts");
-        Err(libc::EIO)
+    /// SEEK_DATA / SEEK_HOLE.
+    pub async fn lseek(&self, ino: u64, offset: u64, whence: i32) -> FsResult<u64> {
+        let f = self.file(self.to_server(ino));
+        let st = f.lock().await;
+        st.seek(offset, whence, self.block_size())
     }
 
     // --- locks --------------------------------------------------------------------------------
 
-    /// F_GETLK: the conflicting lock, or `None`.
+    /// F_GETLK: the conflicting lock, if any (type UNLOCK when none).
     pub async fn getlk(&self, c: Ctx, ino: u64, req: pb::LockRequest) -> FsResult<pb::GetLockReply> {
         let req = pb::LockRequest { ctx: self.ctx(c), ino: self.to_server(ino), ..req };
         Ok(self.rpc().get_lock(req).await.map_err(errno_of)?.into_inner())
@@ -636,12 +547,12 @@ impl StratusFs {
     /// F_SETLK / F_SETLKW / flock. A wait ends when the server grants the lock or the call is
     /// cancelled (FUSE_INTERRUPT aborts the task, which cancels the RPC and withdraws the wait).
     pub async fn setlk(&self, c: Ctx, ino: u64, fh: u64, req: pb::LockRequest) -> FsResult<()> {
-        if req.kind() == pb::LockKind::Posix
-            && let Some(h) = self.handles.lock().get_mut(&fh)
-        {
-            h.lock_owners.insert(req.owner);
+        let ino = self.to_server(ino);
+        if req.kind() == pb::LockKind::Posix && req.r#type() != pb::LockType::Unlock {
+            self.handles.lock().entry(fh).or_default().lock_owners.insert(req.owner);
+            self.file(ino).lock().await.lock_owners.insert(req.owner);
         }
-        let req = pb::LockRequest { ctx: self.ctx(c), ino: self.to_server(ino), open_id: fh, ..req };
+        let req = pb::LockRequest { ctx: self.ctx(c), ino, open_id: fh, ..req };
         self.rpc().set_lock(req).await.map_err(errno_of)?;
         Ok(())
     }

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::abi::{self, Wire, fattr, opcode};
-use super::session::{Handler, InitParams, Replier, Request};
+use super::session::{Handler, InitParams, Notifier, Replier, Request};
 use crate::client::{Ctx, FsResult, StratusFs};
 use crate::proto::pb;
 
 pub struct Adapter {
     pub fs: Arc<StratusFs>,
     pub params: InitParams,
+    pub notifier: Notifier,
 }
 
 /// A reply body: one or more byte strings written after the header.
@@ -205,40 +206,55 @@ impl Adapter {
             opcode::OPEN => {
                 let (o, _) = arg::<abi::OpenIn>(body)?;
                 let opened = fs.open(c, node, o.flags).await?;
-                let flags = if opened.keep_cache { abi::fopen::KEEP_CACHE } else { 0 };
+                let flags = if opened.changed {
+                    self.invalidate(node).await;
+                    0
+                } else {
+                    abi::fopen::KEEP_CACHE
+                };
                 Ok(abi::OpenOut { fh: opened.fh, open_flags: flags, backing_id: 0 }.bytes().to_vec())
             }
             opcode::CREATE => {
                 let (cr, rest) = arg::<abi::CreateIn>(body)?;
                 let (attr, opened) = fs.create(c, node, name(rest)?, cr.mode & 0o7777, cr.umask, cr.flags).await?;
+                if opened.changed {
+                    self.invalidate(fs.to_kernel(attr.ino)).await;
+                }
                 let mut out = self.entry_out(&attr);
                 out.extend_from_slice(abi::OpenOut { fh: opened.fh, open_flags: 0, backing_id: 0 }.bytes());
                 Ok(out)
             }
             opcode::READ => {
                 let (r, _) = arg::<abi::ReadIn>(body)?;
-                fs.read(c, r.fh, r.offset, r.size).await
+                fs.read(c, node, r.offset, r.size).await
             }
             opcode::WRITE => {
                 let (w, rest) = arg::<abi::WriteIn>(body)?;
                 let data = rest.get(..w.size as usize).ok_or(libc::EINVAL)?;
-                let n = fs.write(c, w.fh, w.offset, data).await?;
+                let n = fs.write(c, node, w.offset, data).await?;
                 Ok(abi::WriteOut { size: n, padding: 0 }.bytes().to_vec())
             }
             opcode::FLUSH => {
                 let (f, _) = arg::<abi::FlushIn>(body)?;
-                fs.flush(c, f.fh, Some(f.lock_owner)).await.map(|_| Vec::new())
+                fs.flush(c, node, f.fh, f.lock_owner).await.map(|_| Vec::new())
             }
             opcode::RELEASE => {
                 let (r, _) = arg::<abi::ReleaseIn>(body)?;
-                fs.release(c, r.fh).await.map(|_| Vec::new())
+                fs.release(c, node, r.fh).await.map(|_| Vec::new())
             }
-            opcode::FSYNC => {
-                let (f, _) = arg::<abi::FsyncIn>(body)?;
-                fs.fsync(c, f.fh).await.map(|_| Vec::new())
+            opcode::FSYNC => fs.fsync(c, node).await.map(|_| Vec::new()),
+            opcode::FSYNCDIR | opcode::SYNCFS => fs.sync_all(c).await.map(|_| Vec::new()),
+            opcode::FALLOCATE => {
+                let (a, _) = arg::<abi::FallocateIn>(body)?;
+                fs.fallocate(c, node, a.fh, a.offset, a.length, a.mode as i32).await.map(|_| Vec::new())
+            }
+            opcode::LSEEK => {
+                let (l, _) = arg::<abi::LseekIn>(body)?;
+                let offset = fs.lseek(node, l.offset, l.whence as i32).await?;
+                Ok(abi::LseekOut { offset }.bytes().to_vec())
             }
             opcode::OPENDIR => Ok(abi::OpenOut { fh: 0, open_flags: 0, backing_id: 0 }.bytes().to_vec()),
-            opcode::RELEASEDIR | opcode::FSYNCDIR => Ok(Vec::new()),
+            opcode::RELEASEDIR => Ok(Vec::new()),
             opcode::READDIR | opcode::READDIRPLUS => {
                 let (r, _) = arg::<abi::ReadIn>(body)?;
                 self.readdir(c, node, r.offset, r.size as usize, h.opcode == opcode::READDIRPLUS).await
@@ -299,8 +315,30 @@ impl Adapter {
                 let r = Self::lock_req(&lk, h.opcode == opcode::SETLKW)?;
                 fs.setlk(c, node, lk.fh, r).await.map(|_| Vec::new())
             }
+            // default_permissions: the kernel checks access itself.
             opcode::ACCESS => Ok(Vec::new()),
+            opcode::IOCTL => Err(libc::ENOTTY),
+            opcode::TMPFILE => Err(libc::EOPNOTSUPP),
             _ => Err(libc::ENOSYS),
+        }
+    }
+
+    /// Drops the kernel's cached attributes and pages of `node` (close-to-open consistency). The
+    /// kernel processes the notification inside write(2), which may wait for page locks: it runs
+    /// on a blocking thread, never on a runtime worker.
+    async fn invalidate(&self, node: u64) {
+        let n = self.notifier.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let body = abi::NotifyInvalInodeOut { ino: node, off: 0, len: 0 };
+            n.notify(abi::notify::INVAL_INODE, &[body.bytes()])
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            // ENOENT: the kernel does not have the inode cached; nothing to drop.
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Ok(Err(e)) => tracing::warn!(node, error = %e, "invalidating the kernel's cache of an inode failed"),
+            Err(e) => tracing::warn!(node, error = %e, "invalidation task failed"),
         }
     }
 

@@ -12,7 +12,8 @@ use redb::ReadableTable;
 
 use super::access::Caller;
 use super::error::{MetaError, MetaResult};
-use super::ns::{NewNode, charge, mknod, purge};
+use super::ns::{NewNode, charge, charge_beside, mknod, purge};
+use super::quota::{Reservations, levels};
 use super::schema::dec;
 use super::tx::*;
 use crate::proto::{pb, rec};
@@ -156,8 +157,16 @@ pub fn allocate_blocks(w: &mut W, c: &Caller, count: u32) -> MetaResult<Vec<u64>
     Ok((first..first + count as u64).collect())
 }
 
-/// Applies block-map changes to a regular file in one commit (see the module doc).
-pub fn commit_blocks(w: &mut W, c: &Caller, req: &pb::CommitBlocksRequest, block_size: u32) -> MetaResult<rec::Inode> {
+/// Applies block-map changes to a regular file in one commit (see the module doc). Quota that
+/// other sessions hold for unflushed writes counts as used; the caller's own reservation for the
+/// inode becomes `req.reserved`. Returns the inode and the committed blocks.
+pub fn commit_blocks(
+    w: &mut W,
+    c: &Caller,
+    req: &pb::CommitBlocksRequest,
+    block_size: u32,
+    held: &Reservations,
+) -> MetaResult<(rec::Inode, Vec<pb::BlockRef>)> {
     c.writable()?;
     let ino = req.ino;
     let mut inode = w.inode(ino)?;
@@ -182,6 +191,7 @@ pub fn commit_blocks(w: &mut W, c: &Caller, req: &pb::CommitBlocksRequest, block
     }
     let mut delta: i64 = 0;
     let now = w.now;
+    let mut committed = Vec::with_capacity(req.changes.len());
     for (ch, cur) in req.changes.iter().zip(current) {
         if let Some(old) = &cur {
             delta -= old.len as i64;
@@ -213,9 +223,13 @@ pub fn commit_blocks(w: &mut W, c: &Caller, req: &pb::CommitBlocksRequest, block
         w.blocks.insert((ino, ch.index), rec.encode_to_vec().as_slice())?;
         w.counters.stored_blocks += 1;
         delta += b.len as i64;
+        committed.push(pb::BlockRef { index: ch.index, version, ..b.clone() });
     }
     let quota_root = inode.quota_root;
-    charge(w, quota_root, 0, delta)?;
+    let key = (c.session, ino);
+    charge_beside(w, quota_root, 0, delta, |level| held.others(&key, level))?;
+    let lv = levels(quota_root, |q| w.quota(q))?;
+    held.set(key, req.reserved, lv);
     let a = attr_mut(&mut inode);
     a.size = a.size.max(req.end);
     a.stored = if delta >= 0 { a.stored + delta as u64 } else { a.stored.saturating_sub(delta.unsigned_abs()) };
@@ -223,7 +237,7 @@ pub fn commit_blocks(w: &mut W, c: &Caller, req: &pb::CommitBlocksRequest, block
     a.ctime = Some(now);
     w.touch_change(&mut inode);
     w.put_inode(ino, &inode)?;
-    Ok(inode)
+    Ok((inode, committed))
 }
 
 /// The dereferenced blocks' `GC_PENDING` keys, and the ids of abandoned uploads.

@@ -69,9 +69,13 @@ impl MetaError {
             (Code::Unauthenticated, _) => MetaError::Unauthenticated(message),
             (_, Some(libc::EPROTO)) => MetaError::Protocol(message),
             (_, Some(errno)) if errno != libc::EIO => MetaError::Fs { errno, message },
+            (Code::Unimplemented, None) => MetaError::Protocol(format!(
+                "the metadata server does not know this call ({message}); it is older than this client: upgrade it"
+            )),
             (Code::Unavailable | Code::DeadlineExceeded | Code::Unknown, None) => {
                 MetaError::fs(libc::EIO, format!("metadata server unreachable: {message}"))
             }
+            (code, _) if message.is_empty() => MetaError::Internal(format!("gRPC status {code:?} without a message")),
             _ => MetaError::Internal(message),
         }
     }

@@ -27,6 +27,12 @@ pub const MAX_XATTR_NAME: usize = 255;
 /// Charges `inodes` and `bytes` (either may be negative) to the volume and to every quota
 /// directory from `quota_root` outwards. A positive charge past a limit fails with EDQUOT.
 pub fn charge(w: &mut W, quota_root: u64, inodes: i64, bytes: i64) -> MetaResult<()> {
+    charge_beside(w, quota_root, inodes, bytes, |_| 0)
+}
+
+/// [`charge`], with `held(level)` bytes at each quota level (0: the volume, else the quota
+/// directory) counted as used: quota other sessions reserved for their unflushed writes.
+pub fn charge_beside(w: &mut W, quota_root: u64, inodes: i64, bytes: i64, held: impl Fn(u64) -> u64) -> MetaResult<()> {
     fn apply(used: u64, delta: i64) -> u64 {
         if delta >= 0 { used.saturating_add(delta as u64) } else { used.saturating_sub(delta.unsigned_abs()) }
     }
@@ -41,7 +47,7 @@ pub fn charge(w: &mut W, quota_root: u64, inodes: i64, bytes: i64) -> MetaResult
     }
     let vq = w.counters.quota.unwrap_or_default();
     check(vq.max_inodes, w.counters.used_inodes, inodes, "volume", "inodes")?;
-    check(vq.max_bytes, w.counters.used_bytes, bytes, "volume", "bytes")?;
+    check(vq.max_bytes, w.counters.used_bytes.saturating_add(held(0)), bytes, "volume", "bytes")?;
     w.counters.used_inodes = apply(w.counters.used_inodes, inodes);
     w.counters.used_bytes = apply(w.counters.used_bytes, bytes);
     let mut q = quota_root;
@@ -51,7 +57,7 @@ pub fn charge(w: &mut W, quota_root: u64, inodes: i64, bytes: i64) -> MetaResult
         let lim = qd.quota.unwrap_or_default();
         let what = format!("directory {}", if qd.path.is_empty() { q.to_string() } else { qd.path.clone() });
         check(lim.max_inodes, qd.used_inodes, inodes, &what, "inodes")?;
-        check(lim.max_bytes, qd.used_bytes, bytes, &what, "bytes")?;
+        check(lim.max_bytes, qd.used_bytes.saturating_add(held(q)), bytes, &what, "bytes")?;
         qd.used_inodes = apply(qd.used_inodes, inodes);
         qd.used_bytes = apply(qd.used_bytes, bytes);
         w.put_quota(q, &qd)?;

@@ -555,6 +555,7 @@ impl MetaServer {
         };
         self.metrics.sessions.set(self.sessions.read().len() as i64);
         let v = s.volume.clone();
+        v.reservations.drop_session(id);
         for ino in v.locks.inodes_of(id) {
             v.drop_locks(ino, |l| &l.session == id);
         }

@@ -311,11 +311,22 @@ impl pb::meta_server::Meta for MetaService {
         .await
     }
 
-    async fn commit_blocks(&self, req: Request<pb::CommitBlocksRequest>) -> R<pb::AttrReply> {
+    async fn commit_blocks(&self, req: Request<pb::CommitBlocksRequest>) -> R<pb::CommitBlocksReply> {
         self.call("commit_blocks", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            Ok(attr_reply(&s.volume.commit_blocks(&c, r).await?))
+            let (inode, blocks) = s.volume.commit_blocks(&c, r).await?;
+            Ok(pb::CommitBlocksReply { attr: Some(*attr(&inode)), blocks })
+        })
+        .await
+    }
+
+    async fn reserve(&self, req: Request<pb::ReserveRequest>) -> R<pb::Empty> {
+        self.call("reserve", async {
+            let r = req.into_inner();
+            let (s, c) = self.srv.session(r.ctx.as_ref())?;
+            s.volume.reserve(&c, r.ino, r.bytes)?;
+            Ok(pb::Empty {})
         })
         .await
     }

@@ -16,6 +16,7 @@ use super::data;
 use super::error::{MetaError, MetaResult};
 use super::locks::{Lock, LockTable};
 use super::ns::{self, NewNode};
+use super::quota::{self, Reservations};
 use super::schema::{self, *};
 use super::tx::*;
 use super::writer::Writer;
@@ -46,6 +47,8 @@ pub struct VolumeDb {
     pub writer: Writer,
     info: RwLock<pb::VolumeInfo>,
     pub locks: LockTable,
+    /// Quota held for unflushed writes (in memory).
+    pub reservations: Arc<Reservations>,
 }
 
 fn mode_of(kind: pb::FileKind) -> MetaResult<()> {
@@ -130,6 +133,7 @@ impl VolumeDb {
             writer,
             info: RwLock::new(info),
             locks,
+            reservations: Default::default(),
         }))
     }
 
@@ -536,10 +540,42 @@ impl VolumeDb {
         self.change(false, move |w| data::allocate_blocks(w, &c, count)).await
     }
 
-    pub async fn commit_blocks(&self, c: &Caller, req: pb::CommitBlocksRequest) -> MetaResult<rec::Inode> {
+    pub async fn commit_blocks(
+        &self,
+        c: &Caller,
+        req: pb::CommitBlocksRequest,
+    ) -> MetaResult<(rec::Inode, Vec<pb::BlockRef>)> {
         let bs = self.block_size();
         let durable = req.durable;
-        self.change_in(c, vec![req.ino], durable, move |w, c| data::commit_blocks(w, c, &req, bs)).await
+        let held = self.reservations.clone();
+        self.change_in(c, vec![req.ino], durable, move |w, c| data::commit_blocks(w, c, &req, bs, &held)).await
+    }
+
+    /// Sets the caller's quota reservation for `ino` (see the Reserve RPC).
+    pub fn reserve(&self, c: &Caller, ino: u64, bytes: u64) -> MetaResult<()> {
+        if bytes > 0 {
+            c.writable()?;
+        }
+        let r = self.read_in(c, &[ino])?;
+        let inode = inode_in(&r.open_table(INODES)?, ino)?.ok_or_else(|| no_inode(ino))?;
+        let quotas = r.open_table(QUOTAS)?;
+        let quota_of = |q: u64| -> MetaResult<Option<rec::QuotaDir>> {
+            quotas.get(q)?.map(|v| schema::dec::<rec::QuotaDir>(v.value())).transpose()
+        };
+        let levels = quota::levels(inode.quota_root, quota_of)?;
+        let counters: rec::Counters = match r.open_table(META)?.get("counters")? {
+            Some(v) => schema::dec(v.value())?,
+            None => Default::default(),
+        };
+        self.reservations.reserve((c.session, ino), bytes, levels, |level| {
+            if level == 0 {
+                let q = counters.quota.unwrap_or_default();
+                return Ok((q.max_bytes, counters.used_bytes, "volume".to_string()));
+            }
+            let qd = quota_of(level)?.unwrap_or_default();
+            let what = format!("directory {}", if qd.path.is_empty() { level.to_string() } else { qd.path.clone() });
+            Ok((qd.quota.unwrap_or_default().max_bytes, qd.used_bytes, what))
+        })
     }
 }
 

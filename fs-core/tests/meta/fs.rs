@@ -245,6 +245,7 @@ impl Fs {
                 end,
                 mtime: None,
                 durable,
+                reserved: 0,
             })
             .await
             .map_err(errno)?;

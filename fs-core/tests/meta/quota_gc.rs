@@ -63,6 +63,37 @@ async fn the_volume_quota_binds_a_raw_client() {
     assert_eq!(fs.write_block(f.ino, 1, 0, 1, 4 * 1024 * 1024 + 1, false).await.unwrap_err(), libc::EDQUOT);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_for_unflushed_writes_count_against_the_quota() {
+    let srv = TestServer::start(|_| {}).await;
+    let (_, token) = srv.volume("v", |r| r.quota = Some(pb::Quota { max_bytes: 10_000, max_inodes: 0 })).await;
+    let (a, b) = (Fs::new(srv.session("v", &token).await), Fs::new(srv.session("v", &token).await));
+    let fa = a.create("a").await.unwrap();
+    let fb = b.create("b").await.unwrap();
+    let reserve = |fs: &Fs, ino: u64, bytes: u64| {
+        let fs = fs.clone();
+        async move {
+            fs.s.rpc
+                .clone()
+                .reserve(pb::ReserveRequest { ctx: fs.ctx(), ino, bytes })
+                .await
+                .map_err(|s| fs_core::meta::MetaError::from_status(&s).errno())
+        }
+    };
+    reserve(&a, fa.ino, 6000).await.unwrap();
+    // 6000 held by a: b cannot hold 5000, nor commit 5000.
+    assert_eq!(reserve(&b, fb.ino, 5000).await.unwrap_err(), libc::EDQUOT);
+    assert_eq!(b.write_block(fb.ino, 0, 0, 5000, 5000, false).await.unwrap_err(), libc::EDQUOT);
+    // a's own commit uses its reservation (the helper commits with reserved = 0: all given back).
+    a.write_block(fa.ino, 0, 0, 6000, 6000, false).await.unwrap();
+    reserve(&b, fb.ino, 4000).await.unwrap();
+    assert_eq!(reserve(&b, fb.ino, 4001).await.unwrap_err(), libc::EDQUOT);
+    // A session's end gives its reservation back.
+    b.s.close().await.unwrap();
+    let c = Fs::new(srv.session("v", &token).await);
+    reserve(&c, fb.ino, 4000).await.unwrap();
+}
+
 async fn put_object(srv: &TestServer, uuid: &str, id: u64) -> BackendSpec {
     let spec = BackendSpec::Local { path: srv.dir.path().join("blocks"), prefix: String::new() };
     open_backend(&spec).unwrap().put(&layout::block_key(uuid, id), PutPayload::from_static(b"block")).await.unwrap();
