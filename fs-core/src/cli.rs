@@ -2,7 +2,7 @@
 //! library. The binary only installs the TLS provider and logging and calls [`run`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -33,8 +33,20 @@ pub enum Command {
     Admin(AdminArgs),
     /// Delete the block objects of a volume that nothing may need any more.
     Gc(GcArgs),
-    /// Mount a volume: stratusfs://HOST:PORT/VOLUME[/SUBPATH] on a directory.
+    /// Mount a volume: stratusfs://HOST:PORT/VOLUME[/SUBPATH] on a directory. Also runs as
+    /// mount.stratusfs, and as `stratusfs SOURCE DIR -o OPTIONS` (what mount.fuse calls for
+    /// fstab entries of type fuse.stratusfs).
     Mount(MountCliArgs),
+    /// Everything on this machine with no configuration: a metadata server, a local block
+    /// store, a default volume, mounted on --mountpoint; Ctrl-C stops it all.
+    Up(UpArgs),
+    /// Install the mount(8) helpers (links to this program) so that `mount -t stratusfs`,
+    /// fstab entries and `mount -o remount` find it: DIR/mount.stratusfs and
+    /// DIR/mount.fuse.stratusfs.
+    InstallHelpers {
+        #[arg(long, default_value = "/sbin")]
+        dir: PathBuf,
+    },
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -45,16 +57,52 @@ pub struct MountCliArgs {
     /// stratusfs://HOST:PORT/VOLUME[/SUBPATH]
     pub source: String,
     pub mountpoint: PathBuf,
-    /// File holding the volume token.
+    /// File holding the volume token (or -o token_file=PATH).
     #[arg(long, env = "STRATUSFS_TOKEN_FILE")]
-    pub token_file: PathBuf,
+    pub token_file: Option<PathBuf>,
+    /// CA (or server certificate) file to verify the server with (or -o ca_file=PATH).
     #[arg(long, env = "STRATUSFS_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the server certificate (or -o fingerprint=HEX).
     #[arg(long, env = "STRATUSFS_FINGERPRINT")]
     pub fingerprint: Option<String>,
-    /// Mount options: ro, allow_other, noatime, noexec, nosuid, nodev, attr_ttl=SECS,
-    /// entry_ttl=SECS, cache_mib=N, threads=N (comma separated, as mount -o).
-    #[arg(short = 'o', value_delimiter = ',')]
+    /// Mount options, comma separated as for mount(8): ro, allow_other, noatime, noexec, nosuid,
+    /// nodev, umask=OCTAL, attr_ttl=SECS, entry_ttl=SECS, cache_mib=N, threads=N, token_file=,
+    /// ca_file=, fingerprint=, log_file=.
+    #[arg(short = 'o')]
+    pub options: Vec<String>,
+    /// Stay in the foreground, logging to stderr (default: detach once mounted, as mount(8)
+    /// helpers do, logging to log_file or /var/log/stratusfs/).
+    #[arg(short = 'F', long)]
+    pub foreground: bool,
+    /// Do nothing (mount(8) -f).
+    #[arg(long, hide = true)]
+    pub fake: bool,
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Where to mount the volume (created if missing).
+    #[arg(long)]
+    pub mountpoint: PathBuf,
+    /// Metadata, blocks, tokens and certificate (default: $XDG_DATA_HOME/stratusfs or
+    /// ~/.local/share/stratusfs).
+    #[arg(long, env = "STRATUSFS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The metadata server's gRPC (TLS) address.
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    pub listen: SocketAddr,
+    /// Its plain-HTTP address (/metrics, /healthz).
+    #[arg(long, default_value = "127.0.0.1:7481")]
+    pub http_listen: SocketAddr,
+    /// Compression of the volume made on the first run: none, lz4 or zstd.
+    #[arg(long, default_value = "lz4")]
+    pub compression: String,
+    /// Block size of the volume made on the first run.
+    #[arg(long, default_value_t = crate::meta::volume::DEFAULT_BLOCK_SIZE)]
+    pub block_size: u32,
+    /// Mount options (see `stratusfs mount --help`).
+    #[arg(short = 'o')]
     pub options: Vec<String>,
 }
 
@@ -243,7 +291,8 @@ fn compression(s: &str) -> anyhow::Result<pb::Compression> {
     Ok(pb::Compression { kind: kind as i32, level: 0 })
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a command; `ready` is the report pipe of a detached mount ([`detach_to`]).
+pub async fn run(cli: Cli, ready: Option<crate::daemon::ReadyPipe>) -> anyhow::Result<()> {
     match cli.command {
         Command::Meta(a) => {
             let mut cfg = ServerConfig::new(a.data_dir);
@@ -267,7 +316,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin(a) => admin(a).await,
-        Command::Mount(m) => mount_cmd(m).await,
+        Command::Mount(m) => mount_cmd(m, ready).await,
+        Command::InstallHelpers { dir } => {
+            let exe = std::env::current_exe().context("finding this program's path")?;
+            for name in ["mount.stratusfs", "mount.fuse.stratusfs"] {
+                let link = dir.join(name);
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(&exe, &link)
+                    .with_context(|| format!("linking {} to {}", link.display(), exe.display()))?;
+                println!("{} -> {}", link.display(), exe.display());
+            }
+            Ok(())
+        }
+        Command::Up(u) => {
+            let cfg = crate::up::UpConfig {
+                mountpoint: u.mountpoint,
+                data_dir: u.data_dir.unwrap_or_else(crate::up::default_data_dir),
+                listen: u.listen,
+                http_listen: u.http_listen,
+                compression: compression(&u.compression)?,
+                block_size: u.block_size,
+                options: crate::mount::MountOptions::parse(&u.options).map_err(anyhow::Error::msg)?,
+            };
+            crate::up::up(cfg, shutdown_signal()).await
+        }
         Command::Bench(BenchCommand::Meta { sessions, files, concurrency, sync }) => {
             crate::bench::bench_meta(crate::bench::BenchArgs { concurrency, files, idle_sessions: sessions, sync })
                 .await
@@ -396,50 +468,94 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn mount_cmd(m: MountCliArgs) -> anyhow::Result<()> {
-    use crate::client::FsConfig;
-    use crate::fuse::mount::KernelOptions;
+/// The parsed options of a mount command, with the token read.
+fn mount_args(m: &MountCliArgs) -> anyhow::Result<crate::mount::MountArgs> {
     let source: crate::mount::Source = m.source.parse().map_err(anyhow::Error::msg)?;
-    let token = std::fs::read_to_string(&m.token_file)
-        .with_context(|| format!("reading the token from {}", m.token_file.display()))?;
-    let mut kernel = KernelOptions { nodev: true, ..Default::default() };
-    let mut fs = FsConfig::default();
-    let mut threads = 4;
-    for o in m.options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
-        let (k, v) = o.split_once('=').unwrap_or((o, ""));
-        let secs = |v: &str| -> anyhow::Result<Duration> {
-            Ok(Duration::from_secs_f64(v.parse::<f64>().with_context(|| format!("mount option {o}: give seconds"))?))
-        };
-        match k {
-            "ro" => kernel.read_only = true,
-            "rw" | "defaults" | "_netdev" | "auto" | "noauto" | "nofail" | "user" | "nouser" => {}
-            "allow_other" => kernel.allow_other = true,
-            "noatime" => kernel.noatime = true,
-            "noexec" => kernel.noexec = true,
-            "nosuid" => kernel.nosuid = true,
-            "nodev" => kernel.nodev = true,
-            "dev" => kernel.nodev = false,
-            "attr_ttl" => fs.attr_ttl = secs(v)?,
-            "entry_ttl" => fs.entry_ttl = secs(v)?,
-            "cache_mib" => {
-                fs.cache_bytes = v.parse::<usize>().with_context(|| format!("mount option {o}: give MiB"))? << 20
+    let options = crate::mount::MountOptions::parse(&m.options).map_err(anyhow::Error::msg)?;
+    let token_file = m
+        .token_file
+        .clone()
+        .or_else(|| options.token_file.clone())
+        .context("give the volume token: --token-file PATH or -o token_file=PATH")?;
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("reading the token from {}", token_file.display()))?;
+    Ok(crate::mount::MountArgs {
+        source,
+        mountpoint: m.mountpoint.clone(),
+        token: token.trim().to_string(),
+        trust: ClientTrust {
+            ca_file: m.ca_file.clone().or_else(|| options.ca_file.clone()),
+            fingerprint: m.fingerprint.clone().or_else(|| options.fingerprint.clone()),
+        },
+        options,
+    })
+}
+
+/// What the process must do before its runtime starts: detach a mount from the terminal.
+/// Returns the log file to detach to, or `None` to stay in the foreground.
+pub fn detach_to(cli: &Cli) -> Option<PathBuf> {
+    let Command::Mount(m) = &cli.command else { return None };
+    let options = crate::mount::MountOptions::parse(&m.options).ok()?;
+    if m.foreground || m.fake || options.remount {
+        return None;
+    }
+    Some(options.log_file.unwrap_or_else(|| crate::daemon::default_log(&m.mountpoint)))
+}
+
+async fn mount_cmd(m: MountCliArgs, ready: Option<crate::daemon::ReadyPipe>) -> anyhow::Result<()> {
+    if m.fake {
+        return Ok(());
+    }
+    let parsed = crate::mount::MountOptions::parse(&m.options).map_err(anyhow::Error::msg)?;
+    if parsed.remount {
+        return crate::mount::remount(&m.mountpoint, &parsed);
+    }
+    let args = match mount_args(&m) {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(r) = ready {
+                r.fail(&format!("{e:#}"));
             }
-            "threads" => threads = v.parse().with_context(|| format!("mount option {o}: give a number"))?,
-            other => bail!(
-                "unknown mount option {other:?} (known: ro, allow_other, noatime, noexec, nosuid, nodev, attr_ttl=, entry_ttl=, cache_mib=, threads=)"
-            ),
+            return Err(e);
+        }
+    };
+    let ready = std::sync::Mutex::new(ready);
+    let r = crate::mount::run_mount(args, shutdown_signal(), |_| {
+        if let Some(r) = ready.lock().expect("not poisoned").take() {
+            r.ok();
+        }
+    })
+    .await;
+    if let (Err(e), Some(r)) = (&r, ready.lock().expect("not poisoned").take()) {
+        r.fail(&format!("{e:#}"));
+    }
+    r
+}
+
+/// Rewrites the arguments of the mount helper conventions into `stratusfs mount ...`:
+/// `mount.stratusfs SOURCE DIR [-sfnv] [-o OPTS]` (mount -t stratusfs) and
+/// `stratusfs SOURCE DIR -o OPTS` (what mount.fuse runs for type fuse.stratusfs).
+pub fn helper_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let argv0 = args.first().and_then(|a| Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());
+    let is_helper = argv0.as_deref().is_some_and(|n| n.starts_with("mount.stratusfs") || n == "mount.fuse.stratusfs")
+        || args.get(1).is_some_and(|a| a.to_string_lossy().starts_with("stratusfs://"));
+    if !is_helper {
+        return args;
+    }
+    let mut out: Vec<std::ffi::OsString> = vec!["stratusfs".into(), "mount".into()];
+    let mut rest = args.into_iter().skip(1);
+    while let Some(a) = rest.next() {
+        match a.to_str() {
+            // mount(8): sloppy, no mtab, verbose: nothing to do for us.
+            Some("-s" | "-n" | "-v") => {}
+            Some("-f") => out.push("--fake".into()),
+            Some("-t" | "-N") => {
+                rest.next();
+            }
+            _ => out.push(a),
         }
     }
-    let args = crate::mount::MountArgs {
-        source,
-        mountpoint: m.mountpoint,
-        token: token.trim().to_string(),
-        trust: ClientTrust { ca_file: m.ca_file, fingerprint: m.fingerprint },
-        kernel,
-        fs,
-        threads,
-    };
-    crate::mount::run_mount(args, shutdown_signal()).await
+    out
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,9 +1,23 @@
-//! The `stratusfs` command: every role of stratusfs as a subcommand.
+//! The `stratusfs` command: every role of stratusfs as a subcommand (also mount.stratusfs).
 
 use clap::Parser;
+use fs_core::cli::{Cli, detach_to, helper_args, run};
+use fs_core::daemon::{Forked, daemonize};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse_from(helper_args(std::env::args_os().collect()));
+    // A detached mount forks now, before any thread exists.
+    let ready = match detach_to(&cli) {
+        Some(log) => match daemonize(&log) {
+            Ok(Forked::Parent(code)) => return code,
+            Ok(Forked::Child(ready)) => Some(ready),
+            Err(e) => {
+                eprintln!("stratusfs: detaching the mount (log {}): {e}", log.display());
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     fs_core::tls::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -12,7 +26,14 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match fs_core::cli::run(fs_core::cli::Cli::parse()).await {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("stratusfs: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli, ready)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stratusfs: {e:#}");
