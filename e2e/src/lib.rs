@@ -17,6 +17,7 @@ pub mod kube;
 pub mod minio;
 pub mod service;
 pub mod sign;
+pub mod stratusfs;
 pub mod suites;
 pub mod tools;
 

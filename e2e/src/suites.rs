@@ -80,13 +80,24 @@ fn strip_ansi(s: &str) -> String {
 
 /// Runs pjdfstest (all cases, or those matching `patterns`) in `dir` with the project's
 /// configuration. `dir` must be writable by root. `secondary`, a directory on another filesystem,
-/// enables the cases that rename across filesystems (EXDEV).
-pub fn pjdfstest(dir: &Path, secondary: Option<&Path>, patterns: &[&str]) -> Result<PjdfstestSummary> {
+/// enables the cases that rename across filesystems (EXDEV). `allow_remount` lets the EROFS cases
+/// remount the filesystem under test read-only and back (never the machine's root).
+pub fn pjdfstest(
+    dir: &Path,
+    secondary: Option<&Path>,
+    patterns: &[&str],
+    allow_remount: bool,
+) -> Result<PjdfstestSummary> {
     // The configuration lives beside the test directory, not in it: pjdfstest creates and removes
     // entries under the path it is given.
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("run");
     let config = dir.with_file_name(format!(".{name}.pjdfstest.toml"));
-    std::fs::write(&config, PJDFSTEST_CONFIG).map_err(HarnessError::io(format!("writing {}", config.display())))?;
+    let text = if allow_remount {
+        PJDFSTEST_CONFIG.replace("allow_remount = false", "allow_remount = true")
+    } else {
+        PJDFSTEST_CONFIG.to_string()
+    };
+    std::fs::write(&config, text).map_err(HarnessError::io(format!("writing {}", config.display())))?;
     let out = Command::new(tools::binary("pjdfstest")?)
         // Verbose: each skipped case is followed by the reason it skipped.
         .arg("-v")

@@ -2,6 +2,11 @@
 //!
 //! Each test starts the real services it needs (see the `e2e` library) and drops them at the end.
 
+mod fuse_failures;
+mod fuse_model;
+mod fuse_suites;
+mod fuse_two_mounts;
+mod fuse_up;
 mod harness;
 mod kubernetes;
 mod object_stores;

@@ -32,7 +32,7 @@ fn pjdfstest_passes_on_a_local_directory() {
     std::fs::create_dir(&dir).unwrap();
     // A directory on another filesystem (tmpfs) enables the EXDEV cases.
     let other = tempfile::tempdir_in("/dev/shm").unwrap();
-    let summary = e2e::suites::pjdfstest(&dir, Some(other.path()), &[]).unwrap();
+    let summary = e2e::suites::pjdfstest(&dir, Some(other.path()), &[], false).unwrap();
     eprintln!("pjdfstest on a local ext4 directory: {}", summary.line());
     assert_eq!(summary.failed, 0, "failures: {:?}\n{}", summary.failures(), summary.output);
     assert!(summary.passed > 300, "{}", summary.line());

@@ -28,7 +28,7 @@ pub fn checksum(stored: &[u8]) -> Vec<u8> {
 /// returned.
 pub fn encode(data: &[u8], kind: Kind) -> (Vec<u8>, Vec<u8>, Kind) {
     let compressed = match kind {
-        Kind::Lz4 => Some(lz4_flex::compress(data)),
+        Kind::Lz4 => Some(lz4_flex::compress_prepend_size(data)),
         Kind::Zstd => zstd::bulk::compress(data, 3).ok(),
         Kind::None | Kind::Unspecified => None,
     };
@@ -40,14 +40,16 @@ pub fn encode(data: &[u8], kind: Kind) -> (Vec<u8>, Vec<u8>, Kind) {
     (stored, sum, used)
 }
 
-/// Decodes a stored block after checking its checksum.
+/// Decodes a stored block after checking its checksum. `len` is the block's valid length in
+/// the block map, which a truncate may have lowered below the object's own: the object decodes
+/// whole (both formats record their length) and must hold at least `len` bytes.
 pub fn decode(stored: &[u8], kind: Kind, len: usize, sum: &[u8]) -> Result<Vec<u8>, CodecError> {
     if checksum(stored) != sum {
         return Err(CodecError::Checksum);
     }
     let data = match kind {
-        Kind::Lz4 => lz4_flex::decompress(stored, len).map_err(|e| CodecError::Decompress(e.to_string()))?,
-        Kind::Zstd => zstd::bulk::decompress(stored, len).map_err(|e| CodecError::Decompress(e.to_string()))?,
+        Kind::Lz4 => lz4_flex::decompress_size_prepended(stored).map_err(|e| CodecError::Decompress(e.to_string()))?,
+        Kind::Zstd => zstd::stream::decode_all(stored).map_err(|e| CodecError::Decompress(e.to_string()))?,
         Kind::None | Kind::Unspecified => stored.to_vec(),
     };
     if data.len() < len {
@@ -67,6 +69,8 @@ mod tests {
             let (stored, sum, used) = encode(&data, kind);
             assert_eq!(used, kind, "compressible data is compressed");
             assert_eq!(decode(&stored, used, data.len(), &sum).unwrap(), data);
+            // A truncate lowers the valid length below the object's.
+            assert_eq!(&decode(&stored, used, 1000, &sum).unwrap()[..1000], &data[..1000]);
             let mut bad = stored.clone();
             bad[stored.len() / 2] ^= 1;
             assert_eq!(decode(&bad, used, data.len(), &sum), Err(CodecError::Checksum));

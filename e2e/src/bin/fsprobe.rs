@@ -1,0 +1,106 @@
+//! A small process the end-to-end tests drive to act on a mount as a separate program would:
+//! take and hold locks (to see them conflict across mounts, wake, be interrupted by a signal or
+//! released by kill -9), and write with fsync while reporting what is durable (crash tests).
+//!
+//! fsprobe lock PATH posix|flock read|write START LEN wait|nowait
+//!     prints `locked` once it holds the lock, then holds it until stdin closes; prints `busy`
+//!     (exit 2) when nowait conflicts, `eintr` (exit 3) when SIGUSR1 interrupts the wait.
+//! fsprobe writer PATH RECORD
+//!     appends RECORD-byte records (record i filled with byte i % 251) with fsync after each and
+//!     prints `synced N` after the N-th fsync returned, until killed.
+
+use std::io::{BufRead, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+extern "C" fn on_usr1(_: libc::c_int) {}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("fsprobe: {msg}");
+    std::process::exit(1)
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn lock(args: &[String]) {
+    let [path, kind, typ, start, len, wait] = args else {
+        fail("usage: fsprobe lock PATH posix|flock read|write START LEN wait|nowait")
+    };
+    // SIGUSR1 interrupts a blocked wait (no SA_RESTART): the call returns EINTR.
+    // SAFETY: installing a handler that does nothing.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_usr1 as *const () as usize;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap_or_else(|e| fail(&format!("opening {path}: {e}")));
+    let write = typ == "write";
+    let wait = wait == "wait";
+    let r = if kind == "flock" {
+        let op = if write { libc::LOCK_EX } else { libc::LOCK_SH } | if wait { 0 } else { libc::LOCK_NB };
+        // SAFETY: flock on an fd we own.
+        unsafe { libc::flock(f.as_raw_fd(), op) }
+    } else {
+        // SAFETY: a zeroed flock is valid; fields set below.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+        fl.l_whence = libc::SEEK_SET as i16;
+        fl.l_start = start.parse().unwrap_or_else(|_| fail("START"));
+        fl.l_len = len.parse().unwrap_or_else(|_| fail("LEN"));
+        // SAFETY: fcntl with a valid flock pointer.
+        unsafe { libc::fcntl(f.as_raw_fd(), if wait { libc::F_SETLKW } else { libc::F_SETLK }, &fl) }
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {
+                say("eintr");
+                std::process::exit(3)
+            }
+            Some(libc::EAGAIN) | Some(libc::EACCES) => {
+                say("busy");
+                std::process::exit(2)
+            }
+            _ => fail(&format!("locking {path}: {e}")),
+        }
+    }
+    say("locked");
+    // Hold until stdin closes.
+    for _ in std::io::stdin().lock().lines() {}
+}
+
+fn writer(args: &[String]) {
+    let [path, record] = args else { fail("usage: fsprobe writer PATH RECORD") };
+    let record: usize = record.parse().unwrap_or_else(|_| fail("RECORD"));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap_or_else(|e| fail(&format!("opening {path}: {e}")));
+    for i in 0u64.. {
+        let buf = vec![(i % 251) as u8; record];
+        f.write_all_at(&buf, i * record as u64).unwrap_or_else(|e| fail(&format!("writing record {i}: {e}")));
+        f.sync_all().unwrap_or_else(|e| fail(&format!("fsync after record {i}: {e}")));
+        say(&format!("synced {}", i + 1));
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("lock") => lock(&args[1..]),
+        Some("writer") => writer(&args[1..]),
+        _ => fail("usage: fsprobe lock ... | fsprobe writer ..."),
+    }
+}

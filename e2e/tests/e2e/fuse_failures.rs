@@ -1,0 +1,298 @@
+//! What a mount does when things go wrong: a full quota, a crashed client or metadata server, a
+//! corrupted block object, a read-only mount or token.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::stratusfs::{MetaServer, Mount, install_mount_helpers, is_mounted};
+use fs_core::proto::pb;
+
+const MIB: usize = 1 << 20;
+
+/// Byte `i` of the test pattern of file `seed`.
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u64).wrapping_mul(2654435761).wrapping_add(seed as u64).to_le_bytes()[1]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_quota_fails_write_with_edquot_and_keeps_every_earlier_byte() {
+    e2e::init();
+    let meta = MetaServer::start(&[]).await.unwrap();
+    let token = meta
+        .volume("v", |r| {
+            r.block_size = 256 * 1024;
+            r.quota = Some(pb::Quota { max_bytes: 10 * MIB as u64, max_inodes: 0 });
+        })
+        .await
+        .unwrap();
+    let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
+    let data = pattern(1, 16 * MIB);
+    let path = m.path.join("big");
+    let p = path.clone();
+    let d = data.clone();
+    // write(2) in 100,000-byte pieces until it fails.
+    let (written, err) = tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::create(&p).unwrap();
+        let mut written = 0;
+        for chunk in d.chunks(100_000) {
+            match f.write(chunk) {
+                Ok(n) => written += n,
+                Err(e) => return (written, e),
+            }
+        }
+        panic!("16 MiB fit in a 10 MiB quota");
+    })
+    .await
+    .unwrap();
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "write failed with {err}");
+    eprintln!("write(2) returned EDQUOT after {written} bytes (quota 10 MiB)");
+    assert!(written >= 9 * MIB, "only {written} bytes fit in 10 MiB");
+    // Every byte write(2) accepted is there, through a fresh open.
+    let back = std::fs::read(&path).unwrap();
+    assert_eq!(back.len(), written);
+    assert!(back == data[..written], "bytes accepted before EDQUOT read back differently");
+    // A second file gets EDQUOT at once; deleting the first makes room again.
+    let err = std::fs::write(m.path.join("more"), vec![1u8; MIB]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(m.path.join("more"), vec![1u8; MIB]).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_quota_binds_writes_inside_it() {
+    e2e::init();
+    let meta = MetaServer::start(&[]).await.unwrap();
+    let token = meta.volume("v", |r| r.block_size = 256 * 1024).await.unwrap();
+    let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
+    std::fs::create_dir(m.path.join("team")).unwrap();
+    let mut admin = meta.admin().await.unwrap();
+    admin
+        .set_quota(pb::SetQuotaRequest {
+            volume: "v".into(),
+            path: "/team".into(),
+            quota: Some(pb::Quota { max_bytes: 2 * MIB as u64, max_inodes: 0 }),
+        })
+        .await
+        .unwrap();
+    let err = std::fs::write(m.path.join("team/f"), vec![7u8; 3 * MIB]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    // statfs inside the directory reports its quota as the size.
+    let st = nix::sys::statvfs::statvfs(&m.path.join("team")).unwrap();
+    assert_eq!(st.blocks() * st.fragment_size(), 2 * MIB as u64);
+    // Outside the directory there is room.
+    std::fs::write(m.path.join("outside"), vec![7u8; 3 * MIB]).unwrap();
+}
+
+/// Runs `fsprobe writer` on `path` until it has reported `n` fsynced records; returns the
+/// process (still writing) and the reader of its reports.
+fn start_writer(path: &std::path::Path, record: usize) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fsprobe"))
+        .args(["writer", &path.to_string_lossy(), &record.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    (child, out)
+}
+
+/// Reads reports until `n` records are synced; returns the last count seen.
+fn wait_synced(out: &mut BufReader<std::process::ChildStdout>, n: u64) -> u64 {
+    let mut last = 0;
+    let mut line = String::new();
+    while last < n {
+        line.clear();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        last = line.trim().strip_prefix("synced ").and_then(|v| v.parse().ok()).unwrap_or(last);
+    }
+    last
+}
+
+/// Checks that the first `synced` records of the writer's file are intact.
+fn check_records(path: &std::path::Path, record: usize, synced: u64) {
+    let data = std::fs::read(path).unwrap();
+    assert!(data.len() as u64 >= synced * record as u64, "{} bytes, {synced} records were fsynced", data.len());
+    for i in 0..synced as usize {
+        let rec = &data[i * record..(i + 1) * record];
+        assert!(rec.iter().all(|&b| b == (i % 251) as u8), "record {i} (fsynced) is damaged");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsynced_data_survives_kill_9_of_the_client_and_of_the_metadata_server() {
+    e2e::init();
+    const RECORD: usize = 40_000;
+    let mut meta = MetaServer::start(&[]).await.unwrap();
+    let token = meta.volume("v", |r| r.block_size = 256 * 1024).await.unwrap();
+
+    // The client dies mid-write.
+    let mut m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
+    let file = m.path.join("client-crash");
+    let (mut writer, mut out) = start_writer(&file, RECORD);
+    let synced = tokio::task::spawn_blocking(move || {
+        let n = wait_synced(&mut out, 30);
+        (n, out)
+    })
+    .await
+    .unwrap();
+    m.kill9();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    // Reports printed after the kill may have been read too: count them all.
+    let (mut synced, mut out) = synced;
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+    synced = rest.lines().filter_map(|l| l.strip_prefix("synced ")?.parse().ok()).fold(synced, u64::max);
+    let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
+    check_records(&m.path.join("client-crash"), RECORD, synced);
+    eprintln!("client kill -9: {synced} fsynced records intact");
+
+    // The metadata server dies mid-write; the mount reconnects by itself when it is back.
+    let file = m.path.join("server-crash");
+    let (mut writer, mut out) = start_writer(&file, RECORD);
+    let (synced, _out) = tokio::task::spawn_blocking(move || {
+        let n = wait_synced(&mut out, 30);
+        (n, out)
+    })
+    .await
+    .unwrap();
+    meta.kill9();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    meta.restart().await.unwrap();
+    // The same mount, without remounting, once its session is back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let path = m.path.join("server-crash");
+    loop {
+        match std::fs::read(&path) {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for the mount to reconnect: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the mount did not come back after the server restart: {e}\n{}", m.log_tail(30)),
+        }
+    }
+    check_records(&path, RECORD, synced);
+    eprintln!("metadata server kill -9: {synced} fsynced records intact, read through the same mount");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_block_object_reads_as_eio_never_as_wrong_bytes() {
+    e2e::init();
+    let meta = MetaServer::start(&[]).await.unwrap();
+    let token = meta.volume("v", |r| r.block_size = 256 * 1024).await.unwrap();
+    let mut m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
+    let data = pattern(3, 600 * 1024);
+    std::fs::write(m.path.join("f"), &data).unwrap();
+    m.stop();
+    // Flip one byte of every block object.
+    let mut objects = Vec::new();
+    let mut stack = vec![meta.blocks_dir()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() { stack.push(p) } else { objects.push(p) }
+        }
+    }
+    assert_eq!(objects.len(), 3, "600 KiB in 256 KiB blocks: {objects:?}");
+    for o in &objects {
+        let mut b = std::fs::read(o).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x40;
+        std::fs::write(o, b).unwrap();
+    }
+    let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
+    let err = std::fs::read(m.path.join("f")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let mut f = std::fs::File::open(m.path.join("f")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let err = std::io::Read::read(&mut f, &mut buf).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(m.log_tail(50).contains("failed its check"), "no log line names the bad block:\n{}", m.log_tail(50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_mounts_and_tokens_refuse_changes_with_erofs() {
+    e2e::init();
+    let meta = MetaServer::start(&[]).await.unwrap();
+    let token = meta.volume("v", |_| {}).await.unwrap();
+    let rw = Mount::start(&meta, "v", &token, &[]).await.unwrap();
+    std::fs::write(rw.path.join("f"), b"data").unwrap();
+    let ro_token = meta.token("v", |t| t.read_only = true).await.unwrap();
+    for (what, m) in [
+        ("the ro option", Mount::start(&meta, "v", &token, &["ro"]).await.unwrap()),
+        ("a read-only token", Mount::start(&meta, "v", &ro_token, &[]).await.unwrap()),
+    ] {
+        assert_eq!(std::fs::read(m.path.join("f")).unwrap(), b"data", "{what}");
+        for err in [
+            std::fs::write(m.path.join("f"), b"x").unwrap_err(),
+            std::fs::write(m.path.join("new"), b"x").unwrap_err(),
+            std::fs::create_dir(m.path.join("d")).unwrap_err(),
+            std::fs::remove_file(m.path.join("f")).unwrap_err(),
+        ] {
+            assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{what}: {err}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_8_and_fstab_style_mounts_detach_and_unmount() {
+    e2e::init();
+    install_mount_helpers().unwrap();
+    let meta = MetaServer::start(&[]).await.unwrap();
+    let token = meta.volume("v", |_| {}).await.unwrap();
+    let token_file = meta.token_file(&token).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let log = dir.path().join("mount.log");
+    for fstype in ["stratusfs", "fuse.stratusfs"] {
+        let opts = format!(
+            "token_file={},fingerprint={},log_file={},noatime",
+            token_file.display(),
+            meta.fingerprint,
+            log.display()
+        );
+        let out = Command::new("mount")
+            .args(["-t", fstype, &format!("stratusfs://{}/v", meta.addr)])
+            .arg(&mnt)
+            .args(["-o", &opts])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount -t {fstype}: {}", String::from_utf8_lossy(&out.stderr));
+        // mount(8) returned: the filesystem is there, served by a detached process.
+        assert!(is_mounted(&mnt));
+        std::fs::write(mnt.join(fstype), b"x").unwrap();
+        let st = Command::new("umount").arg(&mnt).status().unwrap();
+        assert!(st.success());
+        assert!(!is_mounted(&mnt));
+    }
+    // A bad option is refused before anything is mounted, with a message naming it.
+    let out = Command::new("mount")
+        .args(["-t", "stratusfs", &format!("stratusfs://{}/v", meta.addr)])
+        .arg(&mnt)
+        .args(["-o", &format!("token_file={},colour=blue", token_file.display())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("colour"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!is_mounted(&mnt));
+    // A wrong token is refused with EACCES's message, nothing mounted.
+    let bad = meta.token_file("00000000-0000-4000-8000-000000000000").unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "stratusfs", &format!("stratusfs://{}/v", meta.addr)])
+        .arg(&mnt)
+        .args(["-o", &format!("token_file={},fingerprint={}", bad.display(), meta.fingerprint)])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("token"), "{msg}");
+    assert!(!is_mounted(&mnt));
+    let _ = std::io::stderr().flush();
+}
