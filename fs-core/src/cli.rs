@@ -71,6 +71,9 @@ pub struct MountCliArgs {
     /// ca_file=, fingerprint=, log_file=.
     #[arg(short = 'o')]
     pub options: Vec<String>,
+    /// Mount read-only (the same as -o ro).
+    #[arg(short = 'r', long)]
+    pub read_only: bool,
     /// Stay in the foreground, logging to stderr (default: detach once mounted, as mount(8)
     /// helpers do, logging to log_file or /var/log/stratusfs/).
     #[arg(short = 'F', long)]
@@ -471,7 +474,8 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
 /// The parsed options of a mount command, with the token read.
 fn mount_args(m: &MountCliArgs) -> anyhow::Result<crate::mount::MountArgs> {
     let source: crate::mount::Source = m.source.parse().map_err(anyhow::Error::msg)?;
-    let options = crate::mount::MountOptions::parse(&m.options).map_err(anyhow::Error::msg)?;
+    let mut options = crate::mount::MountOptions::parse(&m.options).map_err(anyhow::Error::msg)?;
+    options.kernel.read_only |= m.read_only;
     let token_file = m
         .token_file
         .clone()

@@ -8,6 +8,9 @@
 //! fsprobe writer PATH RECORD
 //!     appends RECORD-byte records (record i filled with byte i % 251) with fsync after each and
 //!     prints `synced N` after the N-th fsync returned, until killed.
+//! fsprobe smallfiles DIR COUNT SIZE
+//!     COUNT cycles of create + write SIZE bytes + close, stat, unlink in DIR; prints
+//!     `cycles_per_sec X` (the benchmark's small-file figure).
 
 use std::io::{BufRead, Write};
 use std::os::fd::AsRawFd;
@@ -96,11 +99,30 @@ fn writer(args: &[String]) {
     }
 }
 
+fn smallfiles(args: &[String]) {
+    let [dir, count, size] = args else { fail("usage: fsprobe smallfiles DIR COUNT SIZE") };
+    let count: usize = count.parse().unwrap_or_else(|_| fail("COUNT"));
+    let data = vec![7u8; size.parse().unwrap_or_else(|_| fail("SIZE"))];
+    let dir = std::path::Path::new(dir);
+    let start = std::time::Instant::now();
+    for i in 0..count {
+        let p = dir.join(format!("f{i}"));
+        std::fs::write(&p, &data).unwrap_or_else(|e| fail(&format!("writing {}: {e}", p.display())));
+        let md = std::fs::metadata(&p).unwrap_or_else(|e| fail(&format!("stat {}: {e}", p.display())));
+        if md.len() != data.len() as u64 {
+            fail(&format!("{} has {} bytes, wrote {}", p.display(), md.len(), data.len()));
+        }
+        std::fs::remove_file(&p).unwrap_or_else(|e| fail(&format!("unlink {}: {e}", p.display())));
+    }
+    say(&format!("cycles_per_sec {:.1}", count as f64 / start.elapsed().as_secs_f64()));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("lock") => lock(&args[1..]),
         Some("writer") => writer(&args[1..]),
+        Some("smallfiles") => smallfiles(&args[1..]),
         _ => fail("usage: fsprobe lock ... | fsprobe writer ..."),
     }
 }

@@ -162,6 +162,18 @@ async fn fcntl_and_flock_locks_exclude_each_other_across_mounts_and_wake_waiters
         holder.release();
     }
 
+    // kill -9 ends a process blocked in F_SETLKW at once (the wait is withdrawn).
+    let mut holder = Probe::lock(&fa, "posix", true, 0, 100, false);
+    assert_eq!(holder.line(), "locked");
+    let mut waiter = Probe::lock(&fb, "posix", true, 0, 100, true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = Instant::now();
+    waiter.child.kill().unwrap();
+    let status = tokio::task::spawn_blocking(move || waiter.child.wait().unwrap()).await.unwrap();
+    assert!(!status.success());
+    assert!(killed.elapsed() < Duration::from_secs(2), "a killed waiter took {:?} to die", killed.elapsed());
+    holder.release();
+
     // kill -9 of the holding process: its locks go at once (the kernel closes its files).
     let mut holder = Probe::lock(&fa, "posix", true, 0, 100, false);
     assert_eq!(holder.line(), "locked");

@@ -4,6 +4,7 @@
 
 mod fuse_failures;
 mod fuse_model;
+mod fuse_posix;
 mod fuse_suites;
 mod fuse_two_mounts;
 mod fuse_up;

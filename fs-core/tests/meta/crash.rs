@@ -284,9 +284,28 @@ fn acknowledged_changes_survive_kill_9_and_the_database_stays_consistent() {
                         }
                     };
                     if !ok {
+                        let path = match &a.fact {
+                            Fact::Dir(p) | Fact::Gone(p) | Fact::Moved(p) => p.clone(),
+                            Fact::File { path, .. } => path.clone(),
+                        };
+                        let (dir, _) = path.rsplit_once('/').unwrap_or(("", &path));
+                        let listing = match root.resolve(dir).await {
+                            Ok(ino) => match root.readdir(ino, 1000).await {
+                                Ok(es) => es
+                                    .iter()
+                                    .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+                                    .collect::<Vec<_>>()
+                                    .join(" "),
+                                Err(e) => format!("readdir: errno {e}"),
+                            },
+                            Err(e) => format!("resolving {dir}: errno {e}"),
+                        };
                         return Err(format!(
-                            "trial {trial} (sync={sync}) client {k}: acknowledged {:?} is missing after the crash",
-                            a.fact
+                            "trial {trial} (sync={sync}) client {k}: acknowledged {:?} is missing after the crash \
+                             (resolving it: {:?}; its directory holds: {listing}; acknowledged {:?} before the kill)",
+                            a.fact,
+                            root.resolve(&path).await,
+                            killed.saturating_duration_since(a.at)
                         ));
                     }
                 }
