@@ -217,6 +217,10 @@ impl Mount {
     pub async fn start(meta: &MetaServer, volume: &str, token: &str, options: &[&str]) -> Result<Mount> {
         let dir =
             tempfile::Builder::new().prefix("stratusfs-mount-").tempdir().map_err(HarnessError::io("a mount dir"))?;
+        // Other users (pjdfstest's, ACL tests') must reach the mount point.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(HarnessError::io("opening the mount dir to other users"))?;
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).map_err(HarnessError::io("creating a mount point"))?;
         let token_file = dir.path().join("token");

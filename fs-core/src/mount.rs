@@ -179,6 +179,8 @@ pub const WANTED_FLAGS: u64 = init::ASYNC_READ
     | init::MAX_PAGES
     | init::CACHE_SYMLINKS
     | init::POSIX_ACL
+    // The umask is applied by us: not where a default ACL is inherited.
+    | init::DONT_MASK
     | init::SETXATTR_EXT;
 
 /// The largest write the kernel sends (and read it asks for).

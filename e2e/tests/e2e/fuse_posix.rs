@@ -27,7 +27,20 @@ async fn posix_acls_are_enforced_and_inherited() {
     let st = Command::new("setfacl").args(["-m", "u:nobody:r"]).arg(&f).status().unwrap();
     assert!(st.success());
     let out = as_nobody(&cat);
-    assert!(out.status.success(), "the ACL did not let nobody read: {}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        let dbg = as_nobody(&format!(
+            "ls -ld {} {} {}; id",
+            m.path.parent().unwrap().display(),
+            m.path.display(),
+            f.display()
+        ));
+        panic!(
+            "the ACL did not let nobody read: {}\n{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&dbg.stdout),
+            String::from_utf8_lossy(&dbg.stderr)
+        );
+    }
     assert_eq!(out.stdout, b"for nobody's eyes");
     // The mode's group bits show the ACL mask.
     assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o640);
