@@ -58,8 +58,24 @@ impl Minio {
         Ok(minio)
     }
 
-    /// Creates a bucket (S3 CreateBucket, SigV4-signed with the root credentials).
+    /// Creates a bucket (S3 CreateBucket, SigV4-signed with the root credentials). MinIO can
+    /// report itself ready and still answer 503 "Server not initialized yet" for a moment on a
+    /// loaded machine: that answer is retried for up to 30 s.
     pub async fn create_bucket(&self, bucket: &str) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.try_create_bucket(bucket).await {
+                Err(HarnessError::Setup { message, .. })
+                    if message.contains("XMinioServerNotInitialized") && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn try_create_bucket(&self, bucket: &str) -> Result<()> {
         let host = self.endpoint.trim_start_matches("http://");
         let path = format!("/{bucket}");
         let headers = sign::sigv4_headers(
