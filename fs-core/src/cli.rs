@@ -104,6 +104,13 @@ pub struct UpArgs {
     /// Block size of the volume made on the first run.
     #[arg(long, default_value_t = crate::meta::volume::DEFAULT_BLOCK_SIZE)]
     pub block_size: u32,
+    /// History retention of the volume made on the first run, in seconds (-1 forever, 0 none;
+    /// default 7 days).
+    #[arg(long, allow_hyphen_values = true)]
+    pub retention_secs: Option<i64>,
+    /// Seconds between garbage collections of block objects nothing needs any more.
+    #[arg(long, default_value_t = 3600)]
+    pub gc_interval_secs: u64,
     /// Mount options (see `stratusfs mount --help`).
     #[arg(short = 'o')]
     pub options: Vec<String>,
@@ -339,6 +346,8 @@ pub async fn run(cli: Cli, ready: Option<crate::daemon::ReadyPipe>) -> anyhow::R
                 http_listen: u.http_listen,
                 compression: compression(&u.compression)?,
                 block_size: u.block_size,
+                retention_secs: u.retention_secs,
+                gc_interval: Duration::from_secs(u.gc_interval_secs),
                 options: crate::mount::MountOptions::parse(&u.options).map_err(anyhow::Error::msg)?,
             };
             crate::up::up(cfg, shutdown_signal()).await

@@ -27,6 +27,9 @@ pub struct UpConfig {
     /// For the volume made on the first run.
     pub compression: pb::Compression,
     pub block_size: u32,
+    pub retention_secs: Option<i64>,
+    /// How often the server collects garbage.
+    pub gc_interval: std::time::Duration,
     pub options: MountOptions,
 }
 
@@ -77,6 +80,7 @@ pub async fn up(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) 
     server_cfg.listen = cfg.listen;
     server_cfg.http_listen = cfg.http_listen;
     server_cfg.admin_token_file = Some(admin_file.clone());
+    server_cfg.gc_interval = cfg.gc_interval;
     let running = start(server_cfg).await.with_context(|| {
         format!(
             "starting the metadata server on {} (another `stratusfs up` running? give --listen and --http-listen)",
@@ -97,6 +101,7 @@ pub async fn up(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) 
                     name: VOLUME.into(),
                     block_size: cfg.block_size,
                     compression: Some(cfg.compression),
+                    retention_secs: cfg.retention_secs,
                     backend_json,
                     ..Default::default()
                 })

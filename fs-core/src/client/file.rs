@@ -443,7 +443,12 @@ impl DataPath {
             let from = (pos % bs) as usize;
             let n = (bs - pos % bs).min(end - pos) as usize;
             let base = st.map.get(&index).cloned();
-            let d = st.dirty.entry(index).or_insert_with(|| Dirty::new(base));
+            let d = st.dirty.entry(index).or_insert_with(|| {
+                let mut d = Dirty::new(base);
+                // The block's whole size at once: sequential writes never regrow it.
+                Arc::make_mut(&mut d.data).reserve_exact(bs as usize);
+                d
+            });
             d.cancel_upload();
             let buf = Arc::make_mut(&mut d.data);
             if buf.len() < from + n {
@@ -506,8 +511,9 @@ impl DataPath {
         let key = layout::block_key(&self.volume_uuid, id);
         d.upload = Some(Upload::Running(tokio::spawn(async move {
             let _permit = io.acquire_owned().await.map_err(|_| libc::EIO)?;
-            let (stored, checksum, used) =
-                tokio::task::spawn_blocking(move || codec::encode(&data[..len], kind)).await.map_err(|_| libc::EIO)?;
+            let (stored, checksum, used) = tokio::task::spawn_blocking(move || codec::encode_shared(data, len, kind))
+                .await
+                .map_err(|_| libc::EIO)?;
             let stored_len = stored.len() as u32;
             store.put(&key, PutPayload::from(stored)).await.map_err(|e| {
                 tracing::error!(block = id, key = %key, error = %e, "uploading a block failed");

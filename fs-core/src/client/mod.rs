@@ -126,6 +126,8 @@ pub struct StratusFs {
     handles: Mutex<HashMap<u64, Handle>>,
     /// Directories' default ACLs as last read (for the entry TTL): new inodes inherit them.
     default_acls: Mutex<HashMap<u64, CachedAcl>>,
+    /// Inodes without a security.capability xattr, and when the server said so.
+    no_capability: Mutex<HashMap<u64, std::time::Instant>>,
 }
 
 impl StratusFs {
@@ -153,6 +155,7 @@ impl StratusFs {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             default_acls: Mutex::new(HashMap::new()),
+            no_capability: Mutex::new(HashMap::new()),
         })
     }
 
@@ -400,8 +403,28 @@ impl StratusFs {
     }
 
     pub async fn getxattr(&self, c: Ctx, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        let req = pb::XattrRequest { ctx: self.ctx(c), ino: self.to_server(ino), name: name.to_vec() };
-        Ok(self.rpc().get_xattr(req).await.map_err(errno_of)?.into_inner().value)
+        let ino = self.to_server(ino);
+        // The kernel asks for security.capability before every write(2) (to drop it): an absent
+        // one is remembered for the attribute TTL instead of asking the server each time.
+        let capability = name == b"security.capability";
+        if capability
+            && let Some(at) = self.no_capability.lock().get(&ino)
+            && at.elapsed() < self.cfg.attr_ttl
+        {
+            return Err(libc::ENODATA);
+        }
+        let req = pb::XattrRequest { ctx: self.ctx(c), ino, name: name.to_vec() };
+        match self.rpc().get_xattr(req).await.map_err(errno_of) {
+            Err(libc::ENODATA) if capability => {
+                let mut cache = self.no_capability.lock();
+                if cache.len() > 100_000 {
+                    cache.clear();
+                }
+                cache.insert(ino, std::time::Instant::now());
+                Err(libc::ENODATA)
+            }
+            r => Ok(r?.into_inner().value),
+        }
     }
 
     pub async fn listxattr(&self, c: Ctx, ino: u64) -> FsResult<Vec<Vec<u8>>> {
@@ -419,6 +442,7 @@ impl StratusFs {
             flags,
         };
         self.rpc().set_xattr(req).await.map_err(errno_of)?;
+        self.no_capability.lock().remove(&self.to_server(ino));
         if name == ACL_DEFAULT {
             self.default_acls.lock().remove(&self.to_server(ino));
         }

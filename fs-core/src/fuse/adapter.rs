@@ -135,7 +135,7 @@ impl Adapter {
         let h = &req.header;
         let c = Ctx { uid: h.uid, gid: h.gid, pid: h.pid };
         let fs = &self.fs;
-        let body = req.body.as_slice();
+        let body = req.body();
         let node = h.nodeid;
         match h.opcode {
             opcode::LOOKUP => Ok(self.entry_out(&fs.lookup(c, node, name(body)?).await?)),

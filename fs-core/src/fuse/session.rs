@@ -49,11 +49,51 @@ pub struct InitWanted {
     pub max_readahead: u32,
 }
 
-/// One request as read from the kernel.
+/// One request as read from the kernel, in a buffer of the session's pool (returned to it when
+/// the request is dropped, so large writes cost no allocation and no page faults).
 pub struct Request {
     pub header: InHeader,
+    buf: Vec<u8>,
+    len: usize,
+    pool: Option<BufferPool>,
+}
+
+impl Request {
     /// The bytes after the header.
-    pub body: Vec<u8>,
+    pub fn body(&self) -> &[u8] {
+        &self.buf[std::mem::size_of::<InHeader>()..self.len]
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.put(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// Read buffers reused across requests.
+#[derive(Clone)]
+struct BufferPool {
+    free: Arc<Mutex<Vec<Vec<u8>>>>,
+    size: usize,
+}
+
+impl BufferPool {
+    /// Buffers kept for reuse; more in flight at once are allocated and freed.
+    const KEEP: usize = 64;
+
+    fn get(&self) -> Vec<u8> {
+        self.free.lock().pop().unwrap_or_else(|| vec![0u8; self.size])
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        let mut free = self.free.lock();
+        if free.len() < Self::KEEP && buf.len() == self.size {
+            free.push(buf);
+        }
+    }
 }
 
 /// The daemon's end of a FUSE connection (one fd; clones share the connection).
@@ -297,19 +337,20 @@ fn reader_loop<H: Handler>(
     inflight: Inflight,
     params: InitParams,
 ) -> std::io::Result<()> {
-    let mut buf = vec![0u8; buffer_size(&params)];
+    let pool = BufferPool { free: Arc::new(Mutex::new(Vec::new())), size: buffer_size(&params) };
     loop {
+        let mut buf = pool.get();
         let Some(n) = chan.read(&mut buf)? else { return Ok(()) };
         let Some(header) = InHeader::read(&buf[..n]) else {
             tracing::warn!(bytes = n, "a FUSE request shorter than its header");
+            pool.put(buf);
             continue;
         };
-        let body = buf[std::mem::size_of::<InHeader>()..n].to_vec();
-        let req = Request { header, body };
+        let req = Request { header, buf, len: n, pool: Some(pool.clone()) };
         match header.opcode {
             opcode::FORGET | opcode::BATCH_FORGET => handler.forget(&req),
             opcode::INTERRUPT => {
-                let Some(target) = abi::InterruptIn::read(&req.body) else { continue };
+                let Some(target) = abi::InterruptIn::read(req.body()) else { continue };
                 let entry = inflight.lock().remove(&target.unique);
                 if let Some((task, target_chan)) = entry {
                     task.abort();
