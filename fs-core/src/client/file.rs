@@ -133,6 +133,8 @@ pub struct FileState {
     change: Option<u64>,
     /// Quota this session holds on the server for the inode.
     held: u64,
+    /// A byte quota applies to the file (from the last open): writes reserve before accepting.
+    pub quota_limited: bool,
     /// Where a sequential reader would read next, and how far read-ahead has been issued.
     next_read: u64,
     readahead_to: u64,
@@ -274,7 +276,15 @@ impl DataPath {
     /// At open: compares the server's change counter with what this mount saw last; when it
     /// differs the block map is read again. Returns whether the file changed (or this mount has
     /// no record of it, so the kernel's cache cannot be trusted).
-    pub async fn opened(&self, c: Ctx, st: &mut FileState, attr: &pb::Attr) -> FsResult<bool> {
+    pub async fn opened(&self, c: Ctx, st: &mut FileState, attr: &pb::Attr, created: bool) -> FsResult<bool> {
+        if created {
+            // A file this open created has no blocks: nothing to read from the server.
+            st.map.clear();
+            st.loaded = true;
+            st.server_size = attr.size;
+            st.change = Some(attr.change);
+            return Ok(false);
+        }
         let changed = st.change != Some(attr.change);
         if (changed || !st.loaded) && !st.has_dirty() {
             self.load_map(c, st).await?;
@@ -434,7 +444,7 @@ impl DataPath {
             pos += n;
         }
         let want = st.growth() + growth;
-        if want > st.held {
+        if st.quota_limited && want > st.held {
             self.reserve(c, st, want).await?;
         }
         let mut pos = offset;

@@ -102,6 +102,15 @@ type CachedAcl = (Option<Vec<u8>>, std::time::Instant);
 /// ACLs a new inode inherits: its access ACL and, for a directory, the default ACL.
 type Inherited = Option<(Vec<u8>, Option<Vec<u8>>)>;
 
+/// What the server answered to an open or create.
+struct OpenedReply<'a> {
+    open_id: u64,
+    attr: &'a pb::Attr,
+    quota_limited: bool,
+    /// The open created the file.
+    created: bool,
+}
+
 /// An open file handle: which POSIX lock owners used it (their locks go when it is released).
 #[derive(Default)]
 struct Handle {
@@ -477,12 +486,14 @@ impl StratusFs {
     // --- open files ---------------------------------------------------------------------------
 
     /// Registers an open and compares the file with what this mount saw last.
-    async fn opened(&self, c: Ctx, ino: u64, open_id: u64, attr: &pb::Attr) -> FsResult<Opened> {
+    async fn opened(&self, c: Ctx, ino: u64, r: OpenedReply<'_>) -> FsResult<Opened> {
+        let OpenedReply { open_id, attr, quota_limited, created } = r;
         self.handles.lock().insert(open_id, Handle::default());
         let f = self.file(ino);
         f.opens.fetch_add(1, Ordering::Relaxed);
         let mut st = f.lock().await;
-        let changed = self.data.opened(c, &mut st, attr).await?;
+        st.quota_limited = quota_limited;
+        let changed = self.data.opened(c, &mut st, attr, created).await?;
         Ok(Opened { fh: open_id, changed })
     }
 
@@ -495,7 +506,9 @@ impl StratusFs {
             self.data.commit(c, &mut *f.lock().await, false).await?;
         }
         let r = self.rpc().open(pb::OpenRequest { ctx: self.ctx(c), ino, flags }).await.map_err(errno_of)?.into_inner();
-        self.opened(c, ino, r.open_id, &r.attr.unwrap_or_default()).await
+        let attr = r.attr.unwrap_or_default();
+        let reply = OpenedReply { open_id: r.open_id, attr: &attr, quota_limited: r.quota_limited, created: false };
+        self.opened(c, ino, reply).await
     }
 
     pub async fn create(
@@ -526,10 +539,12 @@ impl StratusFs {
         let attr = r.attr.unwrap_or_default();
         if r.created {
             self.inherit(c, attr.ino, acls).await?;
+            // A new file has no security.capability: the kernel's question at its first write
+            // needs no round trip.
+            self.no_capability.lock().insert(attr.ino, std::time::Instant::now());
         }
-        let mut opened = self.opened(c, attr.ino, r.open_id, &attr).await?;
-        // A new file has nothing cached in the kernel.
-        opened.changed &= !r.created;
+        let reply = OpenedReply { open_id: r.open_id, attr: &attr, quota_limited: r.quota_limited, created: r.created };
+        let opened = self.opened(c, attr.ino, reply).await?;
         Ok((attr, opened))
     }
 

@@ -267,6 +267,7 @@ impl pb::meta_server::Meta for MetaService {
                 generation: cr.inode.generation,
                 open_id: cr.open_id,
                 created: cr.created,
+                quota_limited: s.volume.quota_limited(&cr.inode),
             })
         })
         .await
@@ -277,7 +278,7 @@ impl pb::meta_server::Meta for MetaService {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
             let (open_id, inode) = s.volume.open_file(&c, r.ino, r.flags).await?;
-            Ok(pb::OpenReply { open_id, attr: Some(*attr(&inode)) })
+            Ok(pb::OpenReply { open_id, attr: Some(*attr(&inode)), quota_limited: s.volume.quota_limited(&inode) })
         })
         .await
     }

@@ -141,6 +141,11 @@ impl VolumeDb {
         self.info.read().clone()
     }
 
+    /// Whether a byte quota (the volume's or a directory's) applies to `inode`.
+    pub fn quota_limited(&self, inode: &rec::Inode) -> bool {
+        inode.quota_root != 0 || self.info.read().quota.is_some_and(|q| q.max_bytes > 0)
+    }
+
     /// Whether names are ciphertext (the volume has an encryption envelope).
     pub fn encrypted(&self) -> bool {
         self.info.read().encryption.is_some()
