@@ -142,7 +142,12 @@ pub fn fsx(file: &Path, config: &str, ops: u64, seed: u64, artifacts: &Path) -> 
         .map_err(HarnessError::io("running fsx"))?;
     Ok(FsxRun {
         ok: out.status.success(),
-        output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        output: format!(
+            "{}{}fsx ended with {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            out.status
+        ),
     })
 }
 

@@ -68,6 +68,14 @@ fn fsx_ops() -> u64 {
     std::env::var("STRATUSFS_FSX_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)
 }
 
+/// The fsx seeds of the multi-seed run (`STRATUSFS_FSX_SEEDS=3` reruns one that failed).
+fn fsx_seeds() -> Vec<u64> {
+    std::env::var("STRATUSFS_FSX_SEEDS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 3])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsx_passes_on_a_mount_with_files_across_blocks() {
     e2e::init();
@@ -76,7 +84,7 @@ async fn fsx_passes_on_a_mount_with_files_across_blocks() {
     let token = meta.volume("v", |r| r.block_size = SMALL_BLOCKS).await.unwrap();
     let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     let ops = fsx_ops();
-    for seed in [1u64, 2, 3] {
+    for seed in fsx_seeds() {
         let artifacts = tempfile::tempdir().unwrap();
         let file = m.path.join(format!("fsx-{seed}"));
         let start = Instant::now();

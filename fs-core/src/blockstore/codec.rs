@@ -71,14 +71,17 @@ pub fn encode(data: &[u8], kind: Kind) -> (Vec<u8>, Vec<u8>, Kind) {
 /// Decodes a stored block after checking its checksum. `len` is the block's valid length in
 /// the block map, which a truncate may have lowered below the object's own: the object decodes
 /// whole (both formats record their length) and must hold at least `len` bytes.
-pub fn decode(stored: &[u8], kind: Kind, len: usize, sum: &[u8]) -> Result<Vec<u8>, CodecError> {
-    if checksum(stored) != sum {
+pub fn decode(stored: Bytes, kind: Kind, len: usize, sum: &[u8]) -> Result<Bytes, CodecError> {
+    if checksum(&stored) != sum {
         return Err(CodecError::Checksum);
     }
     let data = match kind {
-        Kind::Lz4 => lz4_flex::decompress_size_prepended(stored).map_err(|e| CodecError::Decompress(e.to_string()))?,
-        Kind::Zstd => zstd::stream::decode_all(stored).map_err(|e| CodecError::Decompress(e.to_string()))?,
-        Kind::None | Kind::Unspecified => stored.to_vec(),
+        Kind::Lz4 => {
+            lz4_flex::decompress_size_prepended(&stored).map_err(|e| CodecError::Decompress(e.to_string()))?.into()
+        }
+        Kind::Zstd => zstd::stream::decode_all(&stored[..]).map_err(|e| CodecError::Decompress(e.to_string()))?.into(),
+        // Stored as is: the fetched buffer itself, no copy.
+        Kind::None | Kind::Unspecified => stored,
     };
     if data.len() < len {
         return Err(CodecError::Length { got: data.len(), want: len });
@@ -96,12 +99,12 @@ mod tests {
         for kind in [Kind::None, Kind::Lz4, Kind::Zstd] {
             let (stored, sum, used) = encode(&data, kind);
             assert_eq!(used, kind, "compressible data is compressed");
-            assert_eq!(decode(&stored, used, data.len(), &sum).unwrap(), data);
+            assert_eq!(decode(stored.clone().into(), used, data.len(), &sum).unwrap(), data);
             // A truncate lowers the valid length below the object's.
-            assert_eq!(&decode(&stored, used, 1000, &sum).unwrap()[..1000], &data[..1000]);
+            assert_eq!(&decode(stored.clone().into(), used, 1000, &sum).unwrap()[..1000], &data[..1000]);
             let mut bad = stored.clone();
             bad[stored.len() / 2] ^= 1;
-            assert_eq!(decode(&bad, used, data.len(), &sum), Err(CodecError::Checksum));
+            assert_eq!(decode(bad.into(), used, data.len(), &sum), Err(CodecError::Checksum));
         }
         // Incompressible data is stored as is.
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;

@@ -6,16 +6,17 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
 use super::FsResult;
 
-type Fetch = Arc<OnceCell<FsResult<Arc<Vec<u8>>>>>;
+type Fetch = Arc<OnceCell<FsResult<Bytes>>>;
 
 #[derive(Default)]
 struct Inner {
-    blocks: HashMap<u64, (Arc<Vec<u8>>, u64)>,
+    blocks: HashMap<u64, (Bytes, u64)>,
     bytes: usize,
     tick: u64,
     inflight: HashMap<u64, Fetch>,
@@ -39,11 +40,7 @@ impl BlockCache {
     }
 
     /// The block `id`, from memory or from `fetch` (run once for concurrent callers).
-    pub async fn get_or_fetch(
-        &self,
-        id: u64,
-        fetch: impl Future<Output = FsResult<Arc<Vec<u8>>>>,
-    ) -> FsResult<Arc<Vec<u8>>> {
+    pub async fn get_or_fetch(&self, id: u64, fetch: impl Future<Output = FsResult<Bytes>>) -> FsResult<Bytes> {
         let cell = {
             let mut g = self.inner.lock();
             g.tick += 1;
@@ -99,7 +96,7 @@ mod tests {
                     .get_or_fetch(1, async {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        Ok(Arc::new(vec![1u8; 60]))
+                        Ok(Bytes::from(vec![1u8; 60]))
                     })
                     .await
             }));
@@ -108,12 +105,12 @@ mod tests {
             assert_eq!(t.await.unwrap().unwrap().len(), 60);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1, "eight readers, one fetch");
-        cache.get_or_fetch(2, async { Ok(Arc::new(vec![2u8; 60])) }).await.unwrap();
+        cache.get_or_fetch(2, async { Ok(Bytes::from(vec![2u8; 60])) }).await.unwrap();
         // 120 bytes > 100: block 1 (least recently used) went.
-        let refetched = cache.get_or_fetch(1, async { Ok(Arc::new(vec![9u8; 1])) }).await.unwrap();
+        let refetched = cache.get_or_fetch(1, async { Ok(Bytes::from(vec![9u8; 1])) }).await.unwrap();
         assert_eq!(refetched[0], 9);
         // A failed fetch is not cached.
         assert_eq!(cache.get_or_fetch(3, async { Err(libc::EIO) }).await, Err(libc::EIO));
-        assert!(cache.get_or_fetch(3, async { Ok(Arc::new(vec![3])) }).await.is_ok());
+        assert!(cache.get_or_fetch(3, async { Ok(Bytes::from(vec![3u8])) }).await.is_ok());
     }
 }

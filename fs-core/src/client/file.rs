@@ -16,8 +16,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use bytes::Bytes;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::{Mutex, MutexGuard, Semaphore};
 
@@ -142,6 +143,10 @@ pub struct FileState {
     pub lock_owners: HashSet<u64>,
 }
 
+/// The attributes the server returned for this mount's last commit of a file, when, and the
+/// [`DataPath::epoch`] before it was sent. Dropped by every write and open of the file.
+type Committed = (pb::Attr, std::time::Instant, u64);
+
 impl FileState {
     pub fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
@@ -233,6 +238,12 @@ pub struct DataPath {
     readahead: u64,
     io: Arc<Semaphore>,
     ids: Mutex<Vec<u64>>,
+    /// Bumped by every change this mount makes to inodes outside a file's data path (setattr,
+    /// link, unlink, rename, xattrs): it voids every remembered commit attribute at once.
+    pub epoch: AtomicU64,
+    /// By inode: the attributes of this mount's last commit (see [`DataPath::committed_attr`]).
+    committed: parking_lot::Mutex<HashMap<u64, Committed>>,
+    attr_ttl: std::time::Duration,
 }
 
 impl DataPath {
@@ -256,6 +267,9 @@ impl DataPath {
             readahead: cfg.readahead_blocks,
             io: Arc::new(Semaphore::new(cfg.io_concurrency.max(1))),
             ids: Mutex::new(Vec::new()),
+            epoch: AtomicU64::new(0),
+            committed: Default::default(),
+            attr_ttl: cfg.attr_ttl,
         }
     }
 
@@ -271,12 +285,40 @@ impl DataPath {
         self.session.rpc.clone()
     }
 
+    // --- attributes of the last commit -----------------------------------------------------------
+
+    /// The attributes of this mount's last commit of `ino`, while they are younger than the
+    /// attribute TTL and nothing else this mount did since (no write or open of the file, `epoch`
+    /// unchanged) can have changed them: a stat right after a close needs no round trip, even once
+    /// the file is released. Other mounts' changes show after the TTL, as with the kernel's own
+    /// attribute cache.
+    pub fn committed_attr(&self, ino: u64) -> Option<pb::Attr> {
+        let g = self.committed.lock();
+        let (a, at, e) = g.get(&ino)?;
+        (*e == self.epoch.load(Ordering::SeqCst) && at.elapsed() < self.attr_ttl).then_some(*a)
+    }
+
+    fn remember_commit(&self, attr: pb::Attr, epoch: u64) {
+        let mut g = self.committed.lock();
+        if g.len() >= 4096 {
+            let ttl = self.attr_ttl;
+            g.retain(|_, (_, at, _)| at.elapsed() < ttl);
+        }
+        g.insert(attr.ino, (attr, std::time::Instant::now(), epoch));
+    }
+
+    fn forget_commit(&self, ino: u64) {
+        self.committed.lock().remove(&ino);
+    }
+
     // --- open and close ---------------------------------------------------------------------------
 
     /// At open: compares the server's change counter with what this mount saw last; when it
     /// differs the block map is read again. Returns whether the file changed (or this mount has
     /// no record of it, so the kernel's cache cannot be trusted).
     pub async fn opened(&self, c: Ctx, st: &mut FileState, attr: &pb::Attr, created: bool) -> FsResult<bool> {
+        // An open may have changed the file (O_TRUNC) or found it changed: attributes are asked anew.
+        self.forget_commit(st.ino);
         if created {
             // A file this open created has no blocks: nothing to read from the server.
             st.map.clear();
@@ -328,6 +370,7 @@ impl DataPath {
 
     /// After a truncate to `size` (done by the server): the map is read again.
     pub async fn truncated(&self, c: Ctx, st: &mut FileState, attr: &pb::Attr) -> FsResult<()> {
+        self.forget_commit(st.ino);
         st.written_end = 0;
         st.readahead_to = 0;
         self.load_map(c, st).await?;
@@ -339,18 +382,18 @@ impl DataPath {
     // --- reading ------------------------------------------------------------------------------
 
     /// The decoded content of a stored block (L1 cache, one fetch however many readers).
-    async fn block(&self, b: &pb::BlockRef) -> FsResult<Arc<Vec<u8>>> {
+    async fn block(&self, b: &pb::BlockRef) -> FsResult<Bytes> {
         fetch(self.store.clone(), self.cache.clone(), self.io.clone(), &self.volume_uuid, b.clone()).await
     }
 
-    pub async fn read(&self, c: Ctx, f: &OpenFile, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(&self, c: Ctx, f: &OpenFile, offset: u64, size: u32) -> FsResult<Bytes> {
         let mut pieces = Vec::new();
         let total = {
             let mut st = f.lock().await;
             self.ensure_loaded(c, &mut st).await?;
             let end = offset.saturating_add(size as u64).min(st.size());
             if offset >= end {
-                return Ok(Vec::new());
+                return Ok(Bytes::new());
             }
             let bs = self.bs;
             let mut pos = offset;
@@ -362,7 +405,7 @@ impl DataPath {
                     if !d.complete && !d.covers(from, from + len) {
                         let base = match d.base.clone() {
                             Some(b) => self.block(&b).await?,
-                            None => Arc::new(Vec::new()),
+                            None => Bytes::new(),
                         };
                         d.rebuild(&base[..d.base_len().min(base.len())]);
                     }
@@ -407,6 +450,12 @@ impl DataPath {
             }
         }))
         .await?;
+        // One piece inside a fetched block (the common case): the reply shares the cached bytes.
+        if let ([Piece::Block { block, from, len }], [Some(d)]) = (&pieces[..], &fetched[..])
+            && from + len <= (block.len as usize).min(d.len())
+        {
+            return Ok(d.slice(*from..from + len));
+        }
         let mut out = Vec::with_capacity(total);
         for (p, got) in pieces.iter().zip(fetched) {
             match p {
@@ -418,7 +467,7 @@ impl DataPath {
                 }
             }
         }
-        Ok(out)
+        Ok(out.into())
     }
 
     // --- writing ------------------------------------------------------------------------------
@@ -426,6 +475,7 @@ impl DataPath {
     /// Accepts a write into the dirty blocks (reserving quota first); uploads blocks it
     /// completes, and commits when the file's unflushed bytes pass the limit.
     pub async fn write(&self, c: Ctx, st: &mut FileState, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.forget_commit(st.ino);
         self.ensure_loaded(c, st).await?;
         let end = offset.checked_add(data.len() as u64).ok_or(libc::EFBIG)?;
         let bs = self.bs;
@@ -461,11 +511,16 @@ impl DataPath {
             });
             d.cancel_upload();
             let buf = Arc::make_mut(&mut d.data);
-            if buf.len() < from + n {
-                buf.resize(from + n, 0);
-            }
             let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
-            buf[from..from + n].copy_from_slice(src);
+            if buf.len() == from {
+                // Appending (the sequential case): one copy, no zero-fill first.
+                buf.extend_from_slice(src);
+            } else {
+                if buf.len() < from + n {
+                    buf.resize(from + n, 0);
+                }
+                buf[from..from + n].copy_from_slice(src);
+            }
             d.add_extent(from, from + n);
             if d.complete && d.len() == bs as usize {
                 self.start_upload(c, index, d).await?;
@@ -542,7 +597,7 @@ impl DataPath {
             if !d.complete {
                 let base = match d.base.clone() {
                     Some(b) => self.block(&b).await?,
-                    None => Arc::new(Vec::new()),
+                    None => Bytes::new(),
                 };
                 d.rebuild(&base[..d.base_len().min(base.len())]);
             }
@@ -595,6 +650,8 @@ impl DataPath {
                 durable,
                 reserved,
             };
+            // Taken before the server applies the commit: a change racing with it voids the attributes.
+            let epoch = self.epoch.load(Ordering::SeqCst);
             match self.rpc().commit_blocks(req).await {
                 Ok(r) => {
                     let r = r.into_inner();
@@ -607,6 +664,7 @@ impl DataPath {
                     st.written_end = 0;
                     st.server_size = a.size;
                     st.change = Some(a.change);
+                    self.remember_commit(a, epoch);
                     return Ok(());
                 }
                 Err(s) if s.code() == tonic::Code::Aborted => {
@@ -662,6 +720,7 @@ impl DataPath {
             };
             let a = self.rpc().commit_blocks(req).await.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
             st.change = Some(a.change);
+            self.forget_commit(st.ino);
             self.load_map(c, st).await?;
         }
         Ok(())
@@ -685,7 +744,7 @@ async fn fetch(
     io: Arc<Semaphore>,
     volume_uuid: &str,
     b: pb::BlockRef,
-) -> FsResult<Arc<Vec<u8>>> {
+) -> FsResult<Bytes> {
     let key = layout::block_key(volume_uuid, b.id);
     cache
         .get_or_fetch(b.id, async move {
@@ -700,7 +759,7 @@ async fn fetch(
             })?;
             let kind = b.compression();
             tokio::task::spawn_blocking(move || {
-                codec::decode(&stored, kind, b.len as usize, &b.checksum).map(Arc::new).map_err(|e| {
+                codec::decode(stored, kind, b.len as usize, &b.checksum).map_err(|e| {
                     tracing::error!(block = b.id, key = %key, error = %e, "a block failed its check; answering EIO");
                     libc::EIO
                 })

@@ -221,6 +221,12 @@ impl StratusFs {
     }
 
     /// Attributes as this mount sees them: the server's, with the size raised by unflushed writes.
+    /// Voids the attributes remembered from commits (see [`file::FileState::committed_attr`]):
+    /// called after every change to inodes that does not go through a file's data path.
+    fn changed_outside_data_path(&self) {
+        self.data.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     async fn local_attr(&self, mut a: pb::Attr) -> pb::Attr {
         if let Some(f) = self.existing_file(a.ino) {
             a.size = f.local_size(a.size).await;
@@ -274,7 +280,9 @@ impl StratusFs {
         for (name, value) in [(ACL_ACCESS, Some(access)), (ACL_DEFAULT, default)] {
             if let Some(value) = value {
                 let req = pb::SetXattrRequest { ctx: self.ctx(c), ino, name: name.to_vec(), value, flags: 0 };
-                self.rpc().set_xattr(req).await.map_err(errno_of)?;
+                let r = self.rpc().set_xattr(req).await;
+                self.changed_outside_data_path();
+                r.map_err(errno_of)?;
             }
         }
         Ok(())
@@ -290,6 +298,10 @@ impl StratusFs {
     }
 
     pub async fn getattr(&self, c: Ctx, ino: u64) -> FsResult<pb::Attr> {
+        // Right after this mount committed the file, the commit's reply is the answer.
+        if let Some(a) = self.data.committed_attr(self.to_server(ino)) {
+            return Ok(a);
+        }
         let r = self.rpc().get_attr(pb::InodeRequest { ctx: self.ctx(c), ino: self.to_server(ino) }).await;
         let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
         Ok(self.local_attr(a).await)
@@ -299,7 +311,9 @@ impl StratusFs {
         req.ino = self.to_server(req.ino);
         req.ctx = self.ctx(c);
         let Some(size) = req.size else {
-            let a = self.rpc().set_attr(req).await.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
+            let r = self.rpc().set_attr(req).await;
+            self.changed_outside_data_path();
+            let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
             return Ok(self.local_attr(a).await);
         };
         // A truncate: unflushed writes go first so it applies to them too, and no write of this
@@ -307,7 +321,9 @@ impl StratusFs {
         let f = self.file(req.ino);
         let mut st = f.lock().await;
         self.data.commit(c, &mut st, false).await?;
-        let a = self.rpc().set_attr(req).await.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
+        let r = self.rpc().set_attr(req).await;
+        self.changed_outside_data_path();
+        let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
         debug_assert_eq!(a.size, size);
         self.data.truncated(c, &mut st, &a).await?;
         Ok(a)
@@ -346,7 +362,9 @@ impl StratusFs {
     pub async fn unlink(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
         let req = pb::NameRequest { ctx: self.ctx(c), parent: self.to_server(parent), name: name.to_vec() };
-        self.rpc().unlink(req).await.map_err(errno_of)?;
+        let r = self.rpc().unlink(req).await;
+        self.changed_outside_data_path();
+        r.map_err(errno_of)?;
         Ok(())
     }
 
@@ -376,7 +394,9 @@ impl StratusFs {
             new_name: new_name.to_vec(),
             flags,
         };
-        self.rpc().rename(req).await.map_err(errno_of)?;
+        let r = self.rpc().rename(req).await;
+        self.changed_outside_data_path();
+        r.map_err(errno_of)?;
         Ok(())
     }
 
@@ -388,7 +408,9 @@ impl StratusFs {
             new_parent: self.to_server(new_parent),
             new_name: new_name.to_vec(),
         };
-        let a = self.rpc().link(req).await.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
+        let r = self.rpc().link(req).await;
+        self.changed_outside_data_path();
+        let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
         Ok(self.local_attr(a).await)
     }
 
@@ -450,7 +472,9 @@ impl StratusFs {
             value: value.to_vec(),
             flags,
         };
-        self.rpc().set_xattr(req).await.map_err(errno_of)?;
+        let r = self.rpc().set_xattr(req).await;
+        self.changed_outside_data_path();
+        r.map_err(errno_of)?;
         self.no_capability.lock().remove(&self.to_server(ino));
         if name == ACL_DEFAULT {
             self.default_acls.lock().remove(&self.to_server(ino));
@@ -470,7 +494,9 @@ impl StratusFs {
 
     pub async fn removexattr(&self, c: Ctx, ino: u64, name: &[u8]) -> FsResult<()> {
         let req = pb::XattrRequest { ctx: self.ctx(c), ino: self.to_server(ino), name: name.to_vec() };
-        self.rpc().remove_xattr(req).await.map_err(errno_of)?;
+        let r = self.rpc().remove_xattr(req).await;
+        self.changed_outside_data_path();
+        r.map_err(errno_of)?;
         if name == ACL_DEFAULT {
             self.default_acls.lock().remove(&self.to_server(ino));
         }
@@ -613,7 +639,7 @@ impl StratusFs {
         r
     }
 
-    pub async fn read(&self, c: Ctx, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(&self, c: Ctx, ino: u64, offset: u64, size: u32) -> FsResult<bytes::Bytes> {
         let f = self.file(self.to_server(ino));
         self.data.read(c, &f, offset, size).await
     }
@@ -645,7 +671,9 @@ impl StratusFs {
         if !keep_size && end > size {
             self.data.commit(c, &mut st, false).await?;
             let req = pb::SetAttrRequest { ctx: self.ctx(c), ino, size: Some(end), open_id: fh, ..Default::default() };
-            let a = self.rpc().set_attr(req).await.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
+            let r = self.rpc().set_attr(req).await;
+            self.changed_outside_data_path();
+            let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
             self.data.truncated(c, &mut st, &a).await?;
         } else if !zero {
             // posix_fallocate changes ctime even when nothing had to be allocated.

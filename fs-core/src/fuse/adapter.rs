@@ -131,6 +131,12 @@ impl Adapter {
         })
     }
 
+    async fn read(&self, req: &Request) -> FsResult<bytes::Bytes> {
+        let h = &req.header;
+        let (r, _) = arg::<abi::ReadIn>(req.body())?;
+        self.fs.read(Ctx { uid: h.uid, gid: h.gid, pid: h.pid }, h.nodeid, r.offset, r.size).await
+    }
+
     async fn dispatch(&self, req: &Request) -> FsResult<Body> {
         let h = &req.header;
         let c = Ctx { uid: h.uid, gid: h.gid, pid: h.pid };
@@ -223,10 +229,6 @@ impl Adapter {
                 let mut out = self.entry_out(&attr);
                 out.extend_from_slice(abi::OpenOut { fh: opened.fh, open_flags: 0, backing_id: 0 }.bytes());
                 Ok(out)
-            }
-            opcode::READ => {
-                let (r, _) = arg::<abi::ReadIn>(body)?;
-                fs.read(c, node, r.offset, r.size).await
             }
             opcode::WRITE => {
                 let (w, rest) = arg::<abi::WriteIn>(body)?;
@@ -391,7 +393,13 @@ fn sized(v: Vec<u8>, size: u32) -> FsResult<Body> {
 impl Handler for Adapter {
     async fn handle(self: Arc<Self>, req: Request, reply: Replier) {
         tracing::trace!(unique = req.header.unique, opcode = req.header.opcode, nodeid = req.header.nodeid, "request");
-        match self.dispatch(&req).await {
+        // READ answers with the cached block's own bytes (no copy into a reply buffer).
+        let r = if req.header.opcode == opcode::READ {
+            self.read(&req).await
+        } else {
+            self.dispatch(&req).await.map(Into::into)
+        };
+        match r {
             Ok(body) => reply.ok(&[&body]),
             Err(errno) => reply.err(errno),
         }

@@ -105,3 +105,26 @@ pub fn check_version(db: &redb::Database, path: &std::path::Path, kind: &str) ->
         ))),
     }
 }
+
+/// Opens (creating if absent) a redb file, logging any repair after an unclean stop. A repair whose
+/// first step reports progress 0.3 means the last commit's pages did not verify and redb fell back
+/// to the commit before it: that is logged as an error, since a reply may have promised it.
+pub fn open_database(path: &std::path::Path) -> MetaResult<redb::Database> {
+    let shown = path.display().to_string();
+    let db = redb::Builder::new()
+        .set_repair_callback(move |s| {
+            let p = s.progress();
+            if p < 0.1 {
+                tracing::warn!(file = %shown, "the database was not closed cleanly; checking its last commit");
+            } else if (0.2..0.5).contains(&p) {
+                tracing::error!(
+                    file = %shown,
+                    "the database's last commit did not verify; redb falls back to the commit before it"
+                );
+            } else {
+                tracing::info!(file = %shown, progress = p, "repairing the database");
+            }
+        })
+        .create(path)?;
+    Ok(db)
+}

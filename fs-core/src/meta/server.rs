@@ -119,7 +119,7 @@ impl MetaServer {
             .map_err(|e| MetaError::Internal(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join("server.redb");
         let fresh = !path.exists();
-        let db = Database::create(&path)?;
+        let db = schema::open_database(&path)?;
         if fresh {
             let txn = db.begin_write()?;
             schema::init_version(&txn, "server")?;

@@ -65,7 +65,7 @@ impl VolumeDb {
         if path.exists() {
             return Err(MetaError::fs(libc::EEXIST, format!("{} already exists", path.display())));
         }
-        let db = Database::create(path)?;
+        let db = schema::open_database(path)?;
         let txn = db.begin_write()?;
         schema::init_version(&txn, "volume")?;
         {
@@ -100,7 +100,7 @@ impl VolumeDb {
 
     /// Opens an existing volume database (refusing one of an unknown schema).
     pub fn open_db(path: &Path, sync_all: bool) -> MetaResult<Arc<VolumeDb>> {
-        let db = Database::create(path)?;
+        let db = schema::open_database(path)?;
         schema::check_version(&db, path, "volume")?;
         let info: pb::VolumeInfo = {
             let r = db.begin_read()?;
