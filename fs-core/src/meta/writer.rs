@@ -125,7 +125,13 @@ impl Writer {
 
 fn immediate_commit(db: &Database, stats: &WriterStats) -> Result<(), MetaError> {
     let start = Instant::now();
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    // Two-phase: the pages are synced before the header names them, so a kill at any instant
+    // leaves the last acknowledged commit as the primary. (With redb's default one-phase commit a
+    // torn commit is detected by checksums and rolled back to the slot before it; the crash test
+    // saw that fallback after 3 % of kills, and one unexplained loss of an acknowledged change in
+    // about 1,800 trials. Durability should not hang on that path.)
+    txn.set_two_phase_commit(true);
     // An empty immediate commit persists every earlier non-durable commit.
     txn.commit()?;
     stats.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
