@@ -143,9 +143,9 @@ pub struct FileState {
     pub lock_owners: HashSet<u64>,
 }
 
-/// The attributes the server returned for this mount's last commit of a file, when, and the
-/// [`DataPath::epoch`] before it was sent. Dropped by every write and open of the file.
-type Committed = (pb::Attr, std::time::Instant, u64);
+/// Attributes a reply of the server carried, when they arrived, and the [`DataPath::epoch`] they
+/// are valid in.
+type Recent = (pb::Attr, std::time::Instant, u64);
 
 impl FileState {
     pub fn has_dirty(&self) -> bool {
@@ -241,8 +241,8 @@ pub struct DataPath {
     /// Bumped by every change this mount makes to inodes outside a file's data path (setattr,
     /// link, unlink, rename, xattrs): it voids every remembered commit attribute at once.
     pub epoch: AtomicU64,
-    /// By inode: the attributes of this mount's last commit (see [`DataPath::committed_attr`]).
-    committed: parking_lot::Mutex<HashMap<u64, Committed>>,
+    /// By inode: attributes from this mount's last replies (see [`DataPath::recent_attr`]).
+    recent: parking_lot::Mutex<HashMap<u64, Recent>>,
     attr_ttl: std::time::Duration,
 }
 
@@ -268,7 +268,7 @@ impl DataPath {
             io: Arc::new(Semaphore::new(cfg.io_concurrency.max(1))),
             ids: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
-            committed: Default::default(),
+            recent: Default::default(),
             attr_ttl: cfg.attr_ttl,
         }
     }
@@ -285,21 +285,35 @@ impl DataPath {
         self.session.rpc.clone()
     }
 
-    // --- attributes of the last commit -----------------------------------------------------------
+    // --- attributes from recent replies ----------------------------------------------------------
 
-    /// The attributes of this mount's last commit of `ino`, while they are younger than the
-    /// attribute TTL and nothing else this mount did since (no write or open of the file, `epoch`
-    /// unchanged) can have changed them: a stat right after a close needs no round trip, even once
-    /// the file is released. Other mounts' changes show after the TTL, as with the kernel's own
-    /// attribute cache.
-    pub fn committed_attr(&self, ino: u64) -> Option<pb::Attr> {
-        let g = self.committed.lock();
+    /// The attributes of `ino` as this mount's last commit of the file, or last change in the
+    /// directory, left them: while they are younger than the attribute TTL and nothing else this
+    /// mount did since can have changed them (no write or open of the file; `epoch` unchanged, which
+    /// every change that does not report its effect moves). A `stat` after `close`, or the kernel's
+    /// GETATTR of a directory after a create or unlink in it, then costs no round trip. Other
+    /// mounts' changes show after the TTL, as with the kernel's own attribute cache.
+    pub fn recent_attr(&self, ino: u64) -> Option<pb::Attr> {
+        let g = self.recent.lock();
         let (a, at, e) = g.get(&ino)?;
-        (*e == self.epoch.load(Ordering::SeqCst) && at.elapsed() < self.attr_ttl).then_some(*a)
+        (*e == self.epoch() && at.elapsed() < self.attr_ttl).then_some(*a)
     }
 
-    fn remember_commit(&self, attr: pb::Attr, epoch: u64) {
-        let mut g = self.committed.lock();
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Remembers attributes from a reply, valid in `epoch`. Of two replies about one inode in the
+    /// same epoch, the later state (higher change counter) stays.
+    pub fn remember_attrs(&self, attr: Option<pb::Attr>, epoch: u64) {
+        let Some(attr) = attr else { return };
+        let mut g = self.recent.lock();
+        if let Some((old, _, e)) = g.get(&attr.ino)
+            && *e == epoch
+            && old.change > attr.change
+        {
+            return;
+        }
         if g.len() >= 4096 {
             let ttl = self.attr_ttl;
             g.retain(|_, (_, at, _)| at.elapsed() < ttl);
@@ -307,8 +321,8 @@ impl DataPath {
         g.insert(attr.ino, (attr, std::time::Instant::now(), epoch));
     }
 
-    fn forget_commit(&self, ino: u64) {
-        self.committed.lock().remove(&ino);
+    fn forget_attrs(&self, ino: u64) {
+        self.recent.lock().remove(&ino);
     }
 
     // --- open and close ---------------------------------------------------------------------------
@@ -318,7 +332,7 @@ impl DataPath {
     /// no record of it, so the kernel's cache cannot be trusted).
     pub async fn opened(&self, c: Ctx, st: &mut FileState, attr: &pb::Attr, created: bool) -> FsResult<bool> {
         // An open may have changed the file (O_TRUNC) or found it changed: attributes are asked anew.
-        self.forget_commit(st.ino);
+        self.forget_attrs(st.ino);
         if created {
             // A file this open created has no blocks: nothing to read from the server.
             st.map.clear();
@@ -370,7 +384,7 @@ impl DataPath {
 
     /// After a truncate to `size` (done by the server): the map is read again.
     pub async fn truncated(&self, c: Ctx, st: &mut FileState, attr: &pb::Attr) -> FsResult<()> {
-        self.forget_commit(st.ino);
+        self.forget_attrs(st.ino);
         st.written_end = 0;
         st.readahead_to = 0;
         self.load_map(c, st).await?;
@@ -475,7 +489,7 @@ impl DataPath {
     /// Accepts a write into the dirty blocks (reserving quota first); uploads blocks it
     /// completes, and commits when the file's unflushed bytes pass the limit.
     pub async fn write(&self, c: Ctx, st: &mut FileState, offset: u64, data: &[u8]) -> FsResult<u32> {
-        self.forget_commit(st.ino);
+        self.forget_attrs(st.ino);
         self.ensure_loaded(c, st).await?;
         let end = offset.checked_add(data.len() as u64).ok_or(libc::EFBIG)?;
         let bs = self.bs;
@@ -651,7 +665,7 @@ impl DataPath {
                 reserved,
             };
             // Taken before the server applies the commit: a change racing with it voids the attributes.
-            let epoch = self.epoch.load(Ordering::SeqCst);
+            let epoch = self.epoch();
             match self.rpc().commit_blocks(req).await {
                 Ok(r) => {
                     let r = r.into_inner();
@@ -664,7 +678,7 @@ impl DataPath {
                     st.written_end = 0;
                     st.server_size = a.size;
                     st.change = Some(a.change);
-                    self.remember_commit(a, epoch);
+                    self.remember_attrs(Some(a), epoch);
                     return Ok(());
                 }
                 Err(s) if s.code() == tonic::Code::Aborted => {
@@ -720,7 +734,7 @@ impl DataPath {
             };
             let a = self.rpc().commit_blocks(req).await.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
             st.change = Some(a.change);
-            self.forget_commit(st.ino);
+            self.forget_attrs(st.ino);
             self.load_map(c, st).await?;
         }
         Ok(())

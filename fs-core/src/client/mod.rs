@@ -221,10 +221,13 @@ impl StratusFs {
     }
 
     /// Attributes as this mount sees them: the server's, with the size raised by unflushed writes.
-    /// Voids the attributes remembered from commits (see [`file::FileState::committed_attr`]):
-    /// called after every change to inodes that does not go through a file's data path.
-    fn changed_outside_data_path(&self) {
-        self.data.epoch.fetch_add(1, Ordering::SeqCst);
+    /// Voids every remembered attribute (see [`file::DataPath::recent_attr`]): called after every
+    /// change whose reply does not say what it did to each inode it touched. With `before` (the
+    /// epoch read before the change was sent): the new epoch if no other change voided them
+    /// meanwhile, so what the reply says may be remembered under it.
+    fn changed_outside_data_path(&self, before: u64) -> Option<u64> {
+        let prev = self.data.epoch.fetch_add(1, Ordering::SeqCst);
+        (prev == before).then_some(prev + 1)
     }
 
     async fn local_attr(&self, mut a: pb::Attr) -> pb::Attr {
@@ -281,7 +284,7 @@ impl StratusFs {
             if let Some(value) = value {
                 let req = pb::SetXattrRequest { ctx: self.ctx(c), ino, name: name.to_vec(), value, flags: 0 };
                 let r = self.rpc().set_xattr(req).await;
-                self.changed_outside_data_path();
+                self.changed_outside_data_path(u64::MAX);
                 r.map_err(errno_of)?;
             }
         }
@@ -298,8 +301,8 @@ impl StratusFs {
     }
 
     pub async fn getattr(&self, c: Ctx, ino: u64) -> FsResult<pb::Attr> {
-        // Right after this mount committed the file, the commit's reply is the answer.
-        if let Some(a) = self.data.committed_attr(self.to_server(ino)) {
+        // Right after this mount committed the file or changed the directory, the reply is the answer.
+        if let Some(a) = self.data.recent_attr(self.to_server(ino)) {
             return Ok(a);
         }
         let r = self.rpc().get_attr(pb::InodeRequest { ctx: self.ctx(c), ino: self.to_server(ino) }).await;
@@ -312,7 +315,7 @@ impl StratusFs {
         req.ctx = self.ctx(c);
         let Some(size) = req.size else {
             let r = self.rpc().set_attr(req).await;
-            self.changed_outside_data_path();
+            self.changed_outside_data_path(u64::MAX);
             let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
             return Ok(self.local_attr(a).await);
         };
@@ -322,7 +325,7 @@ impl StratusFs {
         let mut st = f.lock().await;
         self.data.commit(c, &mut st, false).await?;
         let r = self.rpc().set_attr(req).await;
-        self.changed_outside_data_path();
+        self.changed_outside_data_path(u64::MAX);
         let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
         debug_assert_eq!(a.size, size);
         self.data.truncated(c, &mut st, &a).await?;
@@ -337,8 +340,11 @@ impl StratusFs {
         req.perm &= !self.cfg.umask;
         let dir = req.kind() == pb::FileKind::Directory;
         let acls = self.inheritance(c, req.parent, &mut req.perm, &mut req.umask, dir).await?;
+        let before = self.data.epoch();
         let r = if dir { self.rpc().mk_dir(req).await } else { self.rpc().mk_nod(req).await };
-        let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
+        let r = r.map_err(errno_of)?.into_inner();
+        self.data.remember_attrs(r.parent, before);
+        let a = r.attr.unwrap_or_default();
         self.inherit(c, a.ino, acls).await?;
         Ok(a)
     }
@@ -351,7 +357,10 @@ impl StratusFs {
             name: name.to_vec(),
             target: target.to_vec(),
         };
-        Ok(self.rpc().symlink(req).await.map_err(errno_of)?.into_inner().attr.unwrap_or_default())
+        let before = self.data.epoch();
+        let r = self.rpc().symlink(req).await.map_err(errno_of)?.into_inner();
+        self.data.remember_attrs(r.parent, before);
+        Ok(r.attr.unwrap_or_default())
     }
 
     pub async fn readlink(&self, c: Ctx, ino: u64) -> FsResult<Vec<u8>> {
@@ -362,16 +371,22 @@ impl StratusFs {
     pub async fn unlink(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
         let req = pb::NameRequest { ctx: self.ctx(c), parent: self.to_server(parent), name: name.to_vec() };
+        let before = self.data.epoch();
         let r = self.rpc().unlink(req).await;
-        self.changed_outside_data_path();
-        r.map_err(errno_of)?;
+        let after = self.changed_outside_data_path(before);
+        let r = r.map_err(errno_of)?.into_inner();
+        if let Some(e) = after {
+            self.data.remember_attrs(r.parent, e);
+        }
         Ok(())
     }
 
     pub async fn rmdir(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
         let req = pb::NameRequest { ctx: self.ctx(c), parent: self.to_server(parent), name: name.to_vec() };
-        self.rpc().rm_dir(req).await.map_err(errno_of)?;
+        let before = self.data.epoch();
+        let r = self.rpc().rm_dir(req).await.map_err(errno_of)?.into_inner();
+        self.data.remember_attrs(r.parent, before);
         Ok(())
     }
 
@@ -394,9 +409,14 @@ impl StratusFs {
             new_name: new_name.to_vec(),
             flags,
         };
+        let before = self.data.epoch();
         let r = self.rpc().rename(req).await;
-        self.changed_outside_data_path();
-        r.map_err(errno_of)?;
+        let after = self.changed_outside_data_path(before);
+        let r = r.map_err(errno_of)?.into_inner();
+        if let Some(e) = after {
+            self.data.remember_attrs(r.parent, e);
+            self.data.remember_attrs(r.new_parent, e);
+        }
         Ok(())
     }
 
@@ -408,10 +428,14 @@ impl StratusFs {
             new_parent: self.to_server(new_parent),
             new_name: new_name.to_vec(),
         };
+        let before = self.data.epoch();
         let r = self.rpc().link(req).await;
-        self.changed_outside_data_path();
-        let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
-        Ok(self.local_attr(a).await)
+        let after = self.changed_outside_data_path(before);
+        let r = r.map_err(errno_of)?.into_inner();
+        if let Some(e) = after {
+            self.data.remember_attrs(r.parent, e);
+        }
+        Ok(self.local_attr(r.attr.unwrap_or_default()).await)
     }
 
     /// One page of directory entries after `cookie` (attributes included with `plus`).
@@ -473,7 +497,7 @@ impl StratusFs {
             flags,
         };
         let r = self.rpc().set_xattr(req).await;
-        self.changed_outside_data_path();
+        self.changed_outside_data_path(u64::MAX);
         r.map_err(errno_of)?;
         self.no_capability.lock().remove(&self.to_server(ino));
         if name == ACL_DEFAULT {
@@ -495,7 +519,7 @@ impl StratusFs {
     pub async fn removexattr(&self, c: Ctx, ino: u64, name: &[u8]) -> FsResult<()> {
         let req = pb::XattrRequest { ctx: self.ctx(c), ino: self.to_server(ino), name: name.to_vec() };
         let r = self.rpc().remove_xattr(req).await;
-        self.changed_outside_data_path();
+        self.changed_outside_data_path(u64::MAX);
         r.map_err(errno_of)?;
         if name == ACL_DEFAULT {
             self.default_acls.lock().remove(&self.to_server(ino));
@@ -561,7 +585,9 @@ impl StratusFs {
             exclusive: flags as i32 & libc::O_EXCL != 0,
             ..Default::default()
         };
+        let before = self.data.epoch();
         let r = self.rpc().create(req).await.map_err(errno_of)?.into_inner();
+        self.data.remember_attrs(r.parent, before);
         let attr = r.attr.unwrap_or_default();
         if r.created {
             self.inherit(c, attr.ino, acls).await?;
@@ -672,7 +698,7 @@ impl StratusFs {
             self.data.commit(c, &mut st, false).await?;
             let req = pb::SetAttrRequest { ctx: self.ctx(c), ino, size: Some(end), open_id: fh, ..Default::default() };
             let r = self.rpc().set_attr(req).await;
-            self.changed_outside_data_path();
+            self.changed_outside_data_path(u64::MAX);
             let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
             self.data.truncated(c, &mut st, &a).await?;
         } else if !zero {

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use super::access::Caller;
 use super::error::{MetaError, MetaResult};
 use super::locks::{Lock, SetOutcome};
 use super::metrics::{LockLabels, OpLabels, VolumeLabels};
 use super::server::{MetaServer, background};
 use super::tx::attr;
-use super::volume::persist_locks;
+use super::volume::{VolumeDb, persist_locks};
 use crate::proto::{pb, rec};
 use crate::tls::ServerCert;
 
@@ -63,7 +64,14 @@ impl MetaService {
 }
 
 fn entry(inode: &rec::Inode) -> pb::EntryReply {
-    pb::EntryReply { attr: Some(*attr(inode)), generation: inode.generation }
+    pb::EntryReply { attr: Some(*attr(inode)), generation: inode.generation, parent: None }
+}
+
+/// A directory's attributes right after a change to it, for the reply (the client answers the
+/// kernel's next GETATTR of it from them). Read after the change, so possibly later than it; its
+/// change counter orders it. `None` if it cannot be read (the change itself succeeded).
+fn dir_after(v: &VolumeDb, c: &Caller, dir: u64) -> Option<pb::Attr> {
+    v.getattr(c, dir).ok().map(|i| *attr(&i))
 }
 
 fn attr_reply(inode: &rec::Inode) -> pb::AttrReply {
@@ -128,7 +136,9 @@ impl pb::meta_server::Meta for MetaService {
             if r.kind() == pb::FileKind::Directory {
                 return Err(MetaError::fs(libc::EINVAL, "create directories with MkDir"));
             }
-            Ok(entry(&s.volume.mknod(&c, r).await?.1))
+            let parent = r.parent;
+            let e = entry(&s.volume.mknod(&c, r).await?.1);
+            Ok(pb::EntryReply { parent: dir_after(&s.volume, &c, parent), ..e })
         })
         .await
     }
@@ -138,7 +148,9 @@ impl pb::meta_server::Meta for MetaService {
             let mut r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
             r.set_kind(pb::FileKind::Directory);
-            Ok(entry(&s.volume.mknod(&c, r).await?.1))
+            let parent = r.parent;
+            let e = entry(&s.volume.mknod(&c, r).await?.1);
+            Ok(pb::EntryReply { parent: dir_after(&s.volume, &c, parent), ..e })
         })
         .await
     }
@@ -147,7 +159,8 @@ impl pb::meta_server::Meta for MetaService {
         self.call("symlink", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            Ok(entry(&s.volume.symlink(&c, r.parent, r.name, r.target).await?.1))
+            let e = entry(&s.volume.symlink(&c, r.parent, r.name, r.target).await?.1);
+            Ok(pb::EntryReply { parent: dir_after(&s.volume, &c, r.parent), ..e })
         })
         .await
     }
@@ -161,22 +174,22 @@ impl pb::meta_server::Meta for MetaService {
         .await
     }
 
-    async fn unlink(&self, req: Request<pb::NameRequest>) -> R<pb::Empty> {
+    async fn unlink(&self, req: Request<pb::NameRequest>) -> R<pb::ParentsReply> {
         self.call("unlink", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
             s.volume.unlink(&c, r.parent, r.name).await?;
-            Ok(pb::Empty {})
+            Ok(pb::ParentsReply { parent: dir_after(&s.volume, &c, r.parent), new_parent: None })
         })
         .await
     }
 
-    async fn rm_dir(&self, req: Request<pb::NameRequest>) -> R<pb::Empty> {
+    async fn rm_dir(&self, req: Request<pb::NameRequest>) -> R<pb::ParentsReply> {
         self.call("rmdir", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
             s.volume.rmdir(&c, r.parent, r.name).await?;
-            Ok(pb::Empty {})
+            Ok(pb::ParentsReply { parent: dir_after(&s.volume, &c, r.parent), new_parent: None })
         })
         .await
     }
@@ -185,17 +198,22 @@ impl pb::meta_server::Meta for MetaService {
         self.call("link", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            Ok(entry(&s.volume.link(&c, r.ino, r.new_parent, r.new_name).await?))
+            let e = entry(&s.volume.link(&c, r.ino, r.new_parent, r.new_name).await?);
+            Ok(pb::EntryReply { parent: dir_after(&s.volume, &c, r.new_parent), ..e })
         })
         .await
     }
 
-    async fn rename(&self, req: Request<pb::RenameRequest>) -> R<pb::Empty> {
+    async fn rename(&self, req: Request<pb::RenameRequest>) -> R<pb::ParentsReply> {
         self.call("rename", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
+            let (parent, new_parent) = (r.parent, r.new_parent);
             s.volume.rename(&c, r).await?;
-            Ok(pb::Empty {})
+            Ok(pb::ParentsReply {
+                parent: dir_after(&s.volume, &c, parent),
+                new_parent: dir_after(&s.volume, &c, new_parent),
+            })
         })
         .await
     }
@@ -261,6 +279,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("create", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
+            let parent = r.parent;
             let cr = s.volume.create_file(&c, r).await?;
             Ok(pb::CreateReply {
                 attr: Some(*attr(&cr.inode)),
@@ -268,6 +287,7 @@ impl pb::meta_server::Meta for MetaService {
                 open_id: cr.open_id,
                 created: cr.created,
                 quota_limited: s.volume.quota_limited(&cr.inode),
+                parent: dir_after(&s.volume, &c, parent),
             })
         })
         .await
