@@ -80,13 +80,13 @@ fn fsx_seeds() -> Vec<u64> {
 async fn fsx_passes_on_a_mount_with_files_across_blocks() {
     e2e::init();
     // fsx fsyncs often and is about semantics: the server's data lives in memory (tmpfs).
-    // No history and frequent GC: the soak tier's 1,000,000 operations per seed otherwise leave
+    // A minute of history and frequent GC: the soak tier's 1,000,000 operations per seed otherwise leave
     // every replaced block in tmpfs for the default 7-day retention (23 GB, the machine's memory).
     let meta = MetaServer::start_in(std::path::Path::new("/dev/shm"), &["--gc-interval-secs", "5"]).await.unwrap();
     let token = meta
         .volume("v", |r| {
             r.block_size = SMALL_BLOCKS;
-            r.retention_secs = Some(0);
+            r.retention_secs = Some(60);
         })
         .await
         .unwrap();
