@@ -230,6 +230,23 @@ impl StratusFs {
         (prev == before).then_some(prev + 1)
     }
 
+    /// After unlink, rmdir or rename (sent in epoch `before`): the removed or moved inode's
+    /// remembered attributes are void (its link count or ctime changed), the directories the reply
+    /// reports are remembered.
+    fn removed_or_renamed(
+        &self,
+        before: u64,
+        r: Result<tonic::Response<pb::ParentsReply>, tonic::Status>,
+    ) -> FsResult<()> {
+        let after = self.changed_outside_data_path(before);
+        let r = r.map_err(errno_of)?.into_inner();
+        if let Some(e) = after {
+            self.data.remember_attrs(r.parent, e);
+            self.data.remember_attrs(r.new_parent, e);
+        }
+        Ok(())
+    }
+
     async fn local_attr(&self, mut a: pb::Attr) -> pb::Attr {
         if let Some(f) = self.existing_file(a.ino) {
             a.size = f.local_size(a.size).await;
@@ -373,21 +390,15 @@ impl StratusFs {
         let req = pb::NameRequest { ctx: self.ctx(c), parent: self.to_server(parent), name: name.to_vec() };
         let before = self.data.epoch();
         let r = self.rpc().unlink(req).await;
-        let after = self.changed_outside_data_path(before);
-        let r = r.map_err(errno_of)?.into_inner();
-        if let Some(e) = after {
-            self.data.remember_attrs(r.parent, e);
-        }
-        Ok(())
+        self.removed_or_renamed(before, r)
     }
 
     pub async fn rmdir(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
         let req = pb::NameRequest { ctx: self.ctx(c), parent: self.to_server(parent), name: name.to_vec() };
         let before = self.data.epoch();
-        let r = self.rpc().rm_dir(req).await.map_err(errno_of)?.into_inner();
-        self.data.remember_attrs(r.parent, before);
-        Ok(())
+        let r = self.rpc().rm_dir(req).await;
+        self.removed_or_renamed(before, r)
     }
 
     pub async fn rename(
@@ -411,13 +422,7 @@ impl StratusFs {
         };
         let before = self.data.epoch();
         let r = self.rpc().rename(req).await;
-        let after = self.changed_outside_data_path(before);
-        let r = r.map_err(errno_of)?.into_inner();
-        if let Some(e) = after {
-            self.data.remember_attrs(r.parent, e);
-            self.data.remember_attrs(r.new_parent, e);
-        }
-        Ok(())
+        self.removed_or_renamed(before, r)
     }
 
     pub async fn link(&self, c: Ctx, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<pb::Attr> {
