@@ -189,7 +189,7 @@ async fn a_corrupted_block_object_reads_as_eio_never_as_wrong_bytes() {
     let data = pattern(3, 600 * 1024);
     std::fs::write(m.path.join("f"), &data).unwrap();
     m.stop();
-    // Flip one byte of every block object.
+    // The block objects in block order (ids are allocated in ascending order, keys end in the id).
     let mut objects = Vec::new();
     let mut stack = vec![meta.blocks_dir()];
     while let Some(d) = stack.pop() {
@@ -198,20 +198,31 @@ async fn a_corrupted_block_object_reads_as_eio_never_as_wrong_bytes() {
             if p.is_dir() { stack.push(p) } else { objects.push(p) }
         }
     }
+    objects.sort_by_key(|p| p.file_name().unwrap().to_owned());
     assert_eq!(objects.len(), 3, "600 KiB in 256 KiB blocks: {objects:?}");
-    for o in &objects {
+    // Block 0: a byte of its chunk table (the object's first bytes). Block 1: a byte of its last
+    // chunk. Block 2 stays whole.
+    let flip = |o: &std::path::Path, at: fn(usize) -> usize| {
         let mut b = std::fs::read(o).unwrap();
-        let mid = b.len() / 2;
-        b[mid] ^= 0x40;
+        let i = at(b.len());
+        b[i] ^= 0x40;
         std::fs::write(o, b).unwrap();
-    }
+    };
+    flip(&objects[0], |_| 10);
+    flip(&objects[1], |len| len - 100);
     let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
+    let f = std::fs::File::open(m.path.join("f")).unwrap();
+    let pread = |at: usize| {
+        let mut buf = vec![0u8; 4096];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, at as u64).map(|_| buf)
+    };
+    assert_eq!(pread(512 * 1024).unwrap(), data[512 * 1024..516 * 1024], "the intact block reads back");
     let err = std::fs::read(m.path.join("f")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    let mut f = std::fs::File::open(m.path.join("f")).unwrap();
-    let mut buf = vec![0u8; 4096];
-    let err = std::io::Read::read(&mut f, &mut buf).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    for at in [0, 500 * 1024] {
+        let err = pread(at).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "read at {at}: {err}");
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(m.log_tail(50).contains("failed its check"), "no log line names the bad block:\n{}", m.log_tail(50));
 }

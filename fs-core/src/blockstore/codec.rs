@@ -1,8 +1,12 @@
-//! How a block's bytes are stored: compressed as the volume says, with a checksum of the stored
-//! bytes kept in the block map. A block whose stored bytes do not match the checksum, or do not
-//! decompress to the recorded length, is refused: corruption gives an error, never wrong bytes.
+//! How a block's bytes are stored. A block object is a chunk table followed by the block's chunks
+//! of [`CHUNK_SIZE`] logical bytes, each compressed on its own as the volume says and checksummed
+//! (XXH3-64) in the table; the block map keeps the table's checksum (XXH3-128). A reader fetches
+//! the table and only the chunks it needs (ranged reads), and checks each. A table or chunk whose
+//! stored bytes do not match its checksum, or do not decompress to the recorded length, is
+//! refused: corruption gives an error, never wrong bytes. Objects of the first format (one piece,
+//! `chunk_size` 0 in the block map) are still read whole.
 //!
-//! The checksum is XXH3-128: it catches corruption (bit rot, truncated or swapped objects) at
+//! The checksums are XXH3: it catches corruption (bit rot, truncated or swapped objects) at
 //! memory speed; it is not a defence against someone forging objects in the bucket (encrypted
 //! volumes authenticate every block with AES-GCM, [4/6]).
 
@@ -29,46 +33,135 @@ pub fn checksum(stored: &[u8]) -> Vec<u8> {
     twox_hash::XxHash3_128::oneshot(stored).to_le_bytes().to_vec()
 }
 
-/// The first `len` bytes of a shared buffer, as `Bytes` without a copy.
-struct Prefix(Arc<Vec<u8>>, usize);
+/// Logical bytes per chunk of a block object: the unit of ranged reads and of their checks.
+pub const CHUNK_SIZE: usize = 64 * 1024;
+/// Bytes per chunk-table entry: stored length (u32 LE), compression kind (u32 LE), XXH3-64 of the
+/// stored bytes (u64 LE).
+pub const ENTRY_LEN: usize = 16;
 
-impl AsRef<[u8]> for Prefix {
+/// A range of a shared buffer, as `Bytes` without a copy.
+struct Slice(Arc<Vec<u8>>, std::ops::Range<usize>);
+
+impl AsRef<[u8]> for Slice {
     fn as_ref(&self) -> &[u8] {
-        &self.0[..self.1]
+        &self.0[self.1.clone()]
     }
 }
 
-/// [`encode`] for the first `len` bytes of a shared buffer: uncompressed blocks are stored
-/// without copying them.
-pub fn encode_shared(data: Arc<Vec<u8>>, len: usize, kind: Kind) -> (Bytes, Vec<u8>, Kind) {
-    let (stored, sum, used) = match kind {
-        Kind::None | Kind::Unspecified => {
-            let sum = checksum(&data[..len]);
-            return (Bytes::from_owner(Prefix(data, len)), sum, Kind::None);
+/// A block encoded for upload: the object is `parts` in order (the chunk table, then each chunk's
+/// stored bytes), `checksum` is the table's.
+#[derive(Debug)]
+pub struct Encoded {
+    pub parts: Vec<Bytes>,
+    pub stored_len: u32,
+    pub checksum: Vec<u8>,
+    pub chunk_size: u32,
+    pub chunks: u32,
+    /// The volume's compression if any chunk was stored compressed, else `Kind::None`.
+    pub kind: Kind,
+}
+
+/// Encodes the first `len` bytes of a block in chunks of [`CHUNK_SIZE`]: each chunk compressed
+/// on its own as the volume says (stored as is where that does not shrink it, without copying)
+/// and checksummed, so a reader can fetch and check any chunk alone.
+pub fn encode(data: Arc<Vec<u8>>, len: usize, kind: Kind) -> Encoded {
+    let chunks = len.div_ceil(CHUNK_SIZE);
+    let mut table = Vec::with_capacity(chunks * ENTRY_LEN);
+    let mut parts = Vec::with_capacity(chunks + 1);
+    let mut any = false;
+    for (_, raw) in chunks_of(&data, len) {
+        let compressed = match kind {
+            Kind::Lz4 => Some(lz4_flex::compress_prepend_size(&raw)),
+            Kind::Zstd => zstd::bulk::compress(&raw, 3).ok(),
+            Kind::None | Kind::Unspecified => None,
+        };
+        let (stored, used) = match compressed {
+            Some(z) if z.len() < raw.len() => (Bytes::from(z), kind),
+            _ => (raw, Kind::None),
+        };
+        any |= used != Kind::None;
+        table.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+        table.extend_from_slice(&(used as i32 as u32).to_le_bytes());
+        table.extend_from_slice(&twox_hash::XxHash3_64::oneshot(&stored).to_le_bytes());
+        parts.push(stored);
+    }
+    let checksum = checksum(&table);
+    parts.insert(0, Bytes::from(table));
+    Encoded {
+        stored_len: parts.iter().map(|p| p.len() as u32).sum(),
+        parts,
+        checksum,
+        chunk_size: CHUNK_SIZE as u32,
+        chunks: chunks as u32,
+        kind: if any { kind } else { Kind::None },
+    }
+}
+
+/// The chunks of the first `len` bytes of a block as they decode: shares of `data`, no copy.
+pub fn chunks_of(data: &Arc<Vec<u8>>, len: usize) -> impl Iterator<Item = (u32, Bytes)> + '_ {
+    (0..len.div_ceil(CHUNK_SIZE)).map(move |c| {
+        let range = c * CHUNK_SIZE..((c + 1) * CHUNK_SIZE).min(len);
+        (c as u32, Bytes::from_owner(Slice(data.clone(), range)))
+    })
+}
+
+/// Bytes of the chunk table of an object with `chunks` chunks (it starts the object).
+pub fn table_len(chunks: u32) -> usize {
+    chunks as usize * ENTRY_LEN
+}
+
+/// Checks a fetched chunk table against the block map's checksum.
+pub fn verify_table(stored: &[u8], chunks: u32, sum: &[u8]) -> Result<(), CodecError> {
+    if stored.len() != table_len(chunks) || checksum(stored) != sum {
+        return Err(CodecError::Checksum);
+    }
+    Ok(())
+}
+
+/// One chunk's entry in a (verified) chunk table.
+pub struct Chunk {
+    /// Where the chunk's stored bytes are in the object.
+    pub range: std::ops::Range<u64>,
+    kind: i32,
+    sum: u64,
+}
+
+/// The entry of chunk `c` in a verified table.
+pub fn chunk(table: &[u8], c: u32) -> Chunk {
+    let entry = |i: usize| &table[i * ENTRY_LEN..(i + 1) * ENTRY_LEN];
+    let stored_len = |i: usize| u32::from_le_bytes(entry(i)[..4].try_into().expect("4 bytes")) as u64;
+    let start = table.len() as u64 + (0..c as usize).map(stored_len).sum::<u64>();
+    let e = entry(c as usize);
+    Chunk {
+        range: start..start + stored_len(c as usize),
+        kind: i32::from_le_bytes(e[4..8].try_into().expect("4 bytes")),
+        sum: u64::from_le_bytes(e[8..16].try_into().expect("8 bytes")),
+    }
+}
+
+/// Decodes one chunk's stored bytes after checking them; it must hold at least `want` bytes
+/// (the block map's valid length may end inside or before it) and at most `chunk_size`.
+pub fn decode_chunk(chunk: &Chunk, stored: Bytes, want: usize, chunk_size: usize) -> Result<Bytes, CodecError> {
+    if twox_hash::XxHash3_64::oneshot(&stored) != chunk.sum {
+        return Err(CodecError::Checksum);
+    }
+    let data = match Kind::try_from(chunk.kind) {
+        Ok(Kind::Lz4) => {
+            lz4_flex::decompress_size_prepended(&stored).map_err(|e| CodecError::Decompress(e.to_string()))?.into()
         }
-        _ => encode(&data[..len], kind),
+        Ok(Kind::Zstd) => {
+            zstd::stream::decode_all(&stored[..]).map_err(|e| CodecError::Decompress(e.to_string()))?.into()
+        }
+        Ok(Kind::None | Kind::Unspecified) => stored,
+        Err(_) => return Err(CodecError::Decompress(format!("unknown compression kind {}", chunk.kind))),
     };
-    (Bytes::from(stored), sum, used)
+    if data.len() < want || data.len() > chunk_size {
+        return Err(CodecError::Length { got: data.len(), want });
+    }
+    Ok(data)
 }
 
-/// Encodes a block: returns the bytes to store and their checksum. Compression that does not
-/// shrink the block is skipped (the block is then stored with `Kind::None`); the kind used is
-/// returned.
-pub fn encode(data: &[u8], kind: Kind) -> (Vec<u8>, Vec<u8>, Kind) {
-    let compressed = match kind {
-        Kind::Lz4 => Some(lz4_flex::compress_prepend_size(data)),
-        Kind::Zstd => zstd::bulk::compress(data, 3).ok(),
-        Kind::None | Kind::Unspecified => None,
-    };
-    let (stored, used) = match compressed {
-        Some(c) if c.len() < data.len() => (c, kind),
-        _ => (data.to_vec(), Kind::None),
-    };
-    let sum = checksum(&stored);
-    (stored, sum, used)
-}
-
-/// Decodes a stored block after checking its checksum. `len` is the block's valid length in
+/// Decodes a single-piece block (the first format, `chunk_size` 0) after checking its checksum. `len` is the block's valid length in
 /// the block map, which a truncate may have lowered below the object's own: the object decodes
 /// whole (both formats record their length) and must hold at least `len` bytes.
 pub fn decode(stored: Bytes, kind: Kind, len: usize, sum: &[u8]) -> Result<Bytes, CodecError> {
@@ -93,30 +186,78 @@ pub fn decode(stored: Bytes, kind: Kind, len: usize, sum: &[u8]) -> Result<Bytes
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trips_and_detects_corruption() {
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        for kind in [Kind::None, Kind::Lz4, Kind::Zstd] {
-            let (stored, sum, used) = encode(&data, kind);
-            assert_eq!(used, kind, "compressible data is compressed");
-            assert_eq!(decode(stored.clone().into(), used, data.len(), &sum).unwrap(), data);
-            // A truncate lowers the valid length below the object's.
-            assert_eq!(&decode(stored.clone().into(), used, 1000, &sum).unwrap()[..1000], &data[..1000]);
-            let mut bad = stored.clone();
-            bad[stored.len() / 2] ^= 1;
-            assert_eq!(decode(bad.into(), used, data.len(), &sum), Err(CodecError::Checksum));
+    fn object(e: &Encoded) -> Bytes {
+        e.parts.concat().into()
+    }
+
+    /// Every chunk of an encoded block, read through the table as a reader does.
+    fn read_all(obj: &Bytes, e: &Encoded, want: usize) -> Result<Vec<u8>, CodecError> {
+        let table = &obj[..table_len(e.chunks)];
+        verify_table(table, e.chunks, &e.checksum)?;
+        let mut out = Vec::new();
+        for c in 0..e.chunks {
+            let ch = chunk(table, c);
+            let stored = obj.slice(ch.range.start as usize..ch.range.end as usize);
+            let w = want.saturating_sub(c as usize * CHUNK_SIZE).min(CHUNK_SIZE);
+            out.extend_from_slice(&decode_chunk(&ch, stored, w, CHUNK_SIZE)?);
         }
-        // Incompressible data is stored as is.
+        Ok(out)
+    }
+
+    #[test]
+    fn chunked_blocks_round_trip_and_each_chunk_is_checked() {
+        let len = 3 * CHUNK_SIZE + 1000;
+        let data: Arc<Vec<u8>> = Arc::new((0..len as u32).map(|i| (i % 251) as u8).collect());
+        for kind in [Kind::None, Kind::Lz4, Kind::Zstd] {
+            let e = encode(data.clone(), len, kind);
+            assert_eq!((e.chunks, e.kind), (4, kind), "compressible data is compressed");
+            let obj = object(&e);
+            assert_eq!(obj.len(), e.stored_len as usize);
+            assert_eq!(read_all(&obj, &e, len).unwrap(), *data);
+            // A chunk's stored bytes changed: that chunk fails, the table still verifies.
+            let table = &obj[..table_len(e.chunks)];
+            let mut bad = obj.to_vec();
+            let r = chunk(table, 2).range;
+            bad[(r.start + r.end) as usize / 2] ^= 1;
+            assert_eq!(read_all(&bad.into(), &e, len), Err(CodecError::Checksum));
+            // The table changed: refused before any chunk is trusted.
+            let mut bad = obj.to_vec();
+            bad[3] ^= 1;
+            assert_eq!(read_all(&bad.into(), &e, len), Err(CodecError::Checksum));
+        }
+        // A prefix of the data encodes only its chunks; a lowered valid length still reads.
+        let e = encode(data.clone(), 1000, Kind::None);
+        assert_eq!(e.chunks, 1);
+        assert_eq!(read_all(&object(&e), &e, 10).unwrap(), data[..1000]);
+        // A chunk shorter than the valid length says so.
+        assert!(matches!(read_all(&object(&e), &e, 1001), Err(CodecError::Length { .. })));
+        // Incompressible chunks are stored as is, without a copy of the block.
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let noise: Vec<u8> = (0..4096)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
-        let (_, _, used) = encode(&noise, Kind::Lz4);
-        assert_eq!(used, Kind::None);
+        let noise: Arc<Vec<u8>> = Arc::new(
+            (0..CHUNK_SIZE)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect(),
+        );
+        let e = encode(noise.clone(), CHUNK_SIZE, Kind::Lz4);
+        assert_eq!(e.kind, Kind::None);
+        assert_eq!(e.parts[1].as_ptr(), noise.as_ptr());
+    }
+
+    #[test]
+    fn single_piece_blocks_still_decode() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let stored = lz4_flex::compress_prepend_size(&data);
+        let sum = checksum(&stored);
+        assert_eq!(decode(stored.clone().into(), Kind::Lz4, data.len(), &sum).unwrap(), data);
+        assert_eq!(&decode(stored.clone().into(), Kind::Lz4, 1000, &sum).unwrap()[..1000], &data[..1000]);
+        let mut bad = stored.clone();
+        bad[stored.len() / 2] ^= 1;
+        assert_eq!(decode(bad.into(), Kind::Lz4, data.len(), &sum), Err(CodecError::Checksum));
+        assert_eq!(decode(data.clone().into(), Kind::None, data.len(), &checksum(&data)).unwrap(), data);
     }
 }

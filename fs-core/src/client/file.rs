@@ -19,12 +19,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::ObjectStore;
 use tokio::sync::{Mutex, MutexGuard, Semaphore};
 
+use super::blocks::{self, BlockIo};
 use super::cache::BlockCache;
 use super::{Ctx, FsConfig, FsResult, errno_of};
-use crate::blockstore::{codec, layout};
 use crate::meta::client::Session;
 use crate::proto::pb;
 
@@ -100,9 +100,12 @@ impl Dirty {
         self.extents.iter().any(|&(a, b)| a <= s && e <= b)
     }
 
-    /// Lays the extents over `base` (the base block's bytes).
-    fn rebuild(&mut self, base: &[u8]) {
-        let mut out = base.to_vec();
+    /// Lays the extents over `base` (the base block's bytes, in pieces).
+    fn rebuild(&mut self, base: &[Bytes]) {
+        let mut out = Vec::with_capacity(self.len());
+        for p in base {
+            out.extend_from_slice(p);
+        }
         out.resize(self.len(), 0);
         for &(s, e) in &self.extents {
             out[s..e].copy_from_slice(&self.data[s..e]);
@@ -222,21 +225,18 @@ impl OpenFile {
 /// One piece of a read.
 enum Piece {
     Zero(usize),
-    Bytes { data: Arc<Vec<u8>>, from: usize, len: usize },
+    Bytes(Bytes),
     Block { block: pb::BlockRef, from: usize, len: usize },
 }
 
 /// Moves blocks between the mount and the block store.
 pub struct DataPath {
     session: Arc<Session>,
-    store: Arc<dyn ObjectStore>,
-    cache: Arc<BlockCache>,
-    volume_uuid: String,
+    blocks: BlockIo,
     bs: u64,
     compression: pb::compression::Kind,
     dirty_limit: usize,
     readahead: u64,
-    io: Arc<Semaphore>,
     ids: Mutex<Vec<u64>>,
     /// Bumped by every change this mount makes to inodes outside a file's data path (setattr,
     /// link, unlink, rename, xattrs): it voids every remembered commit attribute at once.
@@ -258,14 +258,16 @@ impl DataPath {
     ) -> DataPath {
         DataPath {
             session,
-            store,
-            cache,
-            volume_uuid: volume_uuid.to_string(),
+            blocks: BlockIo {
+                store,
+                cache,
+                io: Arc::new(Semaphore::new(cfg.io_concurrency.max(1))),
+                volume_uuid: volume_uuid.into(),
+            },
             bs,
             compression,
             dirty_limit: cfg.dirty_limit.max(4 * bs as usize),
             readahead: cfg.readahead_blocks,
-            io: Arc::new(Semaphore::new(cfg.io_concurrency.max(1))),
             ids: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
             recent: Default::default(),
@@ -274,7 +276,7 @@ impl DataPath {
     }
 
     pub fn cache_stats(&self) -> (u64, u64) {
-        (self.cache.hits.load(Ordering::Relaxed), self.cache.fetches.load(Ordering::Relaxed))
+        (self.blocks.cache.hits.load(Ordering::Relaxed), self.blocks.cache.fetches.load(Ordering::Relaxed))
     }
 
     fn ctx(&self, c: Ctx) -> Option<pb::Context> {
@@ -395,19 +397,27 @@ impl DataPath {
 
     // --- reading ------------------------------------------------------------------------------
 
-    /// The decoded content of a stored block (L1 cache, one fetch however many readers).
-    async fn block(&self, b: &pb::BlockRef) -> FsResult<Bytes> {
-        fetch(self.store.clone(), self.cache.clone(), self.io.clone(), &self.volume_uuid, b.clone()).await
+    /// The bytes of a dirty block's base that it keeps (fetched whole: a rewrite needs them all).
+    async fn base(&self, d: &Dirty) -> FsResult<Vec<Bytes>> {
+        match &d.base {
+            Some(b) => {
+                self.blocks.whole(b).await?;
+                self.blocks.range(b, 0, d.base_len()).await
+            }
+            None => Ok(Vec::new()),
+        }
     }
 
-    pub async fn read(&self, c: Ctx, f: &OpenFile, offset: u64, size: u32) -> FsResult<Bytes> {
+    /// `size` bytes at `offset` (fewer at the end of the file), as pieces that share the cached
+    /// blocks' bytes where they can.
+    pub async fn read(&self, c: Ctx, f: &OpenFile, offset: u64, size: u32) -> FsResult<Vec<Bytes>> {
         let mut pieces = Vec::new();
-        let total = {
+        {
             let mut st = f.lock().await;
             self.ensure_loaded(c, &mut st).await?;
             let end = offset.saturating_add(size as u64).min(st.size());
             if offset >= end {
-                return Ok(Bytes::new());
+                return Ok(Vec::new());
             }
             let bs = self.bs;
             let mut pos = offset;
@@ -417,13 +427,12 @@ impl DataPath {
                 let len = ((bs - pos % bs).min(end - pos)) as usize;
                 if let Some(d) = st.dirty.get_mut(&index) {
                     if !d.complete && !d.covers(from, from + len) {
-                        let base = match d.base.clone() {
-                            Some(b) => self.block(&b).await?,
-                            None => Bytes::new(),
-                        };
-                        d.rebuild(&base[..d.base_len().min(base.len())]);
+                        let base = self.base(d).await?;
+                        d.rebuild(&base);
                     }
-                    pieces.push(Piece::Bytes { data: d.data.clone(), from, len });
+                    let mut copy = Vec::with_capacity(len);
+                    copy_part(&mut copy, &d.data, from, len);
+                    pieces.push(Piece::Bytes(copy.into()));
                 } else if let Some(b) = st.map.get(&index) {
                     pieces.push(Piece::Block { block: b.clone(), from, len });
                 } else {
@@ -441,47 +450,31 @@ impl DataPath {
                     if let Some(b) = st.map.get(&index)
                         && !st.dirty.contains_key(&index)
                     {
-                        let (store, cache, io, uuid, b) = (
-                            self.store.clone(),
-                            self.cache.clone(),
-                            self.io.clone(),
-                            self.volume_uuid.clone(),
-                            b.clone(),
-                        );
+                        let (blocks, b) = (self.blocks.clone(), b.clone());
                         tokio::spawn(async move {
-                            let _ = fetch(store, cache, io, &uuid, b).await;
+                            let _ = blocks.whole(&b).await;
                         });
                     }
                 }
                 st.readahead_to = last + 1;
             }
-            (end - offset) as usize
-        };
+        }
         let fetched = futures::future::try_join_all(pieces.iter().map(|p| async move {
             match p {
-                Piece::Block { block, .. } => self.block(block).await.map(Some),
-                _ => Ok(None),
+                Piece::Block { block, from, len } => self.blocks.range(block, *from, *len).await,
+                _ => Ok(Vec::new()),
             }
         }))
         .await?;
-        // One piece inside a fetched block (the common case): the reply shares the cached bytes.
-        if let ([Piece::Block { block, from, len }], [Some(d)]) = (&pieces[..], &fetched[..])
-            && from + len <= (block.len as usize).min(d.len())
-        {
-            return Ok(d.slice(*from..from + len));
-        }
-        let mut out = Vec::with_capacity(total);
-        for (p, got) in pieces.iter().zip(fetched) {
+        let mut out = Vec::new();
+        for (p, got) in pieces.into_iter().zip(fetched) {
             match p {
-                Piece::Zero(n) => out.resize(out.len() + n, 0),
-                Piece::Bytes { data, from, len } => copy_part(&mut out, data, *from, *len),
-                Piece::Block { block, from, len } => {
-                    let d = got.ok_or(libc::EIO)?;
-                    copy_part(&mut out, &d[..(block.len as usize).min(d.len())], *from, *len);
-                }
+                Piece::Zero(n) => blocks::zeros(&mut out, n),
+                Piece::Bytes(b) => out.push(b),
+                Piece::Block { .. } => out.extend(got),
             }
         }
-        Ok(out.into())
+        Ok(out)
     }
 
     // --- writing ------------------------------------------------------------------------------
@@ -586,20 +579,11 @@ impl DataPath {
         let id = self.block_id(c).await?;
         let data = d.data.clone();
         let len = d.len();
-        let (store, io, kind) = (self.store.clone(), self.io.clone(), self.compression);
-        let key = layout::block_key(&self.volume_uuid, id);
-        d.upload = Some(Upload::Running(tokio::spawn(async move {
-            let _permit = io.acquire_owned().await.map_err(|_| libc::EIO)?;
-            let (stored, checksum, used) = tokio::task::spawn_blocking(move || codec::encode_shared(data, len, kind))
-                .await
-                .map_err(|_| libc::EIO)?;
-            let stored_len = stored.len() as u32;
-            store.put(&key, PutPayload::from(stored)).await.map_err(|e| {
-                tracing::error!(block = id, key = %key, error = %e, "uploading a block failed");
-                libc::EIO
-            })?;
-            Ok(pb::BlockRef { index, id, len: len as u32, version: 0, stored_len, checksum, compression: used as i32 })
-        })));
+        let (blocks, kind) = (self.blocks.clone(), self.compression);
+        // A block rewritten in place is likely rewritten or read again: keep it in L1.
+        let cache = d.base.is_some();
+        d.upload =
+            Some(Upload::Running(tokio::spawn(async move { blocks.upload(index, id, data, len, kind, cache).await })));
         Ok(())
     }
 
@@ -609,11 +593,8 @@ impl DataPath {
         for index in indexes {
             let d = st.dirty.get_mut(&index).expect("listed above");
             if !d.complete {
-                let base = match d.base.clone() {
-                    Some(b) => self.block(&b).await?,
-                    None => Bytes::new(),
-                };
-                d.rebuild(&base[..d.base_len().min(base.len())]);
+                let base = self.base(d).await?;
+                d.rebuild(&base);
             }
             self.start_upload(c, index, d).await?;
         }
@@ -750,40 +731,6 @@ fn copy_part(out: &mut Vec<u8>, src: &[u8], from: usize, len: usize) {
     out.resize(out.len() + (len - have), 0);
 }
 
-/// Fetches and decodes a block through the cache: the checksum is verified, a mismatch is EIO
-/// and a log line.
-async fn fetch(
-    store: Arc<dyn ObjectStore>,
-    cache: Arc<BlockCache>,
-    io: Arc<Semaphore>,
-    volume_uuid: &str,
-    b: pb::BlockRef,
-) -> FsResult<Bytes> {
-    let key = layout::block_key(volume_uuid, b.id);
-    cache
-        .get_or_fetch(b.id, async move {
-            let _permit = io.acquire_owned().await.map_err(|_| libc::EIO)?;
-            let got = store.get(&key).await.map_err(|e| {
-                tracing::error!(block = b.id, key = %key, error = %e, "reading a block object failed");
-                libc::EIO
-            })?;
-            let stored = got.bytes().await.map_err(|e| {
-                tracing::error!(block = b.id, key = %key, error = %e, "reading a block object failed");
-                libc::EIO
-            })?;
-            let kind = b.compression();
-            tokio::task::spawn_blocking(move || {
-                codec::decode(stored, kind, b.len as usize, &b.checksum).map_err(|e| {
-                    tracing::error!(block = b.id, key = %key, error = %e, "a block failed its check; answering EIO");
-                    libc::EIO
-                })
-            })
-            .await
-            .map_err(|_| libc::EIO)?
-        })
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -810,11 +757,11 @@ mod tests {
         let mut d = Dirty::new(Some(pb::BlockRef { len: 8, ..Default::default() }));
         d.data = Arc::new(b"..XY....".to_vec());
         d.add_extent(2, 4);
-        d.rebuild(b"abcdefgh");
+        d.rebuild(&[Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")]);
         assert_eq!(d.data.as_slice(), b"abXYefgh");
         // A shorter new base: the block keeps the extents, zeros between.
         d.base = Some(pb::BlockRef { len: 1, ..Default::default() });
-        d.rebuild(b"z");
+        d.rebuild(&[Bytes::from_static(b"z")]);
         assert_eq!(d.data.as_slice(), b"z\0XY");
     }
 

@@ -9,6 +9,7 @@
 //! from its predecessor but the session (see `docs/mount.md`).
 
 pub mod acl;
+pub mod blocks;
 pub mod cache;
 pub mod file;
 
@@ -670,7 +671,7 @@ impl StratusFs {
         r
     }
 
-    pub async fn read(&self, c: Ctx, ino: u64, offset: u64, size: u32) -> FsResult<bytes::Bytes> {
+    pub async fn read(&self, c: Ctx, ino: u64, offset: u64, size: u32) -> FsResult<Vec<bytes::Bytes>> {
         let f = self.file(self.to_server(ino));
         self.data.read(c, &f, offset, size).await
     }

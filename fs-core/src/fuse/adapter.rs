@@ -131,7 +131,7 @@ impl Adapter {
         })
     }
 
-    async fn read(&self, req: &Request) -> FsResult<bytes::Bytes> {
+    async fn read(&self, req: &Request) -> FsResult<Vec<bytes::Bytes>> {
         let h = &req.header;
         let (r, _) = arg::<abi::ReadIn>(req.body())?;
         self.fs.read(Ctx { uid: h.uid, gid: h.gid, pid: h.pid }, h.nodeid, r.offset, r.size).await
@@ -393,14 +393,14 @@ fn sized(v: Vec<u8>, size: u32) -> FsResult<Body> {
 impl Handler for Adapter {
     async fn handle(self: Arc<Self>, req: Request, reply: Replier) {
         tracing::trace!(unique = req.header.unique, opcode = req.header.opcode, nodeid = req.header.nodeid, "request");
-        // READ answers with the cached block's own bytes (no copy into a reply buffer).
+        // READ answers with the cached chunks' own bytes (no copy into a reply buffer).
         let r = if req.header.opcode == opcode::READ {
             self.read(&req).await
         } else {
-            self.dispatch(&req).await.map(Into::into)
+            self.dispatch(&req).await.map(|body| vec![body.into()])
         };
         match r {
-            Ok(body) => reply.ok(&[&body]),
+            Ok(pieces) => reply.ok(&pieces.iter().map(|p| &p[..]).collect::<Vec<_>>()),
             Err(errno) => reply.err(errno),
         }
     }

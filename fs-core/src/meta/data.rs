@@ -204,6 +204,19 @@ pub fn commit_blocks(
                 format!("block of {} bytes exceeds the block size {block_size}", b.len),
             ));
         }
+        let chunks_hold = match b.chunk_size {
+            0 => b.chunks == 0,
+            cs => cs <= block_size && b.len.div_ceil(cs) == b.chunks,
+        };
+        if !chunks_hold {
+            return Err(MetaError::fs(
+                libc::EINVAL,
+                format!(
+                    "block id {}: {} chunks of {} bytes do not match its {} bytes",
+                    b.id, b.chunks, b.chunk_size, b.len
+                ),
+            ));
+        }
         if w.uploads.remove(b.id)?.is_none() {
             return Err(MetaError::fs(
                 libc::EINVAL,
@@ -219,6 +232,8 @@ pub fn commit_blocks(
             checksum: b.checksum.clone(),
             compression: b.compression,
             committed: Some(now),
+            chunk_size: b.chunk_size,
+            chunks: b.chunks,
         };
         w.blocks.insert((ino, ch.index), rec.encode_to_vec().as_slice())?;
         w.counters.stored_blocks += 1;

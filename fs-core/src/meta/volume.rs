@@ -372,6 +372,8 @@ impl VolumeDb {
                 stored_len: b.stored_len,
                 checksum: b.checksum,
                 compression: b.compression,
+                chunk_size: b.chunk_size,
+                chunks: b.chunks,
             });
         }
         Ok((out, inode))

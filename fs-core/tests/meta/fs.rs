@@ -32,7 +32,7 @@ impl Fs {
         Some(self.s.ctx(self.uid, self.gid, 1))
     }
 
-    fn rpc(&self) -> pb::meta_client::MetaClient<tonic::transport::Channel> {
+    pub fn rpc(&self) -> pb::meta_client::MetaClient<tonic::transport::Channel> {
         self.s.rpc.clone()
     }
 
@@ -263,5 +263,5 @@ impl Fs {
 }
 
 pub fn block(id: u64, len: u32) -> pb::BlockRef {
-    pb::BlockRef { index: 0, id, len, version: 0, stored_len: len, checksum: vec![1, 2, 3, 4], compression: 0 }
+    pb::BlockRef { id, len, stored_len: len, checksum: vec![1, 2, 3, 4], ..Default::default() }
 }

@@ -276,4 +276,16 @@ async fn block_map_commits_refuse_stale_versions_and_only_truncate_shrinks() {
         .await
         .unwrap_err();
     assert_eq!(err, libc::EINVAL);
+    // A block whose chunk table cannot hold its bytes is refused; a consistent one is taken.
+    let ids = fs.rpc().allocate_blocks(pb::AllocateBlocksRequest { ctx: fs.ctx(), count: 2 }).await.unwrap();
+    let ids = ids.into_inner().ids;
+    for (id, chunks, want) in [(ids[0], 1, Err(libc::EINVAL)), (ids[1], 2, Ok(()))] {
+        let b = pb::BlockRef { chunk_size: 65536, chunks, ..crate::fs::block(id, 65537) };
+        let got = fs.commit(f.ino, vec![pb::BlockChange { index: 7, base_version: 0, block: Some(b) }], 0, false).await;
+        assert_eq!(got.map(|_| ()), want, "{chunks} chunks of 64 KiB for 65537 bytes");
+        if want.is_ok() {
+            let map = fs.blocks(f.ino).await.unwrap();
+            assert_eq!(map.iter().find(|b| b.index == 7).map(|b| b.chunks), Some(2), "the block map keeps the chunks");
+        }
+    }
 }

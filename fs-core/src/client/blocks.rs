@@ -1,0 +1,291 @@
+//! Reading and writing block objects: ranged reads of chunked objects through the L1 cache
+//! (the chunk table first, then only the chunks a read touches, each checked), whole-object
+//! fetches for read-ahead and rewrites, and uploads. A piece that fails its check is EIO and a
+//! log line, never wrong bytes.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::sync::Semaphore;
+
+use super::FsResult;
+use super::cache::{BlockCache, TABLE};
+use crate::blockstore::{codec, layout};
+use crate::proto::pb;
+
+/// Zeros for the parts of a read past a block's data or in a hole, without allocating.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// `n` zero bytes as reply pieces.
+pub fn zeros(out: &mut Vec<Bytes>, mut n: usize) {
+    while n > 0 {
+        let k = n.min(ZEROS.len());
+        out.push(Bytes::from_static(&ZEROS[..k]));
+        n -= k;
+    }
+}
+
+/// The block store of one volume, with the mount's L1 cache and its I/O limit.
+#[derive(Clone)]
+pub struct BlockIo {
+    pub store: Arc<dyn ObjectStore>,
+    pub cache: Arc<BlockCache>,
+    pub io: Arc<Semaphore>,
+    pub volume_uuid: Arc<str>,
+}
+
+impl BlockIo {
+    /// Bytes `[from, from + len)` of block `b` as pieces: stored bytes up to the block map's
+    /// valid length, zeros after it.
+    pub async fn range(&self, b: &pb::BlockRef, from: usize, len: usize) -> FsResult<Vec<Bytes>> {
+        let mut out = Vec::new();
+        let end = from + len;
+        let data_end = end.min(b.len as usize);
+        if from < data_end {
+            if b.chunk_size == 0 {
+                let d = self.single(b).await?;
+                out.push(d.slice(from..data_end));
+            } else {
+                let cs = b.chunk_size as usize;
+                let (first, last) = ((from / cs) as u32, ((data_end - 1) / cs) as u32);
+                if last >= b.chunks {
+                    tracing::error!(
+                        block = b.id,
+                        len = b.len,
+                        chunks = b.chunks,
+                        "the block map names more bytes than the block's chunks hold; answering EIO"
+                    );
+                    return Err(libc::EIO);
+                }
+                let table = self.table(b).await?;
+                let table = &table;
+                let chunks = futures::future::try_join_all((first..=last).map(|c| self.chunk(b, table, c))).await?;
+                for (c, d) in (first..=last).zip(chunks) {
+                    let base = c as usize * cs;
+                    out.push(d.slice(from.max(base) - base..data_end.min(base + cs) - base));
+                }
+            }
+        }
+        zeros(&mut out, end - from.max(data_end));
+        Ok(out)
+    }
+
+    /// Fetches and caches all of block `b` with one request (read-ahead; a rewrite's base).
+    pub async fn whole(&self, b: &pb::BlockRef) -> FsResult<()> {
+        if b.chunk_size == 0 {
+            return self.single(b).await.map(|_| ());
+        }
+        if self.cache.has_all(b.id, std::iter::once(TABLE).chain(0..b.chunks)) {
+            return Ok(());
+        }
+        let this = self.clone();
+        let b = b.clone();
+        self.cache
+            .fetch_whole(b.id, async move {
+                let obj = this.get(b.id, None).await?;
+                tokio::task::spawn_blocking(move || {
+                    let tl = codec::table_len(b.chunks);
+                    let table = obj.get(..tl).ok_or(codec::CodecError::Checksum).and_then(|t| {
+                        codec::verify_table(t, b.chunks, &b.checksum)?;
+                        Ok(t)
+                    });
+                    let table = table.map_err(|e| failed(&b, "its chunk table", e))?;
+                    let mut pieces = vec![(TABLE, Bytes::copy_from_slice(table))];
+                    for c in 0..b.chunks {
+                        let ch = codec::chunk(table, c);
+                        let stored = obj.get(ch.range.start as usize..ch.range.end as usize).ok_or(libc::EIO)?;
+                        let d = codec::decode_chunk(&ch, obj.slice_ref(stored), want(&b, c), b.chunk_size as usize)
+                            .map_err(|e| failed(&b, &format!("chunk {c}"), e))?;
+                        pieces.push((c, d));
+                    }
+                    Ok(pieces)
+                })
+                .await
+                .map_err(|_| libc::EIO)?
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Uploads `len` bytes of `data` as block object `id`, encoded in chunks; with `cache` its
+    /// chunks also go into L1 (a rewritten block is likely read or rewritten again).
+    pub async fn upload(
+        &self,
+        index: u64,
+        id: u64,
+        data: Arc<Vec<u8>>,
+        len: usize,
+        kind: pb::compression::Kind,
+        cache: bool,
+    ) -> FsResult<pb::BlockRef> {
+        let _permit = self.io.acquire().await.map_err(|_| libc::EIO)?;
+        let shared = data.clone();
+        let e = tokio::task::spawn_blocking(move || codec::encode(shared, len, kind)).await.map_err(|_| libc::EIO)?;
+        let key = layout::block_key(&self.volume_uuid, id);
+        let payload: PutPayload = e.parts.iter().cloned().collect();
+        self.store.put(&key, payload).await.map_err(|err| {
+            tracing::error!(block = id, key = %key, error = %err, "uploading a block failed");
+            libc::EIO
+        })?;
+        if cache {
+            // The chunks decode to the data's own bytes.
+            let table = Bytes::copy_from_slice(&e.parts[0]);
+            self.cache.insert_all(id, std::iter::once((TABLE, table)).chain(codec::chunks_of(&data, len)));
+        }
+        Ok(pb::BlockRef {
+            index,
+            id,
+            len: len as u32,
+            version: 0,
+            stored_len: e.stored_len,
+            checksum: e.checksum,
+            compression: e.kind as i32,
+            chunk_size: e.chunk_size,
+            chunks: e.chunks,
+        })
+    }
+
+    /// A chunked block's table, checked against the block map.
+    async fn table(&self, b: &pb::BlockRef) -> FsResult<Bytes> {
+        self.cache
+            .get_or_fetch((b.id, TABLE), async {
+                let t = self.get(b.id, Some(0..codec::table_len(b.chunks) as u64)).await?;
+                codec::verify_table(&t, b.chunks, &b.checksum).map_err(|e| failed(b, "its chunk table", e))?;
+                Ok(t)
+            })
+            .await
+    }
+
+    /// Chunk `c` of a chunked block, decoded and checked.
+    async fn chunk(&self, b: &pb::BlockRef, table: &[u8], c: u32) -> FsResult<Bytes> {
+        self.cache
+            .get_or_fetch((b.id, c), async {
+                let ch = codec::chunk(table, c);
+                let stored = self.get(b.id, Some(ch.range.clone())).await?;
+                codec::decode_chunk(&ch, stored, want(b, c), b.chunk_size as usize)
+                    .map_err(|e| failed(b, &format!("chunk {c}"), e))
+            })
+            .await
+    }
+
+    /// A block of the first format: one piece, fetched and checked whole.
+    async fn single(&self, b: &pb::BlockRef) -> FsResult<Bytes> {
+        self.cache
+            .get_or_fetch((b.id, 0), async {
+                let stored = self.get(b.id, None).await?;
+                let b = b.clone();
+                tokio::task::spawn_blocking(move || {
+                    codec::decode(stored, b.compression(), b.len as usize, &b.checksum)
+                        .map_err(|e| failed(&b, "the object", e))
+                })
+                .await
+                .map_err(|_| libc::EIO)?
+            })
+            .await
+    }
+
+    /// The block object `id`, or a byte range of it.
+    async fn get(&self, id: u64, range: Option<Range<u64>>) -> FsResult<Bytes> {
+        let _permit = self.io.acquire().await.map_err(|_| libc::EIO)?;
+        let key = layout::block_key(&self.volume_uuid, id);
+        let got = match range {
+            Some(r) => self.store.get_range(&key, r).await,
+            None => match self.store.get(&key).await {
+                Ok(got) => got.bytes().await,
+                Err(e) => Err(e),
+            },
+        };
+        got.map_err(|e| {
+            tracing::error!(block = id, key = %key, error = %e, "reading a block object failed");
+            libc::EIO
+        })
+    }
+}
+
+/// Bytes chunk `c` of `b` must hold: up to the block map's valid length.
+fn want(b: &pb::BlockRef, c: u32) -> usize {
+    (b.len as usize).saturating_sub(c as usize * b.chunk_size as usize).min(b.chunk_size as usize)
+}
+
+fn failed(b: &pb::BlockRef, what: &str, e: codec::CodecError) -> i32 {
+    tracing::error!(block = b.id, error = %e, "{what} of a block failed its check; answering EIO");
+    libc::EIO
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn io() -> BlockIo {
+        BlockIo {
+            store: Arc::new(InMemory::new()),
+            cache: Arc::new(BlockCache::new(1 << 20)),
+            io: Arc::new(Semaphore::new(4)),
+            volume_uuid: "v".into(),
+        }
+    }
+
+    fn concat(p: Vec<Bytes>) -> Vec<u8> {
+        p.concat()
+    }
+
+    #[tokio::test]
+    async fn ranged_reads_fetch_only_the_chunks_they_touch() {
+        let bio = io();
+        let len = 5 * codec::CHUNK_SIZE + 123;
+        let data: Arc<Vec<u8>> = Arc::new((0..len as u32).map(|i| (i % 253) as u8).collect());
+        for (id, kind) in [(1, pb::compression::Kind::None), (2, pb::compression::Kind::Lz4)] {
+            let b = bio.upload(0, id, data.clone(), len, kind, false).await.unwrap();
+            assert_eq!((b.chunks, b.chunk_size as usize), (6, codec::CHUNK_SIZE));
+            let fetches = bio.cache.fetches.load(std::sync::atomic::Ordering::Relaxed);
+            // Inside one chunk: the table and that chunk.
+            let at = 3 * codec::CHUNK_SIZE + 10;
+            assert_eq!(concat(bio.range(&b, at, 4096).await.unwrap()), data[at..at + 4096]);
+            assert_eq!(bio.cache.fetches.load(std::sync::atomic::Ordering::Relaxed), fetches + 2);
+            // Across chunks and past the end of the data: zeros after the valid length.
+            let at = 4 * codec::CHUNK_SIZE;
+            let got = concat(bio.range(&b, at, codec::CHUNK_SIZE + 1000).await.unwrap());
+            assert_eq!(&got[..codec::CHUNK_SIZE + 123], &data[at..]);
+            assert!(got[codec::CHUNK_SIZE + 123..].iter().all(|&x| x == 0));
+            assert_eq!(got.len(), codec::CHUNK_SIZE + 1000);
+            // A lowered valid length (truncate) reads zeros past it.
+            let short = pb::BlockRef { len: 100, ..b.clone() };
+            assert_eq!(concat(bio.range(&short, 90, 20).await.unwrap()), [&data[90..100], &[0u8; 10][..]].concat());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_changed_chunk_or_table_is_eio_and_single_piece_blocks_still_read() {
+        let bio = io();
+        let len = 3 * codec::CHUNK_SIZE;
+        let data: Arc<Vec<u8>> = Arc::new((0..len as u32).map(|i| (i % 251) as u8).collect());
+        let b = bio.upload(0, 1, data.clone(), len, pb::compression::Kind::None, false).await.unwrap();
+        let key = layout::block_key("v", 1);
+        let mut obj = bio.store.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
+        obj[codec::table_len(3) + 2 * codec::CHUNK_SIZE + 5] ^= 1;
+        bio.store.put(&key, obj.clone().into()).await.unwrap();
+        assert_eq!(concat(bio.range(&b, 0, 100).await.unwrap()), data[..100], "chunk 0 is intact");
+        assert_eq!(bio.range(&b, 2 * codec::CHUNK_SIZE, 100).await.unwrap_err(), libc::EIO);
+        assert_eq!(bio.whole(&b).await.unwrap_err(), libc::EIO, "a whole fetch checks every chunk");
+        // The table changed: nothing of the block is trusted.
+        obj[3] ^= 1;
+        bio.store.put(&layout::block_key("v", 2), obj.into()).await.unwrap();
+        let b2 = pb::BlockRef { id: 2, ..b.clone() };
+        assert_eq!(bio.range(&b2, 0, 100).await.unwrap_err(), libc::EIO);
+        // A block of the first format (one piece, chunk_size 0) is read whole and checked.
+        let stored = lz4_flex::compress_prepend_size(&data);
+        let old = pb::BlockRef {
+            id: 3,
+            len: len as u32,
+            stored_len: stored.len() as u32,
+            checksum: codec::checksum(&stored),
+            compression: pb::compression::Kind::Lz4 as i32,
+            ..Default::default()
+        };
+        bio.store.put(&layout::block_key("v", 3), stored.into()).await.unwrap();
+        assert_eq!(concat(bio.range(&old, 1000, 70_000).await.unwrap()), data[1000..71_000]);
+    }
+}
