@@ -375,10 +375,24 @@ fn reader_loop<H: Handler>(
                     map.insert(unique, (task.abort_handle(), chan.clone()));
                 } else {
                     let reply = Replier { unique, chan: chan.clone(), inflight: None };
-                    rt.spawn(handler.clone().handle(req, reply));
+                    run_inline_first(&rt, handler.clone().handle(req, reply));
                 }
             }
         }
+    }
+}
+
+/// Polls a request's task once on the reader thread, and spawns it on the runtime only if it has
+/// to wait: a request answered from memory (a cached chunk, remembered attributes) then costs no
+/// hand-over between threads, which on small requests cost more than the work itself. A task
+/// that waits is polled again by the runtime with its own waker (futures may change wakers
+/// between polls), so nothing it waits for is lost.
+fn run_inline_first(rt: &tokio::runtime::Handle, task: impl Future<Output = ()> + Send + 'static) {
+    let _in_runtime = rt.enter();
+    let mut task = Box::pin(task);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if task.as_mut().poll(&mut cx).is_pending() {
+        rt.spawn(task);
     }
 }
 
