@@ -1,6 +1,8 @@
 //! How a block's bytes are stored. A block object is a chunk table followed by the block's chunks
 //! of [`CHUNK_SIZE`] logical bytes, each compressed on its own as the volume says and checksummed
-//! (XXH3-64) in the table; the block map keeps the table's checksum (XXH3-128). A reader fetches
+//! (XXH3-64) in the table; the block map keeps the table's checksum (XXH3-128). A table entry may
+//! name a chunk in another block object: a small rewrite uploads only the chunks it changed and
+//! keeps the rest where the block it replaces stored them. A reader fetches
 //! the table and only the chunks it needs (ranged reads), and checks each. A table or chunk whose
 //! stored bytes do not match its checksum, or do not decompress to the recorded length, is
 //! refused: corruption gives an error, never wrong bytes. Objects of the first format (one piece,
@@ -35,9 +37,10 @@ pub fn checksum(stored: &[u8]) -> Vec<u8> {
 
 /// Logical bytes per chunk of a block object: the unit of ranged reads and of their checks.
 pub const CHUNK_SIZE: usize = 64 * 1024;
-/// Bytes per chunk-table entry: stored length (u32 LE), compression kind (u32 LE), XXH3-64 of the
-/// stored bytes (u64 LE).
-pub const ENTRY_LEN: usize = 16;
+/// Bytes per chunk-table entry: the object holding the chunk (u64 LE, 0 for this object), its
+/// offset there (u64 LE), stored length (u32 LE), compression kind (u32 LE), XXH3-64 of the stored
+/// bytes (u64 LE).
+pub const ENTRY_LEN: usize = 32;
 
 /// A range of a shared buffer, as `Bytes` without a copy.
 struct Slice(Arc<Vec<u8>>, std::ops::Range<usize>);
@@ -48,8 +51,8 @@ impl AsRef<[u8]> for Slice {
     }
 }
 
-/// A block encoded for upload: the object is `parts` in order (the chunk table, then each chunk's
-/// stored bytes), `checksum` is the table's.
+/// A block encoded for upload: the object is `parts` in order (the chunk table, then the stored
+/// bytes of the chunks it holds itself), `checksum` is the table's.
 #[derive(Debug)]
 pub struct Encoded {
     pub parts: Vec<Bytes>,
@@ -57,19 +60,54 @@ pub struct Encoded {
     pub checksum: Vec<u8>,
     pub chunk_size: u32,
     pub chunks: u32,
-    /// The volume's compression if any chunk was stored compressed, else `Kind::None`.
+    /// The volume's compression if any chunk this object holds was stored compressed.
     pub kind: Kind,
+    /// Other block objects whose chunks the table names, ascending.
+    pub shared: Vec<u64>,
+}
+
+/// The block a rewrite is built on: its object id and (verified) chunk table.
+pub struct Base<'a> {
+    pub id: u64,
+    pub table: &'a [u8],
 }
 
 /// Encodes the first `len` bytes of a block in chunks of [`CHUNK_SIZE`]: each chunk compressed
 /// on its own as the volume says (stored as is where that does not shrink it, without copying)
 /// and checksummed, so a reader can fetch and check any chunk alone.
 pub fn encode(data: Arc<Vec<u8>>, len: usize, kind: Kind) -> Encoded {
-    let chunks = len.div_ceil(CHUNK_SIZE);
-    let mut table = Vec::with_capacity(chunks * ENTRY_LEN);
-    let mut parts = Vec::with_capacity(chunks + 1);
+    encode_over(data, len, kind, None, |_| true)
+}
+
+/// [`encode`] for a block rewritten over `base`: chunks for which `changed` is false keep the
+/// base's stored chunk (the table names the object that holds it), so the new object holds only
+/// the chunks that changed. The caller answers `changed` true for every chunk whose bytes may
+/// differ from the base's, including any past the base's valid length.
+pub fn encode_over(
+    data: Arc<Vec<u8>>,
+    len: usize,
+    kind: Kind,
+    base: Option<Base<'_>>,
+    changed: impl Fn(u32) -> bool,
+) -> Encoded {
+    let chunks = len.div_ceil(CHUNK_SIZE) as u32;
+    let mut table = Vec::with_capacity(chunks as usize * ENTRY_LEN);
+    let mut parts = Vec::with_capacity(chunks as usize + 1);
+    let mut shared = std::collections::BTreeSet::new();
     let mut any = false;
-    for (_, raw) in chunks_of(&data, len) {
+    let mut offset = table_len(chunks) as u64;
+    for (c, raw) in chunks_of(&data, len) {
+        if let Some(base) = base.as_ref().filter(|b| !changed(c) && c < (b.table.len() / ENTRY_LEN) as u32) {
+            let mut e = base.table[c as usize * ENTRY_LEN..(c as usize + 1) * ENTRY_LEN].to_vec();
+            let object = match u64::from_le_bytes(e[..8].try_into().expect("8 bytes")) {
+                0 => base.id,
+                other => other,
+            };
+            e[..8].copy_from_slice(&object.to_le_bytes());
+            shared.insert(object);
+            table.extend_from_slice(&e);
+            continue;
+        }
         let compressed = match kind {
             Kind::Lz4 => Some(lz4_flex::compress_prepend_size(&raw)),
             Kind::Zstd => zstd::bulk::compress(&raw, 3).ok(),
@@ -80,9 +118,12 @@ pub fn encode(data: Arc<Vec<u8>>, len: usize, kind: Kind) -> Encoded {
             _ => (raw, Kind::None),
         };
         any |= used != Kind::None;
+        table.extend_from_slice(&0u64.to_le_bytes());
+        table.extend_from_slice(&offset.to_le_bytes());
         table.extend_from_slice(&(stored.len() as u32).to_le_bytes());
         table.extend_from_slice(&(used as i32 as u32).to_le_bytes());
         table.extend_from_slice(&twox_hash::XxHash3_64::oneshot(&stored).to_le_bytes());
+        offset += stored.len() as u64;
         parts.push(stored);
     }
     let checksum = checksum(&table);
@@ -92,8 +133,9 @@ pub fn encode(data: Arc<Vec<u8>>, len: usize, kind: Kind) -> Encoded {
         parts,
         checksum,
         chunk_size: CHUNK_SIZE as u32,
-        chunks: chunks as u32,
+        chunks,
         kind: if any { kind } else { Kind::None },
+        shared: shared.into_iter().collect(),
     }
 }
 
@@ -120,7 +162,9 @@ pub fn verify_table(stored: &[u8], chunks: u32, sum: &[u8]) -> Result<(), CodecE
 
 /// One chunk's entry in a (verified) chunk table.
 pub struct Chunk {
-    /// Where the chunk's stored bytes are in the object.
+    /// The block object holding the chunk; `None`: the table's own object.
+    pub object: Option<u64>,
+    /// Where the chunk's stored bytes are in that object.
     pub range: std::ops::Range<u64>,
     kind: i32,
     sum: u64,
@@ -128,14 +172,15 @@ pub struct Chunk {
 
 /// The entry of chunk `c` in a verified table.
 pub fn chunk(table: &[u8], c: u32) -> Chunk {
-    let entry = |i: usize| &table[i * ENTRY_LEN..(i + 1) * ENTRY_LEN];
-    let stored_len = |i: usize| u32::from_le_bytes(entry(i)[..4].try_into().expect("4 bytes")) as u64;
-    let start = table.len() as u64 + (0..c as usize).map(stored_len).sum::<u64>();
-    let e = entry(c as usize);
+    let e = &table[c as usize * ENTRY_LEN..(c as usize + 1) * ENTRY_LEN];
+    let u64_at = |i: usize| u64::from_le_bytes(e[i..i + 8].try_into().expect("8 bytes"));
+    let u32_at = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().expect("4 bytes"));
+    let (object, offset, stored_len) = (u64_at(0), u64_at(8), u32_at(16) as u64);
     Chunk {
-        range: start..start + stored_len(c as usize),
-        kind: i32::from_le_bytes(e[4..8].try_into().expect("4 bytes")),
-        sum: u64::from_le_bytes(e[8..16].try_into().expect("8 bytes")),
+        object: (object != 0).then_some(object),
+        range: offset..offset + stored_len,
+        kind: u32_at(20) as i32,
+        sum: u64_at(24),
     }
 }
 

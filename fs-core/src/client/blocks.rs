@@ -15,6 +15,10 @@ use super::cache::{BlockCache, TABLE};
 use crate::blockstore::{codec, layout};
 use crate::proto::pb;
 
+/// A rewrite keeps chunks in place only while its block spreads over at most this many other
+/// objects: a whole-block read then costs at most this many more requests.
+pub const MAX_SHARED: usize = 8;
+
 /// Zeros for the parts of a read past a block's data or in a hole, without allocating.
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
@@ -81,9 +85,10 @@ impl BlockIo {
             return Ok(());
         }
         let this = self.clone();
-        let b = b.clone();
+        let owned = b.clone();
         self.cache
             .fetch_whole(b.id, async move {
+                let b = owned;
                 let obj = this.get(b.id, None).await?;
                 tokio::task::spawn_blocking(move || {
                     let tl = codec::table_len(b.chunks);
@@ -95,6 +100,9 @@ impl BlockIo {
                     let mut pieces = vec![(TABLE, Bytes::copy_from_slice(table))];
                     for c in 0..b.chunks {
                         let ch = codec::chunk(table, c);
+                        if ch.object.is_some() {
+                            continue;
+                        }
                         let stored = obj.get(ch.range.start as usize..ch.range.end as usize).ok_or(libc::EIO)?;
                         let d = codec::decode_chunk(&ch, obj.slice_ref(stored), want(&b, c), b.chunk_size as usize)
                             .map_err(|e| failed(&b, &format!("chunk {c}"), e))?;
@@ -105,12 +113,23 @@ impl BlockIo {
                 .await
                 .map_err(|_| libc::EIO)?
             })
-            .await
-            .map(|_| ())
+            .await?;
+        // Chunks the block shares with older objects: ranged reads of those.
+        if !b.shared.is_empty() {
+            let table = self.table(b).await?;
+            let table = &table;
+            let shared = (0..b.chunks).filter(|&c| codec::chunk(table, c).object.is_some());
+            futures::future::try_join_all(shared.map(|c| self.chunk(b, table, c))).await?;
+        }
+        Ok(())
     }
 
-    /// Uploads `len` bytes of `data` as block object `id`, encoded in chunks; with `cache` its
-    /// chunks also go into L1 (a rewritten block is likely read or rewritten again).
+    /// Uploads `len` bytes of `data` as block object `id`, encoded in chunks. Over a chunked
+    /// `base` (the block it replaces), the chunks no `extent` touches keep the base's stored
+    /// chunks, so a small rewrite uploads little; unless the base already spreads over
+    /// [`MAX_SHARED`] objects (the rewrite then stores every chunk itself, which compacts it).
+    /// With `cache` the chunks also go into L1 (a rewritten block is likely read or rewritten again).
+    #[allow(clippy::too_many_arguments)]
     pub async fn upload(
         &self,
         index: u64,
@@ -118,11 +137,35 @@ impl BlockIo {
         data: Arc<Vec<u8>>,
         len: usize,
         kind: pb::compression::Kind,
+        base: Option<&pb::BlockRef>,
+        extents: &[(usize, usize)],
         cache: bool,
     ) -> FsResult<pb::BlockRef> {
+        let base = match base {
+            Some(b) if b.chunk_size as usize == codec::CHUNK_SIZE && b.shared.len() < MAX_SHARED => {
+                match self.table(b).await {
+                    Ok(t) => Some((b.clone(), t)),
+                    // Unreadable: store every chunk anew (nothing of the old block is needed).
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        let changed: Vec<bool> = (0..len.div_ceil(codec::CHUNK_SIZE))
+            .map(|c| {
+                let (start, end) = (c * codec::CHUNK_SIZE, ((c + 1) * codec::CHUNK_SIZE).min(len));
+                let base_len = base.as_ref().map_or(0, |(b, _)| b.len as usize);
+                end > base_len || extents.iter().any(|&(s, e)| s < end && e > start)
+            })
+            .collect();
         let _permit = self.io.acquire().await.map_err(|_| libc::EIO)?;
         let shared = data.clone();
-        let e = tokio::task::spawn_blocking(move || codec::encode(shared, len, kind)).await.map_err(|_| libc::EIO)?;
+        let e = tokio::task::spawn_blocking(move || {
+            let over = base.as_ref().map(|(b, t)| codec::Base { id: b.id, table: t });
+            codec::encode_over(shared, len, kind, over, |c| changed[c as usize])
+        })
+        .await
+        .map_err(|_| libc::EIO)?;
         let key = layout::block_key(&self.volume_uuid, id);
         let payload: PutPayload = e.parts.iter().cloned().collect();
         self.store.put(&key, payload).await.map_err(|err| {
@@ -144,6 +187,7 @@ impl BlockIo {
             compression: e.kind as i32,
             chunk_size: e.chunk_size,
             chunks: e.chunks,
+            shared: e.shared,
         })
     }
 
@@ -163,7 +207,7 @@ impl BlockIo {
         self.cache
             .get_or_fetch((b.id, c), async {
                 let ch = codec::chunk(table, c);
-                let stored = self.get(b.id, Some(ch.range.clone())).await?;
+                let stored = self.get(ch.object.unwrap_or(b.id), Some(ch.range.clone())).await?;
                 codec::decode_chunk(&ch, stored, want(b, c), b.chunk_size as usize)
                     .map_err(|e| failed(b, &format!("chunk {c}"), e))
             })
@@ -238,7 +282,7 @@ mod tests {
         let len = 5 * codec::CHUNK_SIZE + 123;
         let data: Arc<Vec<u8>> = Arc::new((0..len as u32).map(|i| (i % 253) as u8).collect());
         for (id, kind) in [(1, pb::compression::Kind::None), (2, pb::compression::Kind::Lz4)] {
-            let b = bio.upload(0, id, data.clone(), len, kind, false).await.unwrap();
+            let b = bio.upload(0, id, data.clone(), len, kind, None, &[], false).await.unwrap();
             assert_eq!((b.chunks, b.chunk_size as usize), (6, codec::CHUNK_SIZE));
             let fetches = bio.cache.fetches.load(std::sync::atomic::Ordering::Relaxed);
             // Inside one chunk: the table and that chunk.
@@ -262,7 +306,7 @@ mod tests {
         let bio = io();
         let len = 3 * codec::CHUNK_SIZE;
         let data: Arc<Vec<u8>> = Arc::new((0..len as u32).map(|i| (i % 251) as u8).collect());
-        let b = bio.upload(0, 1, data.clone(), len, pb::compression::Kind::None, false).await.unwrap();
+        let b = bio.upload(0, 1, data.clone(), len, pb::compression::Kind::None, None, &[], false).await.unwrap();
         let key = layout::block_key("v", 1);
         let mut obj = bio.store.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
         obj[codec::table_len(3) + 2 * codec::CHUNK_SIZE + 5] ^= 1;
@@ -287,5 +331,45 @@ mod tests {
         };
         bio.store.put(&layout::block_key("v", 3), stored.into()).await.unwrap();
         assert_eq!(concat(bio.range(&old, 1000, 70_000).await.unwrap()), data[1000..71_000]);
+    }
+
+    #[tokio::test]
+    async fn a_small_rewrite_stores_only_its_chunks_and_reads_whole() {
+        let bio = io();
+        let cs = codec::CHUNK_SIZE;
+        let len = 6 * cs;
+        let kind = pb::compression::Kind::Lz4;
+        let mut data: Vec<u8> = (0..len as u32).map(|i| (i % 249) as u8).collect();
+        let b1 = bio.upload(0, 1, Arc::new(data.clone()), len, kind, None, &[], false).await.unwrap();
+        // Rewrite 5 bytes in chunk 2: the new object holds the table and that chunk only.
+        data[2 * cs + 5..2 * cs + 10].copy_from_slice(b"HELLO");
+        let ext = [(2 * cs + 5, 2 * cs + 10)];
+        let b2 = bio.upload(0, 2, Arc::new(data.clone()), len, kind, Some(&b1), &ext, false).await.unwrap();
+        assert_eq!(b2.shared, vec![1]);
+        assert!(b2.stored_len < b1.stored_len / 3, "{} vs {}", b2.stored_len, b1.stored_len);
+        // Again over that one, in chunk 4: chunks now come from three objects.
+        data[4 * cs..4 * cs + 3].copy_from_slice(b"abc");
+        let b3 = bio
+            .upload(0, 3, Arc::new(data.clone()), len, kind, Some(&b2), &[(4 * cs, 4 * cs + 3)], false)
+            .await
+            .unwrap();
+        assert_eq!(b3.shared, vec![1, 2]);
+        let fresh = BlockIo { cache: Arc::new(BlockCache::new(1 << 20)), ..bio.clone() };
+        assert_eq!(concat(fresh.range(&b3, 0, len).await.unwrap()), data, "ranged reads across objects");
+        let fresh = BlockIo { cache: Arc::new(BlockCache::new(16 << 20)), ..bio.clone() };
+        fresh.whole(&b3).await.unwrap();
+        let fetches = fresh.cache.fetches.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(concat(fresh.range(&b3, 0, len).await.unwrap()), data, "a whole fetch gathers every object");
+        assert_eq!(fresh.cache.fetches.load(std::sync::atomic::Ordering::Relaxed), fetches, "all from L1");
+        // A base truncated to 100 bytes (its object still holds the old bytes) and written again at
+        // its end: everything between reads as zeros, never the old object's bytes.
+        let short = pb::BlockRef { len: 100, ..b3.clone() };
+        let mut grown = data[..100].to_vec();
+        grown.resize(len, 0);
+        grown[len - 1] = 7;
+        let b4 =
+            bio.upload(0, 4, Arc::new(grown.clone()), len, kind, Some(&short), &[(len - 1, len)], false).await.unwrap();
+        assert_eq!(concat(bio.range(&b4, 0, len).await.unwrap()), grown);
+        assert!(b4.shared.is_empty(), "no chunk lies wholly inside the base's 100 valid bytes");
     }
 }

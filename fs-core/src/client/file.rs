@@ -580,10 +580,12 @@ impl DataPath {
         let data = d.data.clone();
         let len = d.len();
         let (blocks, kind) = (self.blocks.clone(), self.compression);
+        let (base, extents) = (d.base.clone(), d.extents.clone());
         // A block rewritten in place is likely rewritten or read again: keep it in L1.
-        let cache = d.base.is_some();
-        d.upload =
-            Some(Upload::Running(tokio::spawn(async move { blocks.upload(index, id, data, len, kind, cache).await })));
+        let cache = base.is_some();
+        d.upload = Some(Upload::Running(tokio::spawn(async move {
+            blocks.upload(index, id, data, len, kind, base.as_ref(), &extents, cache).await
+        })));
         Ok(())
     }
 

@@ -18,10 +18,26 @@ use super::schema::dec;
 use super::tx::*;
 use crate::proto::{pb, rec};
 
-fn deref_block(w: &mut W, ino: u64, index: u64, b: &rec::Block) -> MetaResult<()> {
+/// Removes block index `index` of `ino` from the block map: each object it names loses a
+/// reference, and one that has none left goes to the garbage collector, dereferenced now.
+pub(crate) fn deref_block(w: &mut W, ino: u64, index: u64, b: &rec::Block) -> MetaResult<()> {
     w.blocks.remove((ino, index))?;
     let now_ns = ts_nanos(&w.now);
-    w.gc.insert((now_ns, b.id), b.stored_len)?;
+    for id in std::iter::once(b.id).chain(b.shared.iter().copied()) {
+        let extra = w.shared_refs.get(id)?.map(|v| v.value());
+        match extra {
+            Some(n) if n > 1 => {
+                w.shared_refs.insert(id, n - 1)?;
+            }
+            Some(_) => {
+                w.shared_refs.remove(id)?;
+            }
+            // The block's own object records its stored size; a shared one's is not known here.
+            None => {
+                w.gc.insert((now_ns, id), if id == b.id { b.stored_len } else { 0 })?;
+            }
+        }
+    }
     w.counters.stored_blocks = w.counters.stored_blocks.saturating_sub(1);
     Ok(())
 }
@@ -193,6 +209,18 @@ pub fn commit_blocks(
     let now = w.now;
     let mut committed = Vec::with_capacity(req.changes.len());
     for (ch, cur) in req.changes.iter().zip(current) {
+        // Objects the new block shares with the one it replaces gain a reference before that
+        // one drops its own.
+        for &id in ch.block.iter().flat_map(|b| &b.shared) {
+            if !cur.as_ref().is_some_and(|c| c.id == id || c.shared.contains(&id)) {
+                return Err(MetaError::fs(
+                    libc::EINVAL,
+                    format!("block index {} names object {id}, which the block it replaces does not", ch.index),
+                ));
+            }
+            let extra = w.shared_refs.get(id)?.map_or(0, |v| v.value());
+            w.shared_refs.insert(id, extra + 1)?;
+        }
         if let Some(old) = &cur {
             delta -= old.len as i64;
             deref_block(w, ino, ch.index, old)?;
@@ -234,6 +262,7 @@ pub fn commit_blocks(
             committed: Some(now),
             chunk_size: b.chunk_size,
             chunks: b.chunks,
+            shared: b.shared.clone(),
         };
         w.blocks.insert((ino, ch.index), rec.encode_to_vec().as_slice())?;
         w.counters.stored_blocks += 1;

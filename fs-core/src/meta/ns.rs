@@ -153,19 +153,16 @@ pub fn mknod(w: &mut W, c: &Caller, parent: u64, name: &[u8], node: NewNode) -> 
 /// Deletes an inode that has no links and no opens left: its blocks go to the garbage collector
 /// (dereferenced now), its xattrs and locks go, its usage is released.
 pub fn purge(w: &mut W, ino: u64, inode: &rec::Inode) -> MetaResult<()> {
-    let now_ns = ts_nanos(&w.now);
     let mut stored: u64 = 0;
-    let mut ids = Vec::new();
+    let mut blocks = Vec::new();
     for item in w.blocks.range((ino, 0)..=(ino, u64::MAX))? {
         let (k, v) = item?;
         let b: rec::Block = super::schema::dec(v.value())?;
         stored += b.len as u64;
-        ids.push((k.value().1, b.id, b.stored_len));
+        blocks.push((k.value().1, b));
     }
-    for (index, id, stored_len) in ids {
-        w.blocks.remove((ino, index))?;
-        w.gc.insert((now_ns, id), stored_len)?;
-        w.counters.stored_blocks = w.counters.stored_blocks.saturating_sub(1);
+    for (index, b) in blocks {
+        super::data::deref_block(w, ino, index, &b)?;
     }
     let names: Vec<Vec<u8>> = w
         .xattrs

@@ -33,6 +33,9 @@ pub const BLOCKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("blo
 pub const UPLOADS: TableDefinition<u64, i64> = TableDefinition::new("uploads");
 /// (time the block was dereferenced in ns, block id) → stored length: blocks waiting for retention
 pub const GC_PENDING: TableDefinition<(i64, u64), u32> = TableDefinition::new("gc_pending");
+/// block object id → how many block-map entries name it beyond the first (a rewrite that kept
+/// some of its chunks); absent: one. The object is dereferenced when the last one goes.
+pub const SHARED_REFS: TableDefinition<u64, u32> = TableDefinition::new("shared_refs");
 /// directory ino → QuotaDir
 pub const QUOTAS: TableDefinition<u64, &[u8]> = TableDefinition::new("quotas");
 /// sha256(token) → Token

@@ -374,6 +374,7 @@ impl VolumeDb {
                 compression: b.compression,
                 chunk_size: b.chunk_size,
                 chunks: b.chunks,
+                shared: b.shared,
             });
         }
         Ok((out, inode))

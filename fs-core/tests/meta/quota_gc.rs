@@ -157,3 +157,44 @@ async fn gc_deletes_blocks_exactly_when_allowed() {
     assert_eq!(r.deleted, 1);
     assert!(!exists(&spec, &info.uuid, new).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_a_rewrite_shares_lives_until_no_block_names_it() {
+    let srv = TestServer::start(|c| c.gc_grace = Duration::from_secs(60)).await;
+    let (info, token) = srv.volume("v", |r| r.retention_secs = Some(0)).await;
+    let fs = Fs::new(srv.session("v", &token).await);
+    let mut admin = srv.admin().await;
+    let mut gc = async || admin.gc(pb::GcRequest { volume: "v".into(), dry_run: false }).await.unwrap().into_inner();
+    let f = fs.create("f").await.unwrap();
+    let ids = fs.rpc().allocate_blocks(pb::AllocateBlocksRequest { ctx: fs.ctx(), count: 4 }).await.unwrap();
+    let ids = ids.into_inner().ids;
+    let (a, b, c, d) = (ids[0], ids[1], ids[2], ids[3]);
+    let mut spec = None;
+    for id in &ids {
+        spec = Some(put_object(&srv, &info.uuid, *id).await);
+    }
+    let spec = spec.unwrap();
+    let version = async || fs.blocks(f.ino).await.unwrap()[0].version;
+    let commit = async |id: u64, shared: Vec<u64>, base: u64| {
+        let blk = pb::BlockRef { shared, ..block(id, 5) };
+        fs.commit(f.ino, vec![pb::BlockChange { index: 0, base_version: base, block: Some(blk) }], 5, false).await
+    };
+    commit(a, vec![], 0).await.unwrap();
+    // b keeps some of a's chunks: replacing a does not free a.
+    commit(b, vec![a], version().await).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(gc().await.deleted, 0);
+    assert!(exists(&spec, &info.uuid, a).await, "a is still named by b");
+    // c keeps a's chunk but none of b's: b goes, a stays.
+    commit(c, vec![a], version().await).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(gc().await.deleted, 1);
+    assert!(!exists(&spec, &info.uuid, b).await && exists(&spec, &info.uuid, a).await);
+    // A block may only name objects the block it replaces names.
+    assert_eq!(commit(d, vec![b], version().await).await.unwrap_err(), libc::EINVAL);
+    // The file goes: both objects it named go.
+    fs.unlink("f").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(gc().await.deleted, 2);
+    assert!(!exists(&spec, &info.uuid, a).await && !exists(&spec, &info.uuid, c).await);
+}
