@@ -76,12 +76,20 @@ impl BlockIo {
         Ok(out)
     }
 
+    /// Whether all of block `b` is in L1 (reading it costs no request).
+    pub fn is_cached(&self, b: &pb::BlockRef) -> bool {
+        match b.chunk_size {
+            0 => self.cache.has_all(b.id, [0]),
+            _ => self.cache.has_all(b.id, std::iter::once(TABLE).chain(0..b.chunks)),
+        }
+    }
+
     /// Fetches and caches all of block `b` with one request (read-ahead; a rewrite's base).
     pub async fn whole(&self, b: &pb::BlockRef) -> FsResult<()> {
         if b.chunk_size == 0 {
             return self.single(b).await.map(|_| ());
         }
-        if self.cache.has_all(b.id, std::iter::once(TABLE).chain(0..b.chunks)) {
+        if self.is_cached(b) {
             return Ok(());
         }
         let this = self.clone();

@@ -516,6 +516,17 @@ impl DataPath {
                 Arc::make_mut(&mut d.data).reserve_exact(bs as usize);
                 d
             });
+            // A write into a block held whole in L1 (typically one this mount rewrote before)
+            // starts from a copy of it: one copy, where rebuilding at flush would first zero-fill
+            // the buffer up to the write and then copy the block under it.
+            if !d.complete
+                && d.extents.is_empty()
+                && from > 0
+                && let Some(b) = d.base.as_ref().filter(|b| self.blocks.is_cached(b))
+            {
+                let base = self.blocks.range(b, 0, b.len as usize).await?;
+                d.rebuild(&base);
+            }
             d.cancel_upload();
             let buf = Arc::make_mut(&mut d.data);
             let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
