@@ -221,7 +221,6 @@ impl StratusFs {
         self.files.lock().get(&ino).cloned()
     }
 
-    /// Attributes as this mount sees them: the server's, with the size raised by unflushed writes.
     /// Voids every remembered attribute (see [`file::DataPath::recent_attr`]): called after every
     /// change whose reply does not say what it did to each inode it touched. With `before` (the
     /// epoch read before the change was sent): the new epoch if no other change voided them
@@ -229,6 +228,12 @@ impl StratusFs {
     fn changed_outside_data_path(&self, before: u64) -> Option<u64> {
         let prev = self.data.epoch.fetch_add(1, Ordering::SeqCst);
         (prev == before).then_some(prev + 1)
+    }
+
+    /// [`Self::changed_outside_data_path`] for a change whose reply is not remembered at all
+    /// (setattr, xattrs, fallocate).
+    fn void_remembered_attrs(&self) {
+        self.data.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// After unlink, rmdir or rename (sent in epoch `before`): the removed or moved inode's
@@ -248,6 +253,7 @@ impl StratusFs {
         Ok(())
     }
 
+    /// Attributes as this mount sees them: the server's, with the size raised by unflushed writes.
     async fn local_attr(&self, mut a: pb::Attr) -> pb::Attr {
         if let Some(f) = self.existing_file(a.ino) {
             a.size = f.local_size(a.size).await;
@@ -302,7 +308,7 @@ impl StratusFs {
             if let Some(value) = value {
                 let req = pb::SetXattrRequest { ctx: self.ctx(c), ino, name: name.to_vec(), value, flags: 0 };
                 let r = self.rpc().set_xattr(req).await;
-                self.changed_outside_data_path(u64::MAX);
+                self.void_remembered_attrs();
                 r.map_err(errno_of)?;
             }
         }
@@ -333,7 +339,7 @@ impl StratusFs {
         req.ctx = self.ctx(c);
         let Some(size) = req.size else {
             let r = self.rpc().set_attr(req).await;
-            self.changed_outside_data_path(u64::MAX);
+            self.void_remembered_attrs();
             let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
             return Ok(self.local_attr(a).await);
         };
@@ -343,7 +349,7 @@ impl StratusFs {
         let mut st = f.lock().await;
         self.data.commit(c, &mut st, false).await?;
         let r = self.rpc().set_attr(req).await;
-        self.changed_outside_data_path(u64::MAX);
+        self.void_remembered_attrs();
         let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
         debug_assert_eq!(a.size, size);
         self.data.truncated(c, &mut st, &a).await?;
@@ -503,7 +509,7 @@ impl StratusFs {
             flags,
         };
         let r = self.rpc().set_xattr(req).await;
-        self.changed_outside_data_path(u64::MAX);
+        self.void_remembered_attrs();
         r.map_err(errno_of)?;
         self.no_capability.lock().remove(&self.to_server(ino));
         if name == ACL_DEFAULT {
@@ -525,7 +531,7 @@ impl StratusFs {
     pub async fn removexattr(&self, c: Ctx, ino: u64, name: &[u8]) -> FsResult<()> {
         let req = pb::XattrRequest { ctx: self.ctx(c), ino: self.to_server(ino), name: name.to_vec() };
         let r = self.rpc().remove_xattr(req).await;
-        self.changed_outside_data_path(u64::MAX);
+        self.void_remembered_attrs();
         r.map_err(errno_of)?;
         if name == ACL_DEFAULT {
             self.default_acls.lock().remove(&self.to_server(ino));
@@ -704,7 +710,7 @@ impl StratusFs {
             self.data.commit(c, &mut st, false).await?;
             let req = pb::SetAttrRequest { ctx: self.ctx(c), ino, size: Some(end), open_id: fh, ..Default::default() };
             let r = self.rpc().set_attr(req).await;
-            self.changed_outside_data_path(u64::MAX);
+            self.void_remembered_attrs();
             let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
             self.data.truncated(c, &mut st, &a).await?;
         } else if !zero {
