@@ -117,6 +117,34 @@ pub fn pjdfstest(
         .ok_or_else(|| HarnessError::setup("running pjdfstest", format!("no summary line in its output:\n{text}")))
 }
 
+/// fsx 0.3.2 never unmaps what a mapped read mapped (`domapread` has no `munmap`), so a run
+/// leaks one mapping per mapped read and fails with ENOMEM from mmap once it holds
+/// `vm.max_map_count` of them (65,530 by default: about 450,000 operations with our weights). A
+/// run of `ops` operations gets a limit above what it can leak; the limit is only ever raised.
+fn allow_fsx_mappings(ops: u64) -> Result<()> {
+    const SYSCTL: &str = "/proc/sys/vm/max_map_count";
+    let current: u64 = std::fs::read_to_string(SYSCTL)
+        .map_err(HarnessError::io(format!("reading {SYSCTL}")))?
+        .trim()
+        .parse()
+        .map_err(|e| HarnessError::setup(format!("reading {SYSCTL}"), format!("not a number: {e}")))?;
+    let need = ops + 65_530;
+    if current >= need {
+        return Ok(());
+    }
+    std::fs::write(SYSCTL, need.to_string()).map_err(|e| {
+        HarnessError::setup(
+            "running fsx",
+            format!(
+                "fsx leaks one mapping per mapped read, so {ops} operations need vm.max_map_count >= {need} \
+                 (it is {current}) and raising it failed ({e}); run as root or raise it first"
+            ),
+        )
+    })?;
+    eprintln!("fsx: raised vm.max_map_count from {current} to {need} (fsx leaks one mapping per mapped read)");
+    Ok(())
+}
+
 /// The result of one fsx run.
 #[derive(Debug)]
 pub struct FsxRun {
@@ -128,6 +156,7 @@ pub struct FsxRun {
 /// Runs fsx on `file` for `ops` operations with `seed`, using `config` (TOML, see fsx's
 /// doc/fsx.toml). fsx keeps its good copy (`NAME.fsxgood`) and logs in `artifacts`.
 pub fn fsx(file: &Path, config: &str, ops: u64, seed: u64, artifacts: &Path) -> Result<FsxRun> {
+    allow_fsx_mappings(ops)?;
     let cfg = artifacts.join(format!("fsx-{seed}.toml"));
     std::fs::write(&cfg, config).map_err(HarnessError::io(format!("writing {}", cfg.display())))?;
     let out = Command::new(tools::binary("fsx")?)
