@@ -19,6 +19,9 @@ use crate::proto::pb;
 /// objects: a whole-block read then costs at most this many more requests.
 pub const MAX_SHARED: usize = 8;
 
+/// A read that needs this many chunks of one block fetches the whole block in one request.
+const WHOLE_FETCH_CHUNKS: u32 = 8;
+
 /// Zeros for the parts of a read past a block's data or in a hole, without allocating.
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
@@ -62,6 +65,11 @@ impl BlockIo {
                         "the block map names more bytes than the block's chunks hold; answering EIO"
                     );
                     return Err(libc::EIO);
+                }
+                if last - first + 1 >= WHOLE_FETCH_CHUNKS {
+                    // A large read (a sequential reader ahead of its read-ahead): one request for
+                    // the block rather than one per chunk.
+                    self.whole(b).await?;
                 }
                 let table = self.table(b).await?;
                 let table = &table;
@@ -307,6 +315,18 @@ mod tests {
             let short = pb::BlockRef { len: 100, ..b.clone() };
             assert_eq!(concat(bio.range(&short, 90, 20).await.unwrap()), [&data[90..100], &[0u8; 10][..]].concat());
         }
+    }
+
+    #[tokio::test]
+    async fn a_large_read_fetches_its_block_in_one_request() {
+        let bio = io();
+        let len = 10 * codec::CHUNK_SIZE;
+        let data: Arc<Vec<u8>> = Arc::new((0..len as u32).map(|i| (i % 247) as u8).collect());
+        let b = bio.upload(0, 1, data.clone(), len, pb::compression::Kind::None, None, &[], false).await.unwrap();
+        let at = codec::CHUNK_SIZE / 2;
+        let want = WHOLE_FETCH_CHUNKS as usize * codec::CHUNK_SIZE - codec::CHUNK_SIZE;
+        assert_eq!(concat(bio.range(&b, at, want).await.unwrap()), data[at..at + want]);
+        assert_eq!(bio.cache.fetches.load(std::sync::atomic::Ordering::Relaxed), 1, "one whole-object request");
     }
 
     #[tokio::test]
