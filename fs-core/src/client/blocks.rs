@@ -66,7 +66,9 @@ impl BlockIo {
                     );
                     return Err(libc::EIO);
                 }
-                if last - first + 1 >= WHOLE_FETCH_CHUNKS {
+                if last - first + 1 >= WHOLE_FETCH_CHUNKS
+                    && !self.cache.has_all(b.id, std::iter::once(TABLE).chain(first..=last))
+                {
                     // A large read (a sequential reader ahead of its read-ahead): one request for
                     // the block rather than one per chunk.
                     self.whole(b).await?;
