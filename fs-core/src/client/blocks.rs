@@ -109,12 +109,8 @@ impl BlockIo {
                 let b = owned;
                 let obj = this.get(b.id, None).await?;
                 tokio::task::spawn_blocking(move || {
-                    let tl = codec::table_len(b.chunks);
-                    let table = obj.get(..tl).ok_or(codec::CodecError::Checksum).and_then(|t| {
-                        codec::verify_table(t, b.chunks, &b.checksum)?;
-                        Ok(t)
-                    });
-                    let table = table.map_err(|e| failed(&b, "its chunk table", e))?;
+                    let table = obj.get(..codec::table_len(b.chunks)).unwrap_or(&[]);
+                    check_table(&b, table)?;
                     let mut pieces = vec![(TABLE, Bytes::copy_from_slice(table))];
                     for c in 0..b.chunks {
                         let ch = codec::chunk(table, c);
@@ -214,7 +210,7 @@ impl BlockIo {
         self.cache
             .get_or_fetch((b.id, TABLE), async {
                 let t = self.get(b.id, Some(0..codec::table_len(b.chunks) as u64)).await?;
-                codec::verify_table(&t, b.chunks, &b.checksum).map_err(|e| failed(b, "its chunk table", e))?;
+                check_table(b, &t)?;
                 Ok(t)
             })
             .await
@@ -269,6 +265,11 @@ impl BlockIo {
 /// Bytes chunk `c` of `b` must hold: up to the block map's valid length.
 fn want(b: &pb::BlockRef, c: u32) -> usize {
     (b.len as usize).saturating_sub(c as usize * b.chunk_size as usize).min(b.chunk_size as usize)
+}
+
+/// Checks block `b`'s chunk table against the block map (a short or changed table is EIO).
+fn check_table(b: &pb::BlockRef, table: &[u8]) -> FsResult<()> {
+    codec::verify_table(table, b.chunks, &b.checksum).map_err(|e| failed(b, "its chunk table", e))
 }
 
 fn failed(b: &pb::BlockRef, what: &str, e: codec::CodecError) -> i32 {
