@@ -7,6 +7,7 @@
 //! - [`tls`]: process-wide TLS set-up, certificates and fingerprints.
 
 pub mod bench;
+pub mod blocking;
 pub mod blockstore;
 pub mod cli;
 pub mod client;

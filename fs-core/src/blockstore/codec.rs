@@ -76,28 +76,26 @@ pub struct Base<'a> {
 /// on its own as the volume says (stored as is where that does not shrink it, without copying)
 /// and checksummed, so a reader can fetch and check any chunk alone.
 pub fn encode(data: Arc<Vec<u8>>, len: usize, kind: Kind) -> Encoded {
-    encode_over(data, len, kind, None, |_| true)
+    let chunks = chunks(&data, len);
+    encode_over(len, kind, None, |c| chunks.get(&c).cloned())
 }
 
-/// [`encode`] for a block rewritten over `base`: chunks for which `changed` is false keep the
-/// base's stored chunk (the table names the object that holds it), so the new object holds only
-/// the chunks that changed. The caller answers `changed` true for every chunk whose bytes may
-/// differ from the base's, including any past the base's valid length.
-pub fn encode_over(
-    data: Arc<Vec<u8>>,
-    len: usize,
-    kind: Kind,
-    base: Option<Base<'_>>,
-    changed: impl Fn(u32) -> bool,
-) -> Encoded {
+/// [`encode`] for a block rewritten over `base`, from its chunks: `chunk(c)` gives the bytes of
+/// chunk `c` (exactly the chunk's length in a block of `len` bytes) where they may differ from the
+/// base's, and `None` where the chunk is the base's, unchanged: its table entry is copied (naming
+/// the object that holds it), so the new object holds only the chunks that changed. `None` is
+/// allowed only for chunks the base holds whole (inside its valid length).
+pub fn encode_over(len: usize, kind: Kind, base: Option<Base<'_>>, chunk: impl Fn(u32) -> Option<Bytes>) -> Encoded {
     let chunks = len.div_ceil(CHUNK_SIZE) as u32;
     let mut table = Vec::with_capacity(chunks as usize * ENTRY_LEN);
     let mut parts = Vec::with_capacity(chunks as usize + 1);
     let mut shared = std::collections::BTreeSet::new();
     let mut any = false;
     let mut offset = table_len(chunks) as u64;
-    for (c, raw) in chunks_of(&data, len) {
-        if let Some(base) = base.as_ref().filter(|b| !changed(c) && c < (b.table.len() / ENTRY_LEN) as u32) {
+    for c in 0..chunks {
+        let Some(raw) = chunk(c) else {
+            let base = base.as_ref().filter(|b| c < (b.table.len() / ENTRY_LEN) as u32);
+            let base = base.expect("an unchanged chunk needs a base that holds it");
             let mut e = base.table[c as usize * ENTRY_LEN..(c as usize + 1) * ENTRY_LEN].to_vec();
             let object = match u64::from_le_bytes(e[..8].try_into().expect("8 bytes")) {
                 0 => base.id,
@@ -107,7 +105,8 @@ pub fn encode_over(
             shared.insert(object);
             table.extend_from_slice(&e);
             continue;
-        }
+        };
+        debug_assert_eq!(raw.len(), (len - c as usize * CHUNK_SIZE).min(CHUNK_SIZE), "chunk {c} of a {len}-byte block");
         let compressed = match kind {
             Kind::Lz4 => Some(lz4_flex::compress_prepend_size(&raw)),
             Kind::Zstd => zstd::bulk::compress(&raw, 3).ok(),
@@ -139,12 +138,16 @@ pub fn encode_over(
     }
 }
 
-/// The chunks of the first `len` bytes of a block as they decode: shares of `data`, no copy.
-pub fn chunks_of(data: &Arc<Vec<u8>>, len: usize) -> impl Iterator<Item = (u32, Bytes)> + '_ {
-    (0..len.div_ceil(CHUNK_SIZE)).map(move |c| {
-        let range = c * CHUNK_SIZE..((c + 1) * CHUNK_SIZE).min(len);
-        (c as u32, Bytes::from_owner(Slice(data.clone(), range)))
-    })
+/// The chunks of the first `len` bytes of a block held in one buffer, shared without a copy.
+pub fn chunks(data: &Arc<Vec<u8>>, len: usize) -> std::collections::BTreeMap<u32, Bytes> {
+    (0..len.div_ceil(CHUNK_SIZE))
+        .map(|c| (c as u32, share(data, c * CHUNK_SIZE..((c + 1) * CHUNK_SIZE).min(len))))
+        .collect()
+}
+
+/// `range` of a shared buffer as `Bytes`, without a copy.
+pub fn share(data: &Arc<Vec<u8>>, range: std::ops::Range<usize>) -> Bytes {
+    Bytes::from_owner(Slice(data.clone(), range))
 }
 
 /// Bytes of the chunk table of an object with `chunks` chunks (it starts the object).

@@ -3,6 +3,7 @@
 //! fetches for read-ahead and rewrites, and uploads. A piece that fails its check is EIO and a
 //! log line, never wrong bytes.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -12,11 +13,11 @@ use tokio::sync::Semaphore;
 
 use super::FsResult;
 use super::cache::{BlockCache, TABLE};
-use crate::blockstore::{codec, layout};
+use crate::blockstore::{LocalReader, codec, layout};
 use crate::proto::pb;
 
-/// A rewrite keeps chunks in place only while its block spreads over at most this many other
-/// objects: a whole-block read then costs at most this many more requests.
+/// A block names at most this many other objects (chunks a rewrite kept where an older object
+/// stores them): a whole-block read costs at most this many more requests.
 pub const MAX_SHARED: usize = 8;
 
 /// A read that needs this many chunks of one block fetches the whole block in one request.
@@ -41,6 +42,8 @@ pub struct BlockIo {
     pub cache: Arc<BlockCache>,
     pub io: Arc<Semaphore>,
     pub volume_uuid: Arc<str>,
+    /// A local-folder store's files, read directly (see [`LocalReader`]).
+    pub local: Option<LocalReader>,
 }
 
 impl BlockIo {
@@ -108,7 +111,8 @@ impl BlockIo {
             .fetch_whole(b.id, async move {
                 let b = owned;
                 let obj = this.get(b.id, None).await?;
-                tokio::task::spawn_blocking(move || {
+                // Checking a whole block is CPU work: kept off the runtime's workers.
+                crate::blocking::run(move || {
                     let table = obj.get(..codec::table_len(b.chunks)).unwrap_or(&[]);
                     check_table(&b, table)?;
                     let mut pieces = vec![(TABLE, Bytes::copy_from_slice(table))];
@@ -125,7 +129,7 @@ impl BlockIo {
                     Ok(pieces)
                 })
                 .await
-                .map_err(|_| libc::EIO)?
+                .ok_or(libc::EIO)?
             })
             .await?;
         // Chunks the block shares with older objects: ranged reads of those.
@@ -138,45 +142,36 @@ impl BlockIo {
         Ok(())
     }
 
-    /// Uploads `len` bytes of `data` as block object `id`, encoded in chunks. Over a chunked
-    /// `base` (the block it replaces), the chunks no `extent` touches keep the base's stored
-    /// chunks, so a small rewrite uploads little; unless the base already spreads over
-    /// [`MAX_SHARED`] objects (the rewrite then stores every chunk itself, which compacts it).
-    /// With `cache` the chunks also go into L1 (a rewritten block is likely read or rewritten again).
+    /// Uploads block object `id` of `len` bytes, encoded in chunks. `chunks` holds the bytes of
+    /// every chunk that may differ from `base` (the block it replaces), each exactly its length in
+    /// the block; a chunk not there is the base's, and the new table names where the base stored
+    /// it, so a small rewrite uploads little. Chunks may be left out only over a base that
+    /// [`shares_chunks`]. With `cache` the chunks also go into L1 (a rewritten block is likely read
+    /// or rewritten again), those left out too where L1 has them under the base.
     #[allow(clippy::too_many_arguments)]
     pub async fn upload(
         &self,
         index: u64,
         id: u64,
-        data: Arc<Vec<u8>>,
+        chunks: BTreeMap<u32, Bytes>,
         len: usize,
         kind: pb::compression::Kind,
         base: Option<&pb::BlockRef>,
-        extents: &[(usize, usize)],
         cache: bool,
     ) -> FsResult<pb::BlockRef> {
+        let count = len.div_ceil(codec::CHUNK_SIZE) as u32;
         let base = match base {
-            Some(b) if b.chunk_size as usize == codec::CHUNK_SIZE && b.shared.len() < MAX_SHARED => {
-                match self.table(b).await {
-                    Ok(t) => Some((b.clone(), t)),
-                    // Unreadable: store every chunk anew (nothing of the old block is needed).
-                    Err(_) => None,
-                }
+            Some(b) if (chunks.len() as u32) < count => {
+                debug_assert!(shares_chunks(b), "chunks left out over a base that cannot share them");
+                Some((b.clone(), self.table(b).await?))
             }
             _ => None,
         };
-        let changed: Vec<bool> = (0..len.div_ceil(codec::CHUNK_SIZE))
-            .map(|c| {
-                let (start, end) = (c * codec::CHUNK_SIZE, ((c + 1) * codec::CHUNK_SIZE).min(len));
-                let base_len = base.as_ref().map_or(0, |(b, _)| b.len as usize);
-                end > base_len || extents.iter().any(|&(s, e)| s < end && e > start)
-            })
-            .collect();
         let _permit = self.io.acquire().await.map_err(|_| libc::EIO)?;
-        let shared = data.clone();
+        let (pieces, over) = (chunks.clone(), base.clone());
         let e = tokio::task::spawn_blocking(move || {
-            let over = base.as_ref().map(|(b, t)| codec::Base { id: b.id, table: t });
-            codec::encode_over(shared, len, kind, over, |c| changed[c as usize])
+            let over = over.as_ref().map(|(b, t)| codec::Base { id: b.id, table: t });
+            codec::encode_over(len, kind, over, |c| pieces.get(&c).cloned())
         })
         .await
         .map_err(|_| libc::EIO)?;
@@ -187,9 +182,16 @@ impl BlockIo {
             libc::EIO
         })?;
         if cache {
-            // The chunks decode to the data's own bytes.
+            // The chunks decode to the bytes they were made of; the base's decode as before.
+            let kept: Vec<(u32, Bytes)> = match &base {
+                Some((b, _)) => (0..count)
+                    .filter(|c| !chunks.contains_key(c))
+                    .filter_map(|c| Some((c, self.cache.get((b.id, c))?)))
+                    .collect(),
+                None => Vec::new(),
+            };
             let table = Bytes::copy_from_slice(&e.parts[0]);
-            self.cache.insert_all(id, std::iter::once((TABLE, table)).chain(codec::chunks_of(&data, len)));
+            self.cache.insert_all(id, std::iter::once((TABLE, table)).chain(chunks).chain(kept));
         }
         Ok(pb::BlockRef {
             index,
@@ -203,6 +205,12 @@ impl BlockIo {
             chunks: e.chunks,
             shared: e.shared,
         })
+    }
+
+    /// For each chunk of a chunked block, the object that stores it.
+    pub async fn chunk_objects(&self, b: &pb::BlockRef) -> FsResult<Vec<u64>> {
+        let table = self.table(b).await?;
+        Ok((0..b.chunks).map(|c| codec::chunk(&table, c).object.unwrap_or(b.id)).collect())
     }
 
     /// A chunked block's table, checked against the block map.
@@ -234,12 +242,12 @@ impl BlockIo {
             .get_or_fetch((b.id, 0), async {
                 let stored = self.get(b.id, None).await?;
                 let b = b.clone();
-                tokio::task::spawn_blocking(move || {
+                crate::blocking::run(move || {
                     codec::decode(stored, b.compression(), b.len as usize, &b.checksum)
                         .map_err(|e| failed(&b, "the object", e))
                 })
                 .await
-                .map_err(|_| libc::EIO)?
+                .ok_or(libc::EIO)?
             })
             .await
     }
@@ -248,6 +256,15 @@ impl BlockIo {
     async fn get(&self, id: u64, range: Option<Range<u64>>) -> FsResult<Bytes> {
         let _permit = self.io.acquire().await.map_err(|_| libc::EIO)?;
         let key = layout::block_key(&self.volume_uuid, id);
+        let failed = |e: &dyn std::fmt::Display| {
+            tracing::error!(block = id, key = %key, error = %e, "reading a block object failed");
+            libc::EIO
+        };
+        if let Some(local) = &self.local {
+            let (local, k) = (local.clone(), key.clone());
+            let got = crate::blocking::run(move || local.read(&k, range)).await.ok_or(libc::EIO)?;
+            return got.map_err(|e| failed(&e));
+        }
         let got = match range {
             Some(r) => self.store.get_range(&key, r).await,
             None => match self.store.get(&key).await {
@@ -255,11 +272,14 @@ impl BlockIo {
                 Err(e) => Err(e),
             },
         };
-        got.map_err(|e| {
-            tracing::error!(block = id, key = %key, error = %e, "reading a block object failed");
-            libc::EIO
-        })
+        got.map_err(|e| failed(&e))
     }
+}
+
+/// Whether a rewrite over `base` can keep the base's stored chunks where they are (it is chunked
+/// in this format); a block of the first format is stored whole by its rewrite.
+pub fn shares_chunks(base: &pb::BlockRef) -> bool {
+    base.chunk_size as usize == codec::CHUNK_SIZE
 }
 
 /// Bytes chunk `c` of `b` must hold: up to the block map's valid length.
@@ -288,6 +308,7 @@ mod tests {
             cache: Arc::new(BlockCache::new(1 << 20)),
             io: Arc::new(Semaphore::new(4)),
             volume_uuid: "v".into(),
+            local: None,
         }
     }
 
@@ -301,7 +322,7 @@ mod tests {
         let len = 5 * codec::CHUNK_SIZE + 123;
         let data: Arc<Vec<u8>> = Arc::new((0..len as u32).map(|i| (i % 253) as u8).collect());
         for (id, kind) in [(1, pb::compression::Kind::None), (2, pb::compression::Kind::Lz4)] {
-            let b = bio.upload(0, id, data.clone(), len, kind, None, &[], false).await.unwrap();
+            let b = bio.upload(0, id, codec::chunks(&data, len), len, kind, None, false).await.unwrap();
             assert_eq!((b.chunks, b.chunk_size as usize), (6, codec::CHUNK_SIZE));
             let fetches = bio.cache.fetches.load(std::sync::atomic::Ordering::Relaxed);
             // Inside one chunk: the table and that chunk.
@@ -325,7 +346,8 @@ mod tests {
         let bio = io();
         let len = 10 * codec::CHUNK_SIZE;
         let data: Arc<Vec<u8>> = Arc::new((0..len as u32).map(|i| (i % 247) as u8).collect());
-        let b = bio.upload(0, 1, data.clone(), len, pb::compression::Kind::None, None, &[], false).await.unwrap();
+        let b =
+            bio.upload(0, 1, codec::chunks(&data, len), len, pb::compression::Kind::None, None, false).await.unwrap();
         let at = codec::CHUNK_SIZE / 2;
         let want = WHOLE_FETCH_CHUNKS as usize * codec::CHUNK_SIZE - codec::CHUNK_SIZE;
         assert_eq!(concat(bio.range(&b, at, want).await.unwrap()), data[at..at + want]);
@@ -337,7 +359,8 @@ mod tests {
         let bio = io();
         let len = 3 * codec::CHUNK_SIZE;
         let data: Arc<Vec<u8>> = Arc::new((0..len as u32).map(|i| (i % 251) as u8).collect());
-        let b = bio.upload(0, 1, data.clone(), len, pb::compression::Kind::None, None, &[], false).await.unwrap();
+        let b =
+            bio.upload(0, 1, codec::chunks(&data, len), len, pb::compression::Kind::None, None, false).await.unwrap();
         let key = layout::block_key("v", 1);
         let mut obj = bio.store.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
         obj[codec::table_len(3) + 2 * codec::CHUNK_SIZE + 5] ^= 1;
@@ -371,19 +394,20 @@ mod tests {
         let len = 6 * cs;
         let kind = pb::compression::Kind::Lz4;
         let mut data: Vec<u8> = (0..len as u32).map(|i| (i % 249) as u8).collect();
-        let b1 = bio.upload(0, 1, Arc::new(data.clone()), len, kind, None, &[], false).await.unwrap();
+        let b1 = bio.upload(0, 1, codec::chunks(&Arc::new(data.clone()), len), len, kind, None, false).await.unwrap();
+        // Only chunk `c` of `data` changed.
+        let only = |data: &[u8], c: u32| {
+            let span = c as usize * cs..(c as usize + 1) * cs;
+            BTreeMap::from([(c, Bytes::copy_from_slice(&data[span]))])
+        };
         // Rewrite 5 bytes in chunk 2: the new object holds the table and that chunk only.
         data[2 * cs + 5..2 * cs + 10].copy_from_slice(b"HELLO");
-        let ext = [(2 * cs + 5, 2 * cs + 10)];
-        let b2 = bio.upload(0, 2, Arc::new(data.clone()), len, kind, Some(&b1), &ext, false).await.unwrap();
+        let b2 = bio.upload(0, 2, only(&data, 2), len, kind, Some(&b1), false).await.unwrap();
         assert_eq!(b2.shared, vec![1]);
         assert!(b2.stored_len < b1.stored_len / 3, "{} vs {}", b2.stored_len, b1.stored_len);
         // Again over that one, in chunk 4: chunks now come from three objects.
         data[4 * cs..4 * cs + 3].copy_from_slice(b"abc");
-        let b3 = bio
-            .upload(0, 3, Arc::new(data.clone()), len, kind, Some(&b2), &[(4 * cs, 4 * cs + 3)], false)
-            .await
-            .unwrap();
+        let b3 = bio.upload(0, 3, only(&data, 4), len, kind, Some(&b2), false).await.unwrap();
         assert_eq!(b3.shared, vec![1, 2]);
         let fresh = BlockIo { cache: Arc::new(BlockCache::new(1 << 20)), ..bio.clone() };
         assert_eq!(concat(fresh.range(&b3, 0, len).await.unwrap()), data, "ranged reads across objects");
@@ -392,15 +416,13 @@ mod tests {
         let fetches = fresh.cache.fetches.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(concat(fresh.range(&b3, 0, len).await.unwrap()), data, "a whole fetch gathers every object");
         assert_eq!(fresh.cache.fetches.load(std::sync::atomic::Ordering::Relaxed), fetches, "all from L1");
-        // A base truncated to 100 bytes (its object still holds the old bytes) and written again at
-        // its end: everything between reads as zeros, never the old object's bytes.
-        let short = pb::BlockRef { len: 100, ..b3.clone() };
-        let mut grown = data[..100].to_vec();
-        grown.resize(len, 0);
-        grown[len - 1] = 7;
-        let b4 =
-            bio.upload(0, 4, Arc::new(grown.clone()), len, kind, Some(&short), &[(len - 1, len)], false).await.unwrap();
-        assert_eq!(concat(bio.range(&b4, 0, len).await.unwrap()), grown);
-        assert!(b4.shared.is_empty(), "no chunk lies wholly inside the base's 100 valid bytes");
+        // With `cache`, the chunks kept from the base go into L1 under the new block too.
+        let warm = BlockIo { cache: Arc::new(BlockCache::new(16 << 20)), ..bio.clone() };
+        warm.whole(&b3).await.unwrap();
+        data[cs] = 9;
+        let b4 = warm.upload(0, 4, only(&data, 1), len, kind, Some(&b3), true).await.unwrap();
+        let fetches = warm.cache.fetches.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(concat(warm.range(&b4, 0, len).await.unwrap()), data);
+        assert_eq!(warm.cache.fetches.load(std::sync::atomic::Ordering::Relaxed), fetches, "all from L1");
     }
 }

@@ -3,9 +3,12 @@
 //!
 //! Each inode a mount uses has an [`OpenFile`]: the block map read at open (close-to-open
 //! consistency), the size, and the blocks this mount wrote but has not committed ([`Dirty`]). A
-//! dirty block remembers the byte ranges written to it (`extents`) and the block it was built on
-//! (`base`). A write that completes a block starts its upload at once, so uploads run in parallel
-//! with later writes; flush, fsync, release and a full buffer upload the rest and commit them all
+//! dirty block holds only the 64 KiB chunks written to it (each completed from the block it was
+//! built on, `base`, where the write covers part of it) and remembers the byte ranges written
+//! (`extents`); the rest of the block stays where the base stored it, so a 4 KiB write into a
+//! large block copies, uploads and keeps in memory one chunk. A write that ends a block this
+//! mount wrote whole starts its upload at once, so a sequential writer's uploads run in parallel
+//! with its later writes; flush, fsync, release and a full buffer upload the rest and commit them all
 //! in one `CommitBlocks`, each change naming the version of its base. When another mount changed
 //! one of those blocks meanwhile the server refuses the commit as stale: the block map is read
 //! again, the extents are laid over the new bases, and the commit is retried.
@@ -19,12 +22,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use object_store::ObjectStore;
 use tokio::sync::{Mutex, MutexGuard, Semaphore};
 
 use super::blocks::{self, BlockIo};
 use super::cache::BlockCache;
 use super::{Ctx, FsConfig, FsResult, errno_of};
+use crate::blockstore::{BackendSpec, LocalReader, codec, open_backend};
 use crate::meta::client::Session;
 use crate::proto::pb;
 
@@ -41,23 +44,33 @@ enum Upload {
     Done(pb::BlockRef),
 }
 
+/// Logical bytes per chunk: a dirty block keeps, and a rewrite uploads, only the chunks written.
+const CS: usize = codec::CHUNK_SIZE;
+
+/// Logical bytes `[start, end)` of chunk `c` in a block of `len` bytes.
+fn chunk_span(c: u32, len: usize) -> (usize, usize) {
+    let start = c as usize * CS;
+    (start, (start + CS).min(len.max(start)))
+}
+
 /// A block this mount wrote and has not committed.
 struct Dirty {
-    /// Valid inside `extents`; elsewhere valid only when `complete`.
-    data: Arc<Vec<u8>>,
-    /// Sorted, disjoint, non-adjacent byte ranges written by this mount.
+    /// Chunk number → the chunk's bytes as this mount sees them: the base's bytes (none past its
+    /// valid length) with this mount's writes laid over, and zeros past the vector's end. A chunk
+    /// not here is the base's, unchanged (zeros past the base's valid length), so a small write
+    /// into a large block holds, and uploads, one chunk.
+    chunks: BTreeMap<u32, Arc<Vec<u8>>>,
+    /// Sorted, disjoint, non-adjacent byte ranges written by this mount: laid over a new base
+    /// when another mount changed the one these were built on.
     extents: Vec<(usize, usize)>,
     /// The committed block this one is built on (`None`: the index held no block).
     base: Option<pb::BlockRef>,
-    /// `data` holds the base with the extents laid over it.
-    complete: bool,
     upload: Option<Upload>,
 }
 
 impl Dirty {
     fn new(base: Option<pb::BlockRef>) -> Dirty {
-        let complete = base.is_none();
-        Dirty { data: Arc::new(Vec::new()), extents: Vec::new(), base, complete, upload: None }
+        Dirty { chunks: BTreeMap::new(), extents: Vec::new(), base, upload: None }
     }
 
     fn base_len(&self) -> usize {
@@ -90,28 +103,163 @@ impl Dirty {
             out.push(merged);
         }
         self.extents = out;
-        if !self.complete && self.extents.len() == 1 && self.extents[0].0 == 0 && self.extents[0].1 >= self.base_len() {
-            self.complete = true;
+    }
+
+    /// Whether this mount wrote the whole `bs`-byte block: a sequential writer that reaches its
+    /// end is done with it.
+    fn written_whole(&self, bs: usize) -> bool {
+        self.extents == [(0, bs)]
+    }
+
+    /// Whether chunk `c`, not written, could stay where the base stored it: the base shares its
+    /// chunks and holds all of this one (it does not reach past the base's valid bytes).
+    fn may_keep(&self, c: u32) -> bool {
+        self.base.as_ref().is_some_and(|b| blocks::shares_chunks(b) && chunk_span(c, self.len()).1 <= b.len as usize)
+    }
+
+    /// The chunks not written that this block stores itself: those it cannot keep, and, when the
+    /// kept ones would spread over more than [`blocks::MAX_SHARED`] objects, those of the objects
+    /// holding fewest of them until half that many remain. A block rewritten at random places thus
+    /// stays readable in a few requests, and re-stores a few single chunks now and then instead
+    /// of its whole self.
+    async fn to_store(&self, io: &BlockIo) -> FsResult<Vec<u32>> {
+        let count = self.len().div_ceil(CS) as u32;
+        let unwritten = (0..count).filter(|c| !self.chunks.contains_key(c));
+        let Some(base) = self.base.as_ref().filter(|b| blocks::shares_chunks(b)) else {
+            return Ok(unwritten.collect());
+        };
+        let objects = io.chunk_objects(base).await?;
+        let mut kept: HashMap<u64, Vec<u32>> = HashMap::new();
+        let mut out = Vec::new();
+        for c in unwritten {
+            match objects.get(c as usize) {
+                Some(&o) if self.may_keep(c) => kept.entry(o).or_default().push(c),
+                _ => out.push(c),
+            }
+        }
+        if kept.len() > blocks::MAX_SHARED {
+            let mut by_size: Vec<Vec<u32>> = kept.into_values().collect();
+            by_size.sort_by_key(|cs| cs.len());
+            let moved = by_size.len() - blocks::MAX_SHARED / 2;
+            out.extend(by_size.into_iter().take(moved).flatten());
+        }
+        Ok(out)
+    }
+
+    /// Chunk `c` as the base has it (its bytes up to the base's valid length).
+    async fn base_chunk(&self, io: &BlockIo, c: u32) -> FsResult<Vec<u8>> {
+        let start = c as usize * CS;
+        let have = self.base_len().saturating_sub(start).min(CS);
+        let mut v = Vec::with_capacity(CS);
+        if let Some(b) = self.base.as_ref().filter(|_| have > 0) {
+            for p in io.range(b, start, have).await? {
+                v.extend_from_slice(&p);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Lays `src` over the block at `from`: each chunk it touches is taken from the base first
+    /// unless the write covers all the base has in it.
+    async fn write(&mut self, io: &BlockIo, from: usize, src: &[u8]) -> FsResult<()> {
+        let end = from + src.len();
+        let mut at = from;
+        while at < end {
+            let c = (at / CS) as u32;
+            let off = at % CS;
+            let k = (CS - off).min(end - at);
+            if !self.chunks.contains_key(&c) {
+                let in_base = self.base_len().saturating_sub(c as usize * CS).min(CS);
+                let v = if off == 0 && k >= in_base { Vec::with_capacity(CS) } else { self.base_chunk(io, c).await? };
+                self.chunks.insert(c, Arc::new(v));
+            }
+            let v = Arc::make_mut(self.chunks.get_mut(&c).expect("inserted above"));
+            let bytes = &src[at - from..at - from + k];
+            if v.len() == off {
+                // Appending (the sequential case): one copy, no zero-fill first.
+                v.extend_from_slice(bytes);
+            } else {
+                if v.len() < off + k {
+                    v.resize(off + k, 0);
+                }
+                v[off..off + k].copy_from_slice(bytes);
+            }
+            at += k;
+        }
+        self.add_extent(from, end);
+        Ok(())
+    }
+
+    /// `[from, from + len)` of the block as read pieces: this mount's chunks shared without a copy,
+    /// the base's bytes where a chunk is the base's, zeros past either.
+    fn pieces(&self, from: usize, len: usize, out: &mut Vec<Piece>) {
+        let (base_len, end) = (self.base_len(), from + len);
+        let mut at = from;
+        while at < end {
+            let c = (at / CS) as u32;
+            let off = at % CS;
+            let k = (CS - off).min(end - at);
+            match self.chunks.get(&c) {
+                Some(v) => {
+                    let have = v.len().saturating_sub(off).min(k);
+                    if have > 0 {
+                        out.push(Piece::Bytes(codec::share(v, off..off + have)));
+                    }
+                    out.push(Piece::Zero(k - have));
+                }
+                None => {
+                    let have = base_len.saturating_sub(at).min(k);
+                    if let Some(b) = self.base.as_ref().filter(|_| have > 0) {
+                        out.push(Piece::Block { block: b.clone(), from: at, len: have });
+                    }
+                    out.push(Piece::Zero(k - have));
+                }
+            }
+            at += k;
         }
     }
 
-    /// Whether `[s, e)` lies inside one written extent.
-    fn covers(&self, s: usize, e: usize) -> bool {
-        self.extents.iter().any(|&(a, b)| a <= s && e <= b)
+    /// The chunks this block stores, each exactly its length in the block: written ones, and
+    /// those [`Dirty::to_store`] names, filled from the base.
+    async fn stored_chunks(&mut self, io: &BlockIo) -> FsResult<BTreeMap<u32, Bytes>> {
+        let len = self.len();
+        for c in self.to_store(io).await? {
+            let v = self.base_chunk(io, c).await?;
+            self.chunks.insert(c, Arc::new(v));
+        }
+        let mut out = BTreeMap::new();
+        for (&c, v) in self.chunks.iter_mut() {
+            let (start, end) = chunk_span(c, len);
+            if v.len() < end - start {
+                Arc::make_mut(v).resize(end - start, 0);
+            }
+            out.insert(c, codec::share(v, 0..end - start));
+        }
+        Ok(out)
     }
 
-    /// Lays the extents over `base` (the base block's bytes, in pieces).
-    fn rebuild(&mut self, base: &[Bytes]) {
-        let mut out = Vec::with_capacity(self.len());
-        for p in base {
-            out.extend_from_slice(p);
+    /// After another mount changed the block this one was built on: `base` becomes the block's
+    /// current version and this mount's extents are laid over it again.
+    async fn rebase(&mut self, io: &BlockIo, base: Option<pb::BlockRef>) -> FsResult<()> {
+        self.cancel_upload();
+        self.base = base;
+        let written: Vec<u32> = self.chunks.keys().copied().collect();
+        for c in written {
+            let mut fresh = self.base_chunk(io, c).await?;
+            let old = &self.chunks[&c];
+            let (lo, hi) = (c as usize * CS, (c as usize + 1) * CS);
+            for &(s, e) in &self.extents {
+                let (s, e) = (s.max(lo) - lo, e.min(hi).saturating_sub(lo));
+                if s < e {
+                    if fresh.len() < e {
+                        fresh.resize(e, 0);
+                    }
+                    fresh[s..e].copy_from_slice(&old[s..e]);
+                }
+            }
+            self.chunks.insert(c, Arc::new(fresh));
         }
-        out.resize(self.len(), 0);
-        for &(s, e) in &self.extents {
-            out[s..e].copy_from_slice(&self.data[s..e]);
-        }
-        self.data = Arc::new(out);
-        self.complete = true;
+        Ok(())
     }
 
     fn cancel_upload(&mut self) {
@@ -247,32 +395,32 @@ pub struct DataPath {
 }
 
 impl DataPath {
+    /// The data path of `volume`, whose blocks live in the store `spec` describes.
     pub fn new(
         session: Arc<Session>,
-        store: Arc<dyn ObjectStore>,
-        cache: Arc<BlockCache>,
-        volume_uuid: &str,
-        bs: u64,
-        compression: pb::compression::Kind,
+        volume: &pb::VolumeInfo,
+        spec: &BackendSpec,
         cfg: &FsConfig,
-    ) -> DataPath {
-        DataPath {
+    ) -> Result<DataPath, String> {
+        let bs = volume.block_size as u64;
+        Ok(DataPath {
             session,
             blocks: BlockIo {
-                store,
-                cache,
+                store: open_backend(spec).map_err(|e| e.to_string())?,
+                cache: Arc::new(BlockCache::new(cfg.cache_bytes)),
                 io: Arc::new(Semaphore::new(cfg.io_concurrency.max(1))),
-                volume_uuid: volume_uuid.into(),
+                volume_uuid: volume.uuid.as_str().into(),
+                local: LocalReader::of(spec),
             },
             bs,
-            compression,
             dirty_limit: cfg.dirty_limit.max(4 * bs as usize),
             readahead: cfg.readahead_blocks,
             ids: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
             recent: Default::default(),
             attr_ttl: cfg.attr_ttl,
-        }
+            compression: volume.compression.map(|c| c.kind()).unwrap_or(pb::compression::Kind::Lz4),
+        })
     }
 
     pub fn cache_stats(&self) -> (u64, u64) {
@@ -397,17 +545,6 @@ impl DataPath {
 
     // --- reading ------------------------------------------------------------------------------
 
-    /// The bytes of a dirty block's base that it keeps (fetched whole: a rewrite needs them all).
-    async fn base(&self, d: &Dirty) -> FsResult<Vec<Bytes>> {
-        match &d.base {
-            Some(b) => {
-                self.blocks.whole(b).await?;
-                self.blocks.range(b, 0, d.base_len()).await
-            }
-            None => Ok(Vec::new()),
-        }
-    }
-
     /// `size` bytes at `offset` (fewer at the end of the file), as pieces that share the cached
     /// blocks' bytes where they can.
     pub async fn read(&self, c: Ctx, f: &OpenFile, offset: u64, size: u32) -> FsResult<Vec<Bytes>> {
@@ -425,14 +562,8 @@ impl DataPath {
                 let index = pos / bs;
                 let from = (pos % bs) as usize;
                 let len = ((bs - pos % bs).min(end - pos)) as usize;
-                if let Some(d) = st.dirty.get_mut(&index) {
-                    if !d.complete && !d.covers(from, from + len) {
-                        let base = self.base(d).await?;
-                        d.rebuild(&base);
-                    }
-                    let mut copy = Vec::with_capacity(len);
-                    copy_part(&mut copy, &d.data, from, len);
-                    pieces.push(Piece::Bytes(copy.into()));
+                if let Some(d) = st.dirty.get(&index) {
+                    d.pieces(from, len, &mut pieces);
                 } else if let Some(b) = st.map.get(&index) {
                     pieces.push(Piece::Block { block: b.clone(), from, len });
                 } else {
@@ -510,37 +641,19 @@ impl DataPath {
             let from = (pos % bs) as usize;
             let n = (bs - pos % bs).min(end - pos) as usize;
             let base = st.map.get(&index).cloned();
-            let d = st.dirty.entry(index).or_insert_with(|| {
-                let mut d = Dirty::new(base);
-                // The block's whole size at once: sequential writes never regrow it.
-                Arc::make_mut(&mut d.data).reserve_exact(bs as usize);
-                d
-            });
-            // A write into a block held whole in L1 (typically one this mount rewrote before)
-            // starts from a copy of it: one copy, where rebuilding at flush would first zero-fill
-            // the buffer up to the write and then copy the block under it.
-            if !d.complete
-                && d.extents.is_empty()
-                && from > 0
-                && let Some(b) = d.base.as_ref().filter(|b| self.blocks.is_cached(b))
-            {
-                let base = self.blocks.range(b, 0, b.len as usize).await?;
-                d.rebuild(&base);
-            }
+            let d = st.dirty.entry(index).or_insert_with(|| Dirty::new(base));
             d.cancel_upload();
-            let buf = Arc::make_mut(&mut d.data);
-            let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
-            if buf.len() == from {
-                // Appending (the sequential case): one copy, no zero-fill first.
-                buf.extend_from_slice(src);
-            } else {
-                if buf.len() < from + n {
-                    buf.resize(from + n, 0);
+            if let Err(e) =
+                d.write(&self.blocks, from, &data[(pos - offset) as usize..(pos - offset) as usize + n]).await
+            {
+                if d.extents.is_empty() {
+                    st.dirty.remove(&index);
                 }
-                buf[from..from + n].copy_from_slice(src);
+                return Err(e);
             }
-            d.add_extent(from, from + n);
-            if d.complete && d.len() == bs as usize {
+            // A write that ends a block written whole starts its upload (a sequential writer will
+            // not come back to it); random writes wait for the commit, which uploads once.
+            if from + n == bs as usize && d.written_whole(bs as usize) {
                 self.start_upload(c, index, d).await?;
             }
             pos += n as u64;
@@ -584,31 +697,26 @@ impl DataPath {
         ids.pop().ok_or(libc::EIO)
     }
 
-    /// Starts uploading a complete dirty block as a new object.
+    /// Starts uploading a dirty block as a new object (its chunks that must be stored first
+    /// taken from the base where it was not written).
     async fn start_upload(&self, c: Ctx, index: u64, d: &mut Dirty) -> FsResult<()> {
-        debug_assert!(d.complete);
+        let chunks = d.stored_chunks(&self.blocks).await?;
         let id = self.block_id(c).await?;
-        let data = d.data.clone();
         let len = d.len();
-        let (blocks, kind) = (self.blocks.clone(), self.compression);
-        let (base, extents) = (d.base.clone(), d.extents.clone());
+        let (blocks, kind, base) = (self.blocks.clone(), self.compression, d.base.clone());
         // A block rewritten in place is likely rewritten or read again: keep it in L1.
         let cache = base.is_some();
         d.upload = Some(Upload::Running(tokio::spawn(async move {
-            blocks.upload(index, id, data, len, kind, base.as_ref(), &extents, cache).await
+            blocks.upload(index, id, chunks, len, kind, base.as_ref(), cache).await
         })));
         Ok(())
     }
 
-    /// Makes every dirty block complete (reading its base where needed) and uploading.
+    /// Uploads every dirty block not uploaded yet and waits for all uploads.
     async fn upload_all(&self, c: Ctx, st: &mut FileState) -> FsResult<()> {
         let indexes: Vec<u64> = st.dirty.iter().filter(|(_, d)| d.upload.is_none()).map(|(i, _)| *i).collect();
         for index in indexes {
             let d = st.dirty.get_mut(&index).expect("listed above");
-            if !d.complete {
-                let base = self.base(d).await?;
-                d.rebuild(&base);
-            }
             self.start_upload(c, index, d).await?;
         }
         for d in st.dirty.values_mut() {
@@ -679,13 +787,10 @@ impl DataPath {
                     // Another mount changed some of these blocks: rebuild on their versions.
                     tracing::debug!(ino = st.ino, "block-map commit was stale; rebuilding on the current blocks");
                     self.load_map(c, st).await?;
-                    let map = st.map.clone();
                     for (index, d) in st.dirty.iter_mut() {
-                        let cur = map.get(index).cloned();
+                        let cur = st.map.get(index).cloned();
                         if cur.as_ref().map(|b| b.version) != d.base.as_ref().map(|b| b.version) {
-                            d.cancel_upload();
-                            d.base = cur;
-                            d.complete = false;
+                            d.rebase(&self.blocks, cur).await?;
                         }
                     }
                 }
@@ -735,47 +840,159 @@ impl DataPath {
     }
 }
 
-/// Appends `len` bytes of `src` from `from`; what `src` lacks reads as zeros.
-fn copy_part(out: &mut Vec<u8>, src: &[u8], from: usize, len: usize) {
-    let have = src.len().saturating_sub(from).min(len);
-    if have > 0 {
-        out.extend_from_slice(&src[from..from + have]);
-    }
-    out.resize(out.len() + (len - have), 0);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn extents_merge_and_a_block_written_over_its_base_is_complete() {
+    fn extents_merge() {
         let base = pb::BlockRef { len: 100, ..Default::default() };
         let mut d = Dirty::new(Some(base));
-        assert!(!d.complete);
         d.add_extent(10, 20);
         d.add_extent(40, 50);
         d.add_extent(20, 30);
         assert_eq!(d.extents, vec![(10, 30), (40, 50)]);
-        assert!(d.covers(12, 30) && !d.covers(25, 45));
         d.add_extent(0, 10);
         d.add_extent(25, 120);
         assert_eq!(d.extents, vec![(0, 120)]);
-        assert!(d.complete, "written from 0 past the base's end");
         assert_eq!(d.len(), 120);
     }
 
-    #[test]
-    fn rebuild_lays_extents_over_a_new_base() {
-        let mut d = Dirty::new(Some(pb::BlockRef { len: 8, ..Default::default() }));
-        d.data = Arc::new(b"..XY....".to_vec());
-        d.add_extent(2, 4);
-        d.rebuild(&[Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")]);
-        assert_eq!(d.data.as_slice(), b"abXYefgh");
-        // A shorter new base: the block keeps the extents, zeros between.
-        d.base = Some(pb::BlockRef { len: 1, ..Default::default() });
-        d.rebuild(&[Bytes::from_static(b"z")]);
-        assert_eq!(d.data.as_slice(), b"z\0XY");
+    fn io() -> BlockIo {
+        BlockIo {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            cache: Arc::new(BlockCache::new(64 << 20)),
+            io: Arc::new(Semaphore::new(4)),
+            volume_uuid: "v".into(),
+            local: None,
+        }
+    }
+
+    /// Stores `data` as block `id` and returns its block-map entry.
+    async fn stored(io: &BlockIo, id: u64, data: &[u8]) -> pb::BlockRef {
+        let data = Arc::new(data.to_vec());
+        let kind = pb::compression::Kind::Lz4;
+        io.upload(0, id, codec::chunks(&data, data.len()), data.len(), kind, None, false).await.unwrap()
+    }
+
+    /// What a read of `[from, from + len)` of the dirty block returns.
+    async fn read(io: &BlockIo, d: &Dirty, from: usize, len: usize) -> Vec<u8> {
+        let mut pieces = Vec::new();
+        d.pieces(from, len, &mut pieces);
+        let mut out = Vec::new();
+        for p in pieces {
+            match p {
+                Piece::Zero(n) => out.resize(out.len() + n, 0),
+                Piece::Bytes(b) => out.extend_from_slice(&b),
+                Piece::Block { block, from, len } => out.extend(io.range(&block, from, len).await.unwrap().concat()),
+            }
+        }
+        out
+    }
+
+    /// Uploads the dirty block as block `id` and reads it back whole through an empty cache.
+    async fn upload_and_read(io: &BlockIo, d: &mut Dirty, id: u64) -> (pb::BlockRef, Vec<u8>) {
+        let chunks = d.stored_chunks(io).await.unwrap();
+        let b = io.upload(0, id, chunks, d.len(), pb::compression::Kind::Lz4, d.base.as_ref(), false).await.unwrap();
+        let fresh = BlockIo { cache: Arc::new(BlockCache::new(64 << 20)), ..io.clone() };
+        let back = fresh.range(&b, 0, b.len as usize).await.unwrap().concat();
+        (b, back)
+    }
+
+    #[tokio::test]
+    async fn a_small_write_holds_and_uploads_one_chunk() {
+        let io = io();
+        let mut want: Vec<u8> = (0..3 * CS as u32 + 100).map(|i| (i % 241) as u8).collect();
+        let base = stored(&io, 1, &want).await;
+        let mut d = Dirty::new(Some(base.clone()));
+        d.write(&io, CS + 5, b"HELLO").await.unwrap();
+        want[CS + 5..CS + 10].copy_from_slice(b"HELLO");
+        assert_eq!(d.chunks.keys().copied().collect::<Vec<_>>(), vec![1], "only the written chunk is held");
+        assert_eq!(read(&io, &d, 0, want.len()).await, want);
+        assert_eq!(d.stored_chunks(&io).await.unwrap().len(), 1, "the others stay where the base keeps them");
+        let (b, back) = upload_and_read(&io, &mut d, 2).await;
+        assert_eq!(b.shared, vec![1]);
+        assert_eq!(back, want);
+    }
+
+    #[tokio::test]
+    async fn writes_past_the_base_store_its_last_chunk_and_zeros_between() {
+        let io = io();
+        let mut want: Vec<u8> = (0..CS as u32 + 100).map(|i| (i % 239) as u8).collect();
+        let base = stored(&io, 1, &want).await;
+        let mut d = Dirty::new(Some(base));
+        let at = 4 * CS + 7;
+        d.write(&io, at, b"tail").await.unwrap();
+        want.resize(at, 0);
+        want.extend_from_slice(b"tail");
+        assert_eq!(read(&io, &d, 0, want.len() + 10).await, [&want[..], &[0u8; 10][..]].concat());
+        let stored: Vec<u32> = d.stored_chunks(&io).await.unwrap().keys().copied().collect();
+        assert_eq!(stored, vec![1, 2, 3, 4], "the base's partial last chunk grows; zeros up to the write");
+        let (b, back) = upload_and_read(&io, &mut d, 2).await;
+        assert_eq!((b.shared.clone(), back), (vec![1], want));
+    }
+
+    #[tokio::test]
+    async fn rewrites_spread_over_few_objects_and_compact_the_smallest() {
+        let io = io();
+        let mut want: Vec<u8> = (0..16 * CS as u32).map(|i| (i % 233) as u8).collect();
+        let mut base = stored(&io, 1, &want).await;
+        // One write into each of chunks 0, 1, 2, ... each committed as a new object: chunks kept
+        // from older objects spread over more of them until a rewrite moves the smallest.
+        for i in 0..12u32 {
+            let mut d = Dirty::new(Some(base.clone()));
+            d.write(&io, i as usize * CS + 7, &[i as u8]).await.unwrap();
+            want[i as usize * CS + 7] = i as u8;
+            let (b, back) = upload_and_read(&io, &mut d, 2 + i as u64).await;
+            assert_eq!(back, want, "after rewrite {i}");
+            assert!(b.shared.len() <= blocks::MAX_SHARED, "rewrite {i} names {} objects", b.shared.len());
+            let stored = d.chunks.len();
+            if i < blocks::MAX_SHARED as u32 {
+                assert_eq!(stored, 1, "rewrite {i} stores only its chunk");
+            } else {
+                assert!(stored < 8, "rewrite {i} stores {stored} chunks, not the whole block");
+            }
+            base = b;
+        }
+        // A block of the first format (chunk_size 0) is stored whole by its rewrite.
+        let old = pb::BlockRef { chunk_size: 0, ..base.clone() };
+        let d = Dirty::new(Some(old));
+        assert_eq!(d.to_store(&io).await.unwrap().len(), 16);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_base_reads_zeros_never_its_old_bytes() {
+        let io = io();
+        let old: Vec<u8> = vec![b'o'; 6 * CS];
+        // Truncated to 100 bytes: the map's length drops, the object keeps the old bytes.
+        let base = pb::BlockRef { len: 100, ..stored(&io, 1, &old).await };
+        let mut d = Dirty::new(Some(base));
+        d.write(&io, 6 * CS - 1, &[7]).await.unwrap();
+        let mut want = old[..100].to_vec();
+        want.resize(6 * CS - 1, 0);
+        want.push(7);
+        assert_eq!(read(&io, &d, 0, want.len()).await, want);
+        let (b, back) = upload_and_read(&io, &mut d, 2).await;
+        assert!(b.shared.is_empty(), "no chunk lies wholly inside the base's 100 valid bytes");
+        assert_eq!(back, want);
+    }
+
+    #[tokio::test]
+    async fn rebase_lays_the_writes_over_the_new_base() {
+        let io = io();
+        let old: Vec<u8> = vec![b'o'; 2 * CS];
+        let mut d = Dirty::new(Some(stored(&io, 1, &old).await));
+        d.write(&io, 2, b"XY").await.unwrap();
+        d.write(&io, CS + 3, b"Z").await.unwrap();
+        // Another mount stored a shorter block meanwhile: its bytes, these writes, zeros between.
+        let new = stored(&io, 2, b"abcdefgh").await;
+        d.rebase(&io, Some(new)).await.unwrap();
+        let mut want = b"abXYefgh".to_vec();
+        want.resize(CS + 3, 0);
+        want.push(b'Z');
+        assert_eq!(read(&io, &d, 0, want.len()).await, want);
+        let (_, back) = upload_and_read(&io, &mut d, 3).await;
+        assert_eq!(back, want);
     }
 
     #[test]

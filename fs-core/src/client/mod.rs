@@ -18,15 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use object_store::ObjectStore;
 use parking_lot::Mutex;
 
-use crate::blockstore::{BackendSpec, open_backend};
+use crate::blockstore::BackendSpec;
 use crate::meta::MetaError;
 use crate::meta::client::Session;
 use crate::proto::pb;
 use acl::{ACL_ACCESS, ACL_DEFAULT, acl_mode_bits, inherit_acl};
-use cache::BlockCache;
 use file::OpenFile;
 
 pub type FsResult<T> = Result<T, i32>;
@@ -145,17 +143,7 @@ impl StratusFs {
         let volume = session.reply.volume.clone().ok_or("the server sent no volume description")?;
         let spec: BackendSpec = serde_json::from_str(&volume.backend_json)
             .map_err(|e| format!("the volume's block-store spec does not parse: {e}"))?;
-        let store: Arc<dyn ObjectStore> = open_backend(&spec).map_err(|e| e.to_string())?;
-        let compression = volume.compression.map(|c| c.kind()).unwrap_or(pb::compression::Kind::Lz4);
-        let data = file::DataPath::new(
-            session.clone(),
-            store,
-            Arc::new(BlockCache::new(cfg.cache_bytes)),
-            &volume.uuid,
-            volume.block_size as u64,
-            compression,
-            &cfg,
-        );
+        let data = file::DataPath::new(session.clone(), &volume, &spec, &cfg)?;
         Ok(StratusFs {
             root: session.root_ino(),
             cfg,

@@ -338,6 +338,7 @@ fn reader_loop<H: Handler>(
     params: InitParams,
 ) -> std::io::Result<()> {
     let pool = BufferPool { free: Arc::new(Mutex::new(Vec::new())), size: buffer_size(&params) };
+    crate::blocking::allow_on_this_thread();
     loop {
         let mut buf = pool.get();
         let Some(n) = chan.read(&mut buf)? else { return Ok(()) };
