@@ -47,6 +47,20 @@ enum Upload {
 /// Logical bytes per chunk: a dirty block keeps, and a rewrite uploads, only the chunks written.
 const CS: usize = codec::CHUNK_SIZE;
 
+/// The pieces of `[from, end)` that fall in each chunk: (position, chunk, offset in the chunk,
+/// length).
+fn chunk_pieces(from: usize, end: usize) -> impl Iterator<Item = (usize, u32, usize, usize)> {
+    let mut at = from;
+    std::iter::from_fn(move || {
+        (at < end).then(|| {
+            let (c, off) = (at / CS, at % CS);
+            let k = (CS - off).min(end - at);
+            at += k;
+            (at - k, c as u32, off, k)
+        })
+    })
+}
+
 /// Logical bytes `[start, end)` of chunk `c` in a block of `len` bytes.
 fn chunk_span(c: u32, len: usize) -> (usize, usize) {
     let start = c as usize * CS;
@@ -162,12 +176,7 @@ impl Dirty {
     /// Lays `src` over the block at `from`: each chunk it touches is taken from the base first
     /// unless the write covers all the base has in it.
     async fn write(&mut self, io: &BlockIo, from: usize, src: &[u8]) -> FsResult<()> {
-        let end = from + src.len();
-        let mut at = from;
-        while at < end {
-            let c = (at / CS) as u32;
-            let off = at % CS;
-            let k = (CS - off).min(end - at);
+        for (at, c, off, k) in chunk_pieces(from, from + src.len()) {
             if !self.chunks.contains_key(&c) {
                 let in_base = self.base_len().saturating_sub(c as usize * CS).min(CS);
                 let v = if off == 0 && k >= in_base { Vec::with_capacity(CS) } else { self.base_chunk(io, c).await? };
@@ -184,21 +193,16 @@ impl Dirty {
                 }
                 v[off..off + k].copy_from_slice(bytes);
             }
-            at += k;
         }
-        self.add_extent(from, end);
+        self.add_extent(from, from + src.len());
         Ok(())
     }
 
     /// `[from, from + len)` of the block as read pieces: this mount's chunks shared without a copy,
     /// the base's bytes where a chunk is the base's, zeros past either.
     fn pieces(&self, from: usize, len: usize, out: &mut Vec<Piece>) {
-        let (base_len, end) = (self.base_len(), from + len);
-        let mut at = from;
-        while at < end {
-            let c = (at / CS) as u32;
-            let off = at % CS;
-            let k = (CS - off).min(end - at);
+        let base_len = self.base_len();
+        for (at, c, off, k) in chunk_pieces(from, from + len) {
             match self.chunks.get(&c) {
                 Some(v) => {
                     let have = v.len().saturating_sub(off).min(k);
@@ -215,7 +219,6 @@ impl Dirty {
                     out.push(Piece::Zero(k - have));
                 }
             }
-            at += k;
         }
     }
 
