@@ -138,9 +138,10 @@ impl Dirty {
     /// of its whole self.
     async fn to_store(&self, io: &BlockIo) -> FsResult<Vec<u32>> {
         let count = self.len().div_ceil(CS) as u32;
-        let unwritten = (0..count).filter(|c| !self.chunks.contains_key(c));
-        let Some(base) = self.base.as_ref().filter(|b| blocks::shares_chunks(b)) else {
-            return Ok(unwritten.collect());
+        let unwritten: Vec<u32> = (0..count).filter(|c| !self.chunks.contains_key(c)).collect();
+        // A block written whole needs nothing of its base (not even a readable chunk table).
+        let Some(base) = self.base.as_ref().filter(|b| blocks::shares_chunks(b) && !unwritten.is_empty()) else {
+            return Ok(unwritten);
         };
         let objects = io.chunk_objects(base).await?;
         let mut kept: HashMap<u64, Vec<u32>> = HashMap::new();
@@ -961,6 +962,19 @@ mod tests {
         let old = pb::BlockRef { chunk_size: 0, ..base.clone() };
         let d = Dirty::new(Some(old));
         assert_eq!(d.to_store(&io).await.unwrap().len(), 16);
+    }
+
+    #[tokio::test]
+    async fn a_block_written_whole_never_reads_its_base() {
+        let io = io();
+        // The base's object is gone (or unreadable): overwriting all of it must still work.
+        let gone = pb::BlockRef { id: 99, len: 3 * CS as u32, chunk_size: CS as u32, chunks: 3, ..Default::default() };
+        let mut d = Dirty::new(Some(gone));
+        let want: Vec<u8> = (0..3 * CS as u32).map(|i| (i % 229) as u8).collect();
+        d.write(&io, 0, &want).await.unwrap();
+        let (b, back) = upload_and_read(&io, &mut d, 2).await;
+        assert!(b.shared.is_empty());
+        assert_eq!(back, want);
     }
 
     #[tokio::test]
