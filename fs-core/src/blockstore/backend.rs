@@ -178,29 +178,27 @@ pub fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn ObjectStore>, BackendE
 /// Reads of a local-folder block store straight from its files: positioned reads into fresh
 /// buffers on the calling thread (object_store's local backend zero-fills its buffer and hops to a
 /// blocking thread for each read). Writes, deletes and listings still go through object_store,
-/// which lays the files out; this reader finds them where it put them.
+/// which lays the files out; this reader asks it where each object's file is.
 #[derive(Clone, Debug)]
 pub struct LocalReader {
-    root: PathBuf,
+    fs: Arc<LocalFileSystem>,
+    prefix: object_store::path::Path,
 }
 
 impl LocalReader {
-    /// The reader of a local-folder spec; `None` for every other backend.
+    /// The reader of a local-folder spec whose directory exists; `None` otherwise (and for every
+    /// other backend), so reads go through object_store.
     pub fn of(spec: &BackendSpec) -> Option<LocalReader> {
-        match spec {
-            BackendSpec::Local { path, prefix } => {
-                let mut root = path.clone();
-                root.extend(prefix.split('/').filter(|p| !p.is_empty()));
-                Some(LocalReader { root })
-            }
-            _ => None,
-        }
+        let BackendSpec::Local { path, prefix } = spec else { return None };
+        let fs = LocalFileSystem::new_with_prefix(path).ok()?;
+        Some(LocalReader { fs: Arc::new(fs), prefix: object_store::path::Path::from(prefix.trim_matches('/')) })
     }
 
     /// Object `key`, or `range` of it. Blocks the calling thread for the file system's time.
     pub fn read(&self, key: &object_store::path::Path, range: Option<Range<u64>>) -> std::io::Result<Bytes> {
-        let mut path = self.root.clone();
-        path.extend(key.as_ref().split('/'));
+        // The key as the volume's PrefixStore hands it to the local backend.
+        let full: object_store::path::Path = self.prefix.parts().chain(key.parts()).collect();
+        let path = self.fs.path_to_filesystem(&full).map_err(std::io::Error::other)?;
         let file = std::fs::File::open(&path)?;
         let range = match range {
             Some(r) => r,
@@ -269,11 +267,14 @@ mod tests {
     #[tokio::test]
     async fn local_reader_reads_what_the_local_backend_wrote() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = BackendSpec::Local { path: dir.path().join("blocks"), prefix: "/p/q/".into() };
+        let spec = BackendSpec::Local { path: dir.path().join("blocks"), prefix: "/p q/100%/".into() };
         let store = open_backend(&spec).unwrap();
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let key = crate::blockstore::layout::block_key("vol", 7);
         store.put(&key, PutPayload::from(data.clone())).await.unwrap();
+        // object_store escapes the prefix's '%' in the file's path: the reader must find it there.
+        let on_disk = dir.path().join("blocks/p q/100%25").join(key.as_ref());
+        assert!(on_disk.exists(), "{} is not where the local backend put the object", on_disk.display());
         let reader = LocalReader::of(&spec).unwrap();
         assert_eq!(&reader.read(&key, None).unwrap()[..], &data[..]);
         assert_eq!(&reader.read(&key, Some(5000..70_000)).unwrap()[..], &data[5000..70_000]);
