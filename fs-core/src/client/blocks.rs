@@ -90,7 +90,7 @@ impl BlockIo {
     }
 
     /// Whether all of block `b` is in L1 (reading it costs no request).
-    pub fn is_cached(&self, b: &pb::BlockRef) -> bool {
+    fn is_cached(&self, b: &pb::BlockRef) -> bool {
         match b.chunk_size {
             0 => self.cache.has_all(b.id, [0]),
             _ => self.cache.has_all(b.id, std::iter::once(TABLE).chain(0..b.chunks)),
