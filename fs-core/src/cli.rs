@@ -67,7 +67,8 @@ pub struct MountCliArgs {
     #[arg(long, env = "STRATUSFS_FINGERPRINT")]
     pub fingerprint: Option<String>,
     /// Mount options, comma separated as for mount(8): ro, allow_other, noatime, noexec, nosuid,
-    /// nodev, umask=OCTAL, attr_ttl=SECS, entry_ttl=SECS, cache_mib=N, threads=N, token_file=,
+    /// nodev, umask=OCTAL, attr_ttl=SECS, entry_ttl=SECS, cache_mib=N, threads=N, nodelegations
+    /// (no write-back creates, docs/write-back-metadata.md), token_file=,
     /// ca_file=, fingerprint=, log_file=.
     #[arg(short = 'o')]
     pub options: Vec<String>,

@@ -74,7 +74,7 @@ pub struct MountOptions {
 
 /// The options `-o` knows, for the error message.
 const KNOWN: &str = "ro, rw, allow_other, noatime, noexec, nosuid, nodev, umask=OCTAL, attr_ttl=SECS, \
-entry_ttl=SECS, cache_mib=N, threads=N, token_file=PATH, ca_file=PATH, fingerprint=HEX, log_file=PATH";
+entry_ttl=SECS, cache_mib=N, threads=N, nodelegations, token_file=PATH, ca_file=PATH, fingerprint=HEX, log_file=PATH";
 
 impl MountOptions {
     /// Parses comma-separated mount options (several `-o` allowed). Options mount(8) and fstab
@@ -132,6 +132,8 @@ impl MountOptions {
                 | "strictatime" => {}
                 _ if k.starts_with("x-") || k.starts_with("comment") => {}
                 "allow_other" => o.kernel.allow_other = true,
+                "nodelegations" => o.fs.delegations = false,
+                "delegations" => o.fs.delegations = true,
                 "noatime" => o.kernel.noatime = true,
                 "noexec" => o.kernel.noexec = true,
                 "nosuid" => o.kernel.nosuid = true,
@@ -246,6 +248,7 @@ pub async fn run_mount(
 pub async fn serve(m: Mounted, threads: usize, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     keep_block_buffers_mapped();
     let heartbeat = m.session.spawn_heartbeat();
+    let delegations = m.fs.start_delegations();
     let adapter = Arc::new(Adapter { fs: m.fs.clone(), params: m.params, notifier: m.fuse.notifier() });
     let rt = tokio::runtime::Handle::current();
     let fuse = m.fuse.clone();
@@ -274,6 +277,10 @@ pub async fn serve(m: Mounted, threads: usize, shutdown: impl std::future::Futur
             }
         }
     };
+    if let Some(d) = delegations {
+        d.abort();
+    }
+    m.fs.give_back_all().await;
     heartbeat.abort();
     if let Err(e) = m.session.close().await {
         tracing::warn!(error = %e, "closing the session failed (it ends with its lease)");

@@ -2,6 +2,7 @@
 //!
 //! Each test starts the real services it needs (see the `e2e` library) and drops them at the end.
 
+mod fuse_delegations;
 mod fuse_failures;
 mod fuse_model;
 mod fuse_posix;

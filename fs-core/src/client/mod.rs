@@ -11,6 +11,7 @@
 pub mod acl;
 pub mod blocks;
 pub mod cache;
+pub mod deleg;
 pub mod file;
 
 use std::collections::{HashMap, HashSet};
@@ -55,6 +56,9 @@ pub struct FsConfig {
     pub io_concurrency: usize,
     /// Permission bits taken away from every new inode (the `umask` mount option).
     pub umask: u32,
+    /// Ask for directory delegations where files are created in bursts (`nodelegations` turns
+    /// it off; docs/write-back-metadata.md).
+    pub delegations: bool,
 }
 
 impl Default for FsConfig {
@@ -67,6 +71,7 @@ impl Default for FsConfig {
             readahead_blocks: 4,
             io_concurrency: 16,
             umask: 0,
+            delegations: true,
         }
     }
 }
@@ -136,6 +141,10 @@ pub struct StratusFs {
     default_acls: Mutex<HashMap<u64, CachedAcl>>,
     /// Inodes without a security.capability xattr, and when the server said so.
     no_capability: Mutex<HashMap<u64, std::time::Instant>>,
+    /// Directories this session holds and files created under them ([`deleg`]).
+    deleg: Mutex<deleg::State>,
+    /// One Apply at a time.
+    applying: tokio::sync::Mutex<()>,
 }
 
 impl StratusFs {
@@ -154,6 +163,8 @@ impl StratusFs {
             handles: Mutex::new(HashMap::new()),
             default_acls: Mutex::new(HashMap::new()),
             no_capability: Mutex::new(HashMap::new()),
+            deleg: Mutex::new(deleg::State::default()),
+            applying: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -231,14 +242,14 @@ impl StratusFs {
         &self,
         before: u64,
         r: Result<tonic::Response<pb::ParentsReply>, tonic::Status>,
-    ) -> FsResult<()> {
+    ) -> FsResult<pb::ParentsReply> {
         let after = self.changed_outside_data_path(before);
         let r = r.map_err(errno_of)?.into_inner();
         if let Some(e) = after {
             self.data.remember_attrs(r.parent, e);
             self.data.remember_attrs(r.new_parent, e);
         }
-        Ok(())
+        Ok(r)
     }
 
     /// Attributes as this mount sees them: the server's, with the size raised by unflushed writes.
@@ -307,12 +318,20 @@ impl StratusFs {
 
     pub async fn lookup(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<pb::Attr> {
         check_name(name)?;
+        if let Some(r) = self.lookup_here(self.to_server(parent), name).await {
+            return r;
+        }
+        self.settle(&[self.to_server(parent)]).await?;
         let req = pb::NameRequest { ctx: self.ctx(c), parent: self.to_server(parent), name: name.to_vec() };
         let a = self.rpc().lookup(req).await.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
         Ok(self.local_attr(a).await)
     }
 
     pub async fn getattr(&self, c: Ctx, ino: u64) -> FsResult<pb::Attr> {
+        if let Some(a) = self.getattr_here(self.to_server(ino)).await {
+            return Ok(a);
+        }
+        self.settle(&[self.to_server(ino)]).await?;
         // Right after this mount committed the file or changed the directory, the reply is the answer.
         if let Some(a) = self.data.recent_attr(self.to_server(ino)) {
             return Ok(a);
@@ -325,10 +344,12 @@ impl StratusFs {
     pub async fn setattr(&self, c: Ctx, mut req: pb::SetAttrRequest) -> FsResult<pb::Attr> {
         req.ino = self.to_server(req.ino);
         req.ctx = self.ctx(c);
+        self.settle(&[req.ino]).await?;
         let Some(size) = req.size else {
             let r = self.rpc().set_attr(req).await;
             self.void_remembered_attrs();
             let a = r.map_err(errno_of)?.into_inner().attr.unwrap_or_default();
+            self.deleg.lock().noted(a.ino, None, None, Some(a));
             return Ok(self.local_attr(a).await);
         };
         // A truncate: unflushed writes go first so it applies to them too, and no write of this
@@ -352,9 +373,12 @@ impl StratusFs {
         req.perm &= !self.cfg.umask;
         let dir = req.kind() == pb::FileKind::Directory;
         let acls = self.inheritance(c, req.parent, &mut req.perm, &mut req.umask, dir).await?;
+        self.settle(&[req.parent]).await?;
+        let (parent, name) = (req.parent, req.name.clone());
         let before = self.data.epoch();
         let r = if dir { self.rpc().mk_dir(req).await } else { self.rpc().mk_nod(req).await };
         let r = r.map_err(errno_of)?.into_inner();
+        self.deleg.lock().noted(parent, Some(&name), None, r.parent);
         self.data.remember_attrs(r.parent, before);
         let a = r.attr.unwrap_or_default();
         self.inherit(c, a.ino, acls).await?;
@@ -369,8 +393,10 @@ impl StratusFs {
             name: name.to_vec(),
             target: target.to_vec(),
         };
+        self.settle(&[req.parent]).await?;
         let before = self.data.epoch();
         let r = self.rpc().symlink(req).await.map_err(errno_of)?.into_inner();
+        self.deleg.lock().noted(self.to_server(parent), Some(name), None, r.parent);
         self.data.remember_attrs(r.parent, before);
         Ok(r.attr.unwrap_or_default())
     }
@@ -382,18 +408,30 @@ impl StratusFs {
 
     pub async fn unlink(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
-        let req = pb::NameRequest { ctx: self.ctx(c), parent: self.to_server(parent), name: name.to_vec() };
+        let parent = self.to_server(parent);
+        if self.unlink_here(parent, name) {
+            return Ok(());
+        }
+        self.settle(&[parent]).await?;
+        let req = pb::NameRequest { ctx: self.ctx(c), parent, name: name.to_vec() };
         let before = self.data.epoch();
         let r = self.rpc().unlink(req).await;
-        self.removed_or_renamed(before, r)
+        let r = self.removed_or_renamed(before, r)?;
+        self.deleg.lock().noted(parent, None, Some(name), r.parent);
+        Ok(())
     }
 
     pub async fn rmdir(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
-        let req = pb::NameRequest { ctx: self.ctx(c), parent: self.to_server(parent), name: name.to_vec() };
+        let parent = self.to_server(parent);
+        // The directory removed may be one this mount holds: what is pending there goes first.
+        self.settle_all().await?;
+        let req = pb::NameRequest { ctx: self.ctx(c), parent, name: name.to_vec() };
         let before = self.data.epoch();
         let r = self.rpc().rm_dir(req).await;
-        self.removed_or_renamed(before, r)
+        let r = self.removed_or_renamed(before, r)?;
+        self.deleg.lock().noted(parent, None, Some(name), r.parent);
+        Ok(())
     }
 
     pub async fn rename(
@@ -415,9 +453,17 @@ impl StratusFs {
             new_name: new_name.to_vec(),
             flags,
         };
+        // The entry replaced may be a directory this mount holds: what is pending there goes first.
+        self.settle_all().await?;
         let before = self.data.epoch();
+        let (p, np) = (req.parent, req.new_parent);
         let r = self.rpc().rename(req).await;
-        self.removed_or_renamed(before, r)
+        let r = self.removed_or_renamed(before, r)?;
+        let mut st = self.deleg.lock();
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        st.noted(p, exchange.then_some(name), (!exchange).then_some(name), r.parent);
+        st.noted(np, Some(new_name), None, if p == np { r.parent } else { r.new_parent });
+        Ok(())
     }
 
     pub async fn link(&self, c: Ctx, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<pb::Attr> {
@@ -428,10 +474,13 @@ impl StratusFs {
             new_parent: self.to_server(new_parent),
             new_name: new_name.to_vec(),
         };
+        self.settle(&[req.ino, req.new_parent]).await?;
+        let np = req.new_parent;
         let before = self.data.epoch();
         let r = self.rpc().link(req).await;
         let after = self.changed_outside_data_path(before);
         let r = r.map_err(errno_of)?.into_inner();
+        self.deleg.lock().noted(np, Some(new_name), None, r.parent);
         if let Some(e) = after {
             self.data.remember_attrs(r.parent, e);
         }
@@ -440,6 +489,7 @@ impl StratusFs {
 
     /// One page of directory entries after `cookie` (attributes included with `plus`).
     pub async fn readdir(&self, c: Ctx, ino: u64, cookie: u64, limit: u32, plus: bool) -> FsResult<Vec<pb::DirEntry>> {
+        self.settle(&[self.to_server(ino)]).await?;
         let req = pb::ReadDirRequest { ctx: self.ctx(c), ino: self.to_server(ino), cookie, limit, plus };
         let mut entries = self.rpc().read_dir(req).await.map_err(errno_of)?.into_inner().entries;
         if plus {
@@ -468,6 +518,7 @@ impl StratusFs {
         {
             return Err(libc::ENODATA);
         }
+        self.settle(&[ino]).await?;
         let req = pb::XattrRequest { ctx: self.ctx(c), ino, name: name.to_vec() };
         match self.rpc().get_xattr(req).await.map_err(errno_of) {
             Err(libc::ENODATA) if capability => {
@@ -483,12 +534,15 @@ impl StratusFs {
     }
 
     pub async fn listxattr(&self, c: Ctx, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        self.settle(&[self.to_server(ino)]).await?;
         let r = self.rpc().list_xattr(pb::InodeRequest { ctx: self.ctx(c), ino: self.to_server(ino) }).await;
         Ok(r.map_err(errno_of)?.into_inner().names)
     }
 
     pub async fn setxattr(&self, c: Ctx, ino: u64, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
         let mode_bits = if name == ACL_ACCESS { Some(acl_mode_bits(value).ok_or(libc::EINVAL)?) } else { None };
+        // A held directory gives its delegation back: a default ACL changes what creates there do.
+        self.give_back(self.to_server(ino)).await?;
         let req = pb::SetXattrRequest {
             ctx: self.ctx(c),
             ino: self.to_server(ino),
@@ -517,6 +571,7 @@ impl StratusFs {
     }
 
     pub async fn removexattr(&self, c: Ctx, ino: u64, name: &[u8]) -> FsResult<()> {
+        self.give_back(self.to_server(ino)).await?;
         let req = pb::XattrRequest { ctx: self.ctx(c), ino: self.to_server(ino), name: name.to_vec() };
         let r = self.rpc().remove_xattr(req).await;
         self.void_remembered_attrs();
@@ -529,6 +584,7 @@ impl StratusFs {
 
     /// fsync of a directory, syncfs: every change this session made is durable on return.
     pub async fn sync_all(&self, c: Ctx) -> FsResult<()> {
+        self.settle_all().await?;
         self.rpc().sync(self.session.ctx(c.uid, c.gid, c.pid)).await.map_err(errno_of)?;
         Ok(())
     }
@@ -549,6 +605,7 @@ impl StratusFs {
 
     pub async fn open(&self, c: Ctx, ino: u64, flags: u32) -> FsResult<Opened> {
         let ino = self.to_server(ino);
+        self.settle(&[ino]).await?;
         if flags as i32 & libc::O_TRUNC != 0
             && let Some(f) = self.existing_file(ino)
         {
@@ -574,6 +631,12 @@ impl StratusFs {
         let parent = self.to_server(parent);
         let (mut perm, mut umask) = (perm & !self.cfg.umask, umask);
         let acls = self.inheritance(c, parent, &mut perm, &mut umask, false).await?;
+        if acls.is_none()
+            && let Some(r) = self.create_here(c, parent, name, perm, umask, flags).await
+        {
+            return r;
+        }
+        self.settle(&[parent]).await?;
         let req = pb::MkNodRequest {
             ctx: self.ctx(c),
             parent,
@@ -587,6 +650,9 @@ impl StratusFs {
         };
         let before = self.data.epoch();
         let r = self.rpc().create(req).await.map_err(errno_of)?.into_inner();
+        if r.created {
+            self.deleg.lock().noted(parent, Some(name), None, r.parent);
+        }
         self.data.remember_attrs(r.parent, before);
         let attr = r.attr.unwrap_or_default();
         if r.created {
@@ -604,6 +670,11 @@ impl StratusFs {
     /// from now on) and drops the POSIX locks of `lock_owner` on it.
     pub async fn flush(&self, c: Ctx, ino: u64, fh: u64, lock_owner: u64) -> FsResult<()> {
         let ino = self.to_server(ino);
+        if self.is_pending(ino) {
+            // Committed when applied (another mount reaches the file only through a recall).
+            return Ok(());
+        }
+        self.settle(&[ino]).await?;
         let f = self.file(ino);
         let mut st = f.lock().await;
         let r = self.data.commit(c, &mut st, false).await;
@@ -626,6 +697,7 @@ impl StratusFs {
 
     /// fsync: returns when the file's blocks and block map are durable.
     pub async fn fsync(&self, c: Ctx, ino: u64) -> FsResult<()> {
+        self.settle(&[self.to_server(ino)]).await?;
         let f = self.file(self.to_server(ino));
         let mut st = f.lock().await;
         if st.has_dirty() {
@@ -641,6 +713,11 @@ impl StratusFs {
         let ino = self.to_server(ino);
         let handle = self.handles.lock().remove(&fh).unwrap_or_default();
         let f = self.file(ino);
+        if self.release_here(ino, fh) {
+            f.opens.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1))).ok();
+            return Ok(());
+        }
+        self.settle(&[ino]).await?;
         let r = {
             let mut st = f.lock().await;
             let r = self.data.commit(c, &mut st, false).await;
@@ -671,6 +748,7 @@ impl StratusFs {
     }
 
     pub async fn write(&self, c: Ctx, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.writing_here(self.to_server(ino), offset.saturating_add(data.len() as u64)).await?;
         let f = self.file(self.to_server(ino));
         let mut st = f.lock().await;
         self.data.write(c, &mut st, offset, data).await
@@ -686,6 +764,7 @@ impl StratusFs {
             return Err(libc::EOPNOTSUPP);
         }
         let end = offset.checked_add(len).ok_or(libc::EFBIG)?;
+        self.settle(&[ino]).await?;
         let f = self.file(ino);
         let mut st = f.lock().await;
         if zero {
@@ -719,6 +798,7 @@ impl StratusFs {
 
     /// F_GETLK: the conflicting lock, if any (type UNLOCK when none).
     pub async fn getlk(&self, c: Ctx, ino: u64, req: pb::LockRequest) -> FsResult<pb::GetLockReply> {
+        self.settle(&[self.to_server(ino)]).await?;
         let req = pb::LockRequest { ctx: self.ctx(c), ino: self.to_server(ino), ..req };
         Ok(self.rpc().get_lock(req).await.map_err(errno_of)?.into_inner())
     }
@@ -727,6 +807,7 @@ impl StratusFs {
     /// cancelled (FUSE_INTERRUPT aborts the task, which cancels the RPC and withdraws the wait).
     pub async fn setlk(&self, c: Ctx, ino: u64, fh: u64, req: pb::LockRequest) -> FsResult<()> {
         let ino = self.to_server(ino);
+        self.settle(&[ino]).await?;
         if req.kind() == pb::LockKind::Posix && req.r#type() != pb::LockType::Unlock {
             self.handles.lock().entry(fh).or_default().lock_owners.insert(req.owner);
             self.file(ino).lock().await.lock_owners.insert(req.owner);

@@ -82,6 +82,18 @@ pub fn truncate(w: &mut W, ino: u64, inode: &mut rec::Inode, size: u64, block_si
 
 /// Opens an existing inode for `session`. O_TRUNC truncates a regular file to zero.
 pub fn open(w: &mut W, c: &Caller, ino: u64, flags: u32, block_size: u32) -> MetaResult<(u64, rec::Inode)> {
+    open_as(w, c, ino, flags, block_size, None)
+}
+
+/// [`open`] under a given open id (a delegation's holder chose it from its reserved range).
+pub fn open_as(
+    w: &mut W,
+    c: &Caller,
+    ino: u64,
+    flags: u32,
+    block_size: u32,
+    id: Option<u64>,
+) -> MetaResult<(u64, rec::Inode)> {
     let mut inode = w.inode(ino)?;
     let acc = flags as i32 & libc::O_ACCMODE;
     let trunc = flags as i32 & libc::O_TRUNC != 0;
@@ -104,8 +116,14 @@ pub fn open(w: &mut W, c: &Caller, ino: u64, flags: u32, block_size: u32) -> Met
         w.touch_change(&mut inode);
         w.put_inode(ino, &inode)?;
     }
-    let open_id = w.counters.next_open_id.max(1);
-    w.counters.next_open_id = open_id + 1;
+    let open_id = match id {
+        Some(id) => id,
+        None => {
+            let id = w.counters.next_open_id.max(1);
+            w.counters.next_open_id = id + 1;
+            id
+        }
+    };
     let rec = rec::OpenFile { session: c.session.to_vec(), ino, flags };
     w.open_files.insert(open_id, rec.encode_to_vec().as_slice())?;
     w.open_by_ino.insert((ino, open_id), ())?;
@@ -138,7 +156,15 @@ pub fn create(w: &mut W, c: &Caller, req: &pb::MkNodRequest, block_size: u32) ->
         c,
         parent,
         name,
-        NewNode { kind: pb::FileKind::Regular, perm: req.perm, umask: req.umask, rdev: 0, symlink_target: None },
+        NewNode {
+            kind: pb::FileKind::Regular,
+            perm: req.perm,
+            umask: req.umask,
+            rdev: 0,
+            symlink_target: None,
+            ino: None,
+            time: None,
+        },
     )?;
     // The new file is empty: opening it never truncates.
     let (open_id, inode) = open(w, c, ino, flags & !(libc::O_TRUNC as u32), block_size)?;

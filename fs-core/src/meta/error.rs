@@ -24,6 +24,10 @@ pub enum MetaError {
     /// The database or the server failed; the operation changed nothing.
     #[error("metadata server internal error: {0}")]
     Internal(String),
+    /// The request names a directory delegated to another session: the server recalls it and
+    /// runs the request again (never sent to a client).
+    #[error("directory {0} is delegated to another session and is being recalled; retry")]
+    Delegated(u64),
 }
 
 impl MetaError {
@@ -39,6 +43,7 @@ impl MetaError {
             MetaError::Unauthenticated(_) => libc::EACCES,
             MetaError::Protocol(_) => libc::EPROTO,
             MetaError::Internal(_) => libc::EIO,
+            MetaError::Delegated(_) => libc::EAGAIN,
         }
     }
 
@@ -57,6 +62,7 @@ impl MetaError {
             MetaError::Unauthenticated(_) => Code::Unauthenticated,
             MetaError::Protocol(_) => Code::FailedPrecondition,
             MetaError::Internal(_) => Code::Internal,
+            MetaError::Delegated(_) => Code::Unavailable,
         }
     }
 

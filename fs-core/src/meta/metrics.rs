@@ -26,8 +26,17 @@ pub struct LockLabels {
     pub result: &'static str,
 }
 
+/// A delegation event, per volume.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DelegationLabels {
+    pub volume: String,
+    /// `granted`, `recalled`, `revoked`.
+    pub event: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub delegations: Family<DelegationLabels, Gauge>,
     pub rpc_seconds: Family<OpLabels, Histogram>,
     pub rpc_errors: Family<OpLabels, Counter>,
     pub sessions: Gauge,
@@ -76,8 +85,16 @@ impl Metrics {
             "Time spent in durable commits, per volume (since start); divide by syncs for the mean commit latency",
             sync_seconds.clone(),
         );
+        let delegations = Family::<DelegationLabels, Gauge>::default();
+        registry.register(
+            "delegations",
+            "Directory delegations granted, recalled (another session needed the directory) and revoked (not \
+             given back in time), per volume (since start)",
+            delegations.clone(),
+        );
         Metrics {
             registry,
+            delegations,
             rpc_seconds,
             rpc_errors,
             sessions,

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod client;
 pub mod data;
+pub mod deleg;
 pub mod error;
 pub mod locks;
 pub mod metrics;

@@ -82,6 +82,10 @@ pub struct NewNode<'a> {
     pub umask: u32,
     pub rdev: u64,
     pub symlink_target: Option<&'a [u8]>,
+    /// The inode number (a delegation's holder chose it from its reserved range); `None`: the next.
+    pub ino: Option<u64>,
+    /// Its times and the directory's (a delegation's holder made it then); `None`: now.
+    pub time: Option<pb::Timespec>,
 }
 
 /// Creates `name` in `parent`. Returns the new inode's number and record.
@@ -113,8 +117,11 @@ pub fn mknod(w: &mut W, c: &Caller, parent: u64, name: &[u8], node: NewNode) -> 
     }
     let quota_root = dir.quota_root;
     charge(w, quota_root, 1, 0)?;
-    let ino = w.next_ino();
-    let now = w.now;
+    let ino = match node.ino {
+        Some(ino) => ino,
+        None => w.next_ino(),
+    };
+    let now = node.time.unwrap_or(w.now);
     let target = node.symlink_target.unwrap_or_default();
     let mut inode = rec::Inode {
         attr: Some(pb::Attr {

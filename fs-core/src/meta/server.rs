@@ -73,6 +73,8 @@ pub struct SessionState {
     pub volume: Arc<VolumeDb>,
     pub rec: rec::Session,
     deadline: Mutex<Instant>,
+    /// The session's Watch stream, while it has one open.
+    pub events: Mutex<Option<super::deleg::Events>>,
 }
 
 impl SessionState {
@@ -143,6 +145,7 @@ impl MetaServer {
         let mut volumes = HashMap::new();
         for uuid in names.values() {
             let v = VolumeDb::open_db(&dir.join(format!("volumes/{uuid}.redb")), cfg.sync)?;
+            v.delegations.set_recall_timeout(cfg.lease);
             volumes.insert(uuid.clone(), v);
         }
         let server = Arc::new(MetaServer {
@@ -172,7 +175,16 @@ impl MetaServer {
                     continue;
                 };
                 let rec: rec::Session = schema::dec(val.value())?;
-                map.insert(id, Arc::new(SessionState { id, volume: v.clone(), rec, deadline: Mutex::new(deadline) }));
+                map.insert(
+                    id,
+                    Arc::new(SessionState {
+                        id,
+                        volume: v.clone(),
+                        rec,
+                        deadline: Mutex::new(deadline),
+                        events: Mutex::new(None),
+                    }),
+                );
             }
         }
         self.metrics.sessions.set(map.len() as i64);
@@ -268,6 +280,7 @@ impl MetaServer {
         };
         let path = self.cfg.data_dir.join(format!("volumes/{}.redb", info.uuid));
         let v = VolumeDb::create_db(&path, info.clone(), self.cfg.sync)?;
+        v.delegations.set_recall_timeout(self.cfg.lease);
         v.writer.sync().await?;
         let (n, u) = (name.clone(), info.uuid.clone());
         self.server_writer
@@ -509,7 +522,7 @@ impl MetaServer {
             Ok(())
         })
         .await?;
-        let s = Arc::new(SessionState { id, volume: v, rec, deadline: Mutex::new(deadline) });
+        let s = Arc::new(SessionState { id, volume: v, rec, deadline: Mutex::new(deadline), events: Mutex::new(None) });
         let n = {
             let mut m = self.sessions.write();
             m.insert(id, s.clone());
@@ -556,6 +569,7 @@ impl MetaServer {
         self.metrics.sessions.set(self.sessions.read().len() as i64);
         let v = s.volume.clone();
         v.reservations.drop_session(id);
+        v.delegations.drop_session(id);
         for ino in v.locks.inodes_of(id) {
             v.drop_locks(ino, |l| &l.session == id);
         }

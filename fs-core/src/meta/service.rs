@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::access::Caller;
 use super::error::{MetaError, MetaResult};
 use super::locks::{Lock, SetOutcome};
-use super::metrics::{LockLabels, OpLabels, VolumeLabels};
+use super::metrics::{DelegationLabels, LockLabels, OpLabels, VolumeLabels};
 use super::server::{MetaServer, background};
 use super::tx::attr;
 use super::volume::{VolumeDb, persist_locks};
@@ -105,7 +105,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("lookup", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            let (_, inode) = s.volume.lookup(&c, r.parent, &r.name)?;
+            let (_, inode) = s.volume.settled(|| s.volume.lookup(&c, r.parent, &r.name)).await?;
             Ok(entry(&inode))
         })
         .await
@@ -115,7 +115,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("getattr", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            Ok(attr_reply(&s.volume.getattr(&c, r.ino)?))
+            Ok(attr_reply(&s.volume.settled(|| s.volume.getattr(&c, r.ino)).await?))
         })
         .await
     }
@@ -169,7 +169,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("readlink", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            Ok(pb::ReadLinkReply { target: s.volume.readlink(&c, r.ino)? })
+            Ok(pb::ReadLinkReply { target: s.volume.settled(|| s.volume.readlink(&c, r.ino)).await? })
         })
         .await
     }
@@ -222,7 +222,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("readdir", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            let (entries, eof) = s.volume.readdir(&c, r.ino, r.cookie, r.limit, r.plus)?;
+            let (entries, eof) = s.volume.settled(|| s.volume.readdir(&c, r.ino, r.cookie, r.limit, r.plus)).await?;
             Ok(pb::ReadDirReply { entries, eof })
         })
         .await
@@ -232,7 +232,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("statfs", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            s.volume.statfs(&c, r.ino)
+            s.volume.settled(|| s.volume.statfs(&c, r.ino)).await
         })
         .await
     }
@@ -241,7 +241,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("getxattr", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            Ok(pb::XattrReply { value: s.volume.getxattr(&c, r.ino, &r.name)? })
+            Ok(pb::XattrReply { value: s.volume.settled(|| s.volume.getxattr(&c, r.ino, &r.name)).await? })
         })
         .await
     }
@@ -260,7 +260,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("listxattr", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            Ok(pb::ListXattrReply { names: s.volume.listxattr(&c, r.ino)? })
+            Ok(pb::ListXattrReply { names: s.volume.settled(|| s.volume.listxattr(&c, r.ino)).await? })
         })
         .await
     }
@@ -317,7 +317,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("get_blocks", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            let (blocks, inode) = s.volume.get_blocks(&c, r.ino, r.first_index, r.count)?;
+            let (blocks, inode) = s.volume.settled(|| s.volume.get_blocks(&c, r.ino, r.first_index, r.count)).await?;
             Ok(pb::GetBlocksReply { blocks, attr: Some(*attr(&inode)) })
         })
         .await
@@ -346,7 +346,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("reserve", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            s.volume.reserve(&c, r.ino, r.bytes)?;
+            s.volume.settled(|| s.volume.reserve(&c, r.ino, r.bytes)).await?;
             Ok(pb::Empty {})
         })
         .await
@@ -361,11 +361,56 @@ impl pb::meta_server::Meta for MetaService {
         .await
     }
 
+    type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+    async fn watch(&self, req: Request<pb::Context>) -> R<Self::WatchStream> {
+        self.call("watch", async {
+            let (s, _) = self.srv.session(Some(req.get_ref()))?;
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            *s.events.lock() = Some(tx);
+            let stream: Self::WatchStream = Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+            Ok(stream)
+        })
+        .await
+    }
+
+    async fn delegate(&self, req: Request<pb::DelegateRequest>) -> R<pb::DelegateReply> {
+        self.call("delegate", async {
+            let r = req.into_inner();
+            let (s, c) = self.srv.session(r.ctx.as_ref())?;
+            let events = s.events.lock().clone().filter(|e| !e.is_closed()).ok_or_else(|| {
+                MetaError::fs(libc::EPERM, "a delegation needs the session's Watch stream open (to be recalled)")
+            })?;
+            s.volume.delegate(&c, r.dir, events).await
+        })
+        .await
+    }
+
+    async fn apply(&self, req: Request<pb::ApplyRequest>) -> R<pb::ApplyReply> {
+        self.call("apply", async {
+            let r = req.into_inner();
+            let (s, c) = self.srv.session(r.ctx.as_ref())?;
+            let mut creators = Vec::with_capacity(r.creates.len());
+            for op in &r.creates {
+                let ctx = op
+                    .ctx
+                    .as_ref()
+                    .ok_or_else(|| MetaError::Protocol("a delegated create without a context".into()))?;
+                if op.open_ids.len() != op.open_flags.len() {
+                    return Err(MetaError::Protocol("a delegated create's open ids and flags differ in number".into()));
+                }
+                creators.push(s.caller(ctx));
+            }
+            s.volume.apply(&c, creators, r).await
+        })
+        .await
+    }
+
     async fn get_lock(&self, req: Request<pb::LockRequest>) -> R<pb::GetLockReply> {
         self.call("getlk", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            s.volume.getattr(&c, r.ino)?;
+            s.volume.settled(|| s.volume.getattr(&c, r.ino)).await?;
             let want = lock_of(&c, &r)?;
             Ok(match s.volume.locks.test(r.ino, &want) {
                 Some(l) => pb::GetLockReply {
@@ -384,7 +429,7 @@ impl pb::meta_server::Meta for MetaService {
         self.call("setlk", async {
             let r = req.into_inner();
             let (s, c) = self.srv.session(r.ctx.as_ref())?;
-            s.volume.getattr(&c, r.ino)?;
+            s.volume.settled(|| s.volume.getattr(&c, r.ino)).await?;
             let want = lock_of(&c, &r)?;
             let unlock = r.r#type() == pb::LockType::Unlock;
             let writer = s.volume.writer.clone();
@@ -598,6 +643,10 @@ pub async fn serve(
                         let st = &v.writer.stats;
                         srv.metrics.commits.get_or_create(&l).set(st.commits.load(Ordering::Relaxed) as i64);
                         srv.metrics.syncs.get_or_create(&l).set(st.syncs.load(Ordering::Relaxed) as i64);
+                        for (event, n) in v.delegations.counts() {
+                            let l = DelegationLabels { volume: l.volume.clone(), event };
+                            srv.metrics.delegations.get_or_create(&l).set(n as i64);
+                        }
                         srv.metrics
                             .sync_seconds
                             .get_or_create(&l)

@@ -13,6 +13,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::access::Caller;
 use super::data;
+use super::deleg::{self, Delegations};
 use super::error::{MetaError, MetaResult};
 use super::locks::{Lock, LockTable};
 use super::ns::{self, NewNode};
@@ -49,6 +50,8 @@ pub struct VolumeDb {
     pub locks: LockTable,
     /// Quota held for unflushed writes (in memory).
     pub reservations: Arc<Reservations>,
+    /// Directories delegated to sessions (in memory).
+    pub delegations: Arc<Delegations>,
 }
 
 fn mode_of(kind: pb::FileKind) -> MetaResult<()> {
@@ -134,6 +137,7 @@ impl VolumeDb {
             info: RwLock::new(info),
             locks,
             reservations: Default::default(),
+            delegations: Default::default(),
         }))
     }
 
@@ -207,24 +211,48 @@ impl VolumeDb {
         Ok(())
     }
 
-    /// Runs a change after checking, inside the same transaction, that `inos` lie in the subtree.
+    /// Runs a change after checking, inside the same transaction, that `inos` lie in the subtree
+    /// and that none is delegated to another session (recalling it and running again if one is).
     async fn change_in<R, F>(&self, c: &Caller, inos: Vec<u64>, durable: bool, f: F) -> MetaResult<R>
     where
         R: Send + 'static,
-        F: FnOnce(&mut W, &Caller) -> MetaResult<R> + Send + 'static,
+        F: FnOnce(&mut W, &Caller) -> MetaResult<R> + Clone + Send + 'static,
     {
-        let c = c.clone();
-        self.change(durable, move |w| {
-            Self::check_within(&w.inodes, &c, &inos)?;
-            f(w, &c)
-        })
-        .await
+        loop {
+            if let Some(dir) = self.delegations.conflict(c, &inos) {
+                self.delegations.recall(dir).await;
+            }
+            let (c2, inos2, f2, delegations) = (c.clone(), inos.clone(), f.clone(), self.delegations.clone());
+            let r = self
+                .change(durable, move |w| {
+                    Self::check_within(&w.inodes, &c2, &inos2)?;
+                    delegations.check(&c2, &inos2)?;
+                    f2(w, &c2)
+                })
+                .await;
+            match r {
+                Err(MetaError::Delegated(dir)) => self.delegations.recall(dir).await,
+                r => return r,
+            }
+        }
     }
 
     fn read_in(&self, c: &Caller, inos: &[u64]) -> MetaResult<ReadTransaction> {
         let r = self.read()?;
         Self::check_within(&r.open_table(INODES)?, c, inos)?;
+        self.delegations.check(c, inos)?;
         Ok(r)
+    }
+
+    /// Runs a read, recalling a delegation it meets and reading again (reads that name a
+    /// directory: another session's delegation may hold changes the server has not seen).
+    pub async fn settled<T>(&self, mut f: impl FnMut() -> MetaResult<T>) -> MetaResult<T> {
+        loop {
+            match f() {
+                Err(MetaError::Delegated(dir)) => self.delegations.recall(dir).await,
+                r => return r,
+            }
+        }
     }
 
     // --- reads ------------------------------------------------------------------------------------
@@ -434,7 +462,15 @@ impl VolumeDb {
                 c,
                 req.parent,
                 &req.name,
-                NewNode { kind, perm: req.perm, umask: req.umask, rdev: req.rdev, symlink_target: None },
+                NewNode {
+                    kind,
+                    perm: req.perm,
+                    umask: req.umask,
+                    rdev: req.rdev,
+                    symlink_target: None,
+                    ino: None,
+                    time: None,
+                },
             )
         })
         .await
@@ -459,7 +495,15 @@ impl VolumeDb {
                 c,
                 parent,
                 &name,
-                NewNode { kind: pb::FileKind::Symlink, perm: 0o777, umask: 0, rdev: 0, symlink_target: Some(&target) },
+                NewNode {
+                    kind: pb::FileKind::Symlink,
+                    perm: 0o777,
+                    umask: 0,
+                    rdev: 0,
+                    symlink_target: Some(&target),
+                    ino: None,
+                    time: None,
+                },
             )
         })
         .await
@@ -470,7 +514,21 @@ impl VolumeDb {
     }
 
     pub async fn rmdir(&self, c: &Caller, parent: u64, name: Vec<u8>) -> MetaResult<()> {
-        self.change_in(c, vec![parent], false, move |w, c| ns::rmdir(w, c, parent, &name)).await
+        // The directory removed may be delegated (creates the server has not seen yet).
+        let inos = self.with_entries(vec![parent], &[(parent, &name)])?;
+        self.change_in(c, inos, false, move |w, c| ns::rmdir(w, c, parent, &name)).await
+    }
+
+    /// `inos` and the inodes the names (directory, name) point at now.
+    fn with_entries(&self, mut inos: Vec<u64>, names: &[(u64, &[u8])]) -> MetaResult<Vec<u64>> {
+        let r = self.read()?;
+        let t = r.open_table(DENTRIES)?;
+        for &(dir, name) in names {
+            if let Some(d) = dentry_in(&t, dir, name)? {
+                inos.push(d.ino);
+            }
+        }
+        Ok(inos)
     }
 
     pub async fn link(&self, c: &Caller, ino: u64, new_parent: u64, new_name: Vec<u8>) -> MetaResult<rec::Inode> {
@@ -478,7 +536,9 @@ impl VolumeDb {
     }
 
     pub async fn rename(&self, c: &Caller, req: pb::RenameRequest) -> MetaResult<()> {
-        self.change_in(c, vec![req.parent, req.new_parent], false, move |w, c| {
+        // A directory replaced may be delegated (creates the server has not seen yet).
+        let inos = self.with_entries(vec![req.parent, req.new_parent], &[(req.new_parent, &req.new_name)])?;
+        self.change_in(c, inos, false, move |w, c| {
             ns::rename(w, c, req.parent, &req.name, req.new_parent, &req.new_name, req.flags)
         })
         .await
@@ -498,6 +558,117 @@ impl VolumeDb {
 
     pub async fn removexattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> MetaResult<()> {
         self.change_in(c, vec![ino], false, move |w, c| ns::removexattr(w, c, ino, &name)).await
+    }
+
+    /// Grants the caller's session a delegation on directory `dir` (docs/write-back-metadata.md).
+    /// Refused (EBUSY, EPERM) where the holder could not answer as the server would: another
+    /// session holds it, the token is read-only or squashes root, names are encrypted, a quota
+    /// applies, the directory has a default ACL or more than [`deleg::MAX_NAMES`] names.
+    pub async fn delegate(&self, c: &Caller, dir: u64, events: deleg::Events) -> MetaResult<pb::DelegateReply> {
+        c.writable()?;
+        let refuse =
+            move |why: &str| Err(MetaError::fs(libc::EPERM, format!("directory {dir} is not delegated: {why}")));
+        if c.root_squash {
+            return refuse("the token squashes root");
+        }
+        if self.encrypted() {
+            return refuse("the volume's names are encrypted");
+        }
+        if self.info.read().quota.is_some_and(|q| q.max_bytes > 0 || q.max_inodes > 0) {
+            return refuse("the volume has a quota");
+        }
+        let (c, delegations) = (c.clone(), self.delegations.clone());
+        self.change(false, move |w| {
+            Self::check_within(&w.inodes, &c, &[dir])?;
+            let inode = w.dir(dir)?;
+            if attr(&inode).nlink == 0 {
+                return Err(MetaError::fs(libc::ENOENT, format!("directory {dir} has been removed")));
+            }
+            if inode.quota_root != 0 {
+                return refuse("a directory quota applies to it");
+            }
+            if w.xattrs.get((dir, &b"system.posix_acl_default"[..]))?.is_some() {
+                return refuse("it has a default ACL");
+            }
+            let mut names = Vec::new();
+            for item in w.dentries.range((dir, &[][..])..)? {
+                let (k, _) = item?;
+                let (d, name) = k.value();
+                if d != dir {
+                    break;
+                }
+                if names.len() == deleg::MAX_NAMES {
+                    return refuse("it has too many names");
+                }
+                names.push(name.to_vec());
+            }
+            let ino_start = w.counters.next_ino.max(ROOT_INO + 1);
+            w.counters.next_ino = ino_start + deleg::RESERVED;
+            let open_start = w.counters.next_open_id.max(1);
+            w.counters.next_open_id = open_start + deleg::RESERVED;
+            let (inos, opens) = (ino_start..ino_start + deleg::RESERVED, open_start..open_start + deleg::RESERVED);
+            let epoch = delegations.grant(&c, dir, inos, opens, events)?;
+            Ok(pb::DelegateReply {
+                epoch,
+                dir: Some(*attr(&inode)),
+                names,
+                ino_start,
+                ino_end: ino_start + deleg::RESERVED,
+                open_start,
+                open_end: open_start + deleg::RESERVED,
+            })
+        })
+        .await
+    }
+
+    /// Applies a delegation holder's creates in one transaction (each checked as Create with
+    /// O_EXCL would be, its inode number and open ids within the ranges reserved to the holder),
+    /// then ends the delegation if asked. `creators` are the callers of `req.creates`, in order.
+    pub async fn apply(&self, c: &Caller, creators: Vec<Caller>, req: pb::ApplyRequest) -> MetaResult<pb::ApplyReply> {
+        let (dir, epoch, give_back) = (req.dir, req.epoch, req.give_back);
+        let bs = self.block_size();
+        let (c2, delegations) = (c.clone(), self.delegations.clone());
+        let reply = self
+            .change(req.durable, move |w| {
+                let c = c2;
+                Self::check_within(&w.inodes, &c, &[dir])?;
+                let (inos, opens) = delegations.ranges(&c, dir, epoch)?;
+                let mut attrs = Vec::with_capacity(req.creates.len());
+                for (oc, op) in creators.iter().zip(&req.creates) {
+                    if !inos.contains(&op.ino) || w.inodes.get(op.ino)?.is_some() {
+                        return Err(MetaError::Protocol(format!(
+                            "inode {} is not one reserved to this delegation, or is taken",
+                            op.ino
+                        )));
+                    }
+                    let node = NewNode {
+                        kind: pb::FileKind::Regular,
+                        perm: op.perm,
+                        umask: 0,
+                        rdev: 0,
+                        symlink_target: None,
+                        ino: Some(op.ino),
+                        time: op.time,
+                    };
+                    let (ino, mut inode) = ns::mknod(w, oc, dir, &op.name, node)?;
+                    for (&id, &flags) in op.open_ids.iter().zip(&op.open_flags) {
+                        if !opens.contains(&id) || w.open_files.get(id)?.is_some() {
+                            return Err(MetaError::Protocol(format!(
+                                "open id {id} is not one reserved to this delegation, or is taken"
+                            )));
+                        }
+                        inode = data::open_as(w, oc, ino, flags & !(libc::O_TRUNC as u32), bs, Some(id))?.1;
+                    }
+                    attrs.push(*attr(&inode));
+                }
+                let dir_attr = w.dir(dir).ok().map(|i| *attr(&i));
+                Ok(pb::ApplyReply { attrs, dir: dir_attr })
+            })
+            .await?;
+        if give_back {
+            self.delegations.give_back(c, dir, epoch);
+        }
+        Ok(reply)
     }
 
     pub async fn create_file(&self, c: &Caller, req: pb::MkNodRequest) -> MetaResult<data::Created> {

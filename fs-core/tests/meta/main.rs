@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod crash;
+mod delegations;
 mod fs;
 mod locks;
 mod model;
