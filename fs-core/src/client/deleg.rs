@@ -417,7 +417,11 @@ impl StratusFs {
             }
             Err(s) => {
                 tracing::debug!(dir, error = %MetaError::from_status(&s), "delegation refused");
-                self.deleg.lock().cooldown.insert(dir, Instant::now() + REFUSED_COOLDOWN);
+                let mut st = self.deleg.lock();
+                if st.cooldown.len() > 10_000 {
+                    st.cooldown.clear();
+                }
+                st.cooldown.insert(dir, Instant::now() + REFUSED_COOLDOWN);
             }
         }
     }

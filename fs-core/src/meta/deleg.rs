@@ -166,6 +166,12 @@ impl Delegations {
         });
     }
 
+    /// Recalls every delegation (before a quota changes: none is granted under a quota).
+    pub async fn recall_all(&self) {
+        let dirs: Vec<u64> = self.held.lock().keys().copied().collect();
+        futures::future::join_all(dirs.into_iter().map(|d| self.recall(d))).await;
+    }
+
     /// Asks the holder of `dir` to give it back and waits until the delegation ended (revoking it
     /// after the recall timeout).
     pub async fn recall(&self, dir: u64) {

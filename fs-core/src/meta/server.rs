@@ -328,6 +328,8 @@ impl MetaServer {
             info.retention_secs = r;
         }
         if req.quota.is_some() {
+            // Delegations are not granted under a quota: holders apply their creates first.
+            v.delegations.recall_all().await;
             info.quota = req.quota;
         }
         if !req.backend_json.is_empty() {
@@ -640,6 +642,15 @@ impl MetaServer {
     /// Sets a quota on a directory (or, for "/" or "", the volume).
     pub async fn set_quota(&self, req: pb::SetQuotaRequest) -> MetaResult<()> {
         let v = self.volume(&req.volume)?;
+        // Delegations are not granted under a quota: holders apply their creates first.
+        v.delegations.recall_all().await;
+        let r = self.set_quota_in(&v, req).await;
+        v.delegations.recall_all().await;
+        r
+    }
+
+    async fn set_quota_in(&self, v: &Arc<VolumeDb>, req: pb::SetQuotaRequest) -> MetaResult<()> {
+        let v = v.clone();
         let quota = req.quota.unwrap_or_default();
         let path = req.path.trim_end_matches('/').to_string();
         if path.is_empty() {

@@ -181,3 +181,28 @@ async fn apply_checks_each_create_as_create_would() {
     assert_eq!(r.attrs.len(), 2);
     assert_eq!(a.lookup(d, b"z").await.unwrap().ino, g.ino_start + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setting_a_quota_recalls_delegations_first() {
+    let srv = TestServer::start(|_| {}).await;
+    let (_, token) = srv.volume("v", |_| {}).await;
+    let a = Fs::new(srv.session("v", &token).await);
+    let d = a.mkdir("d").await.unwrap().ino;
+    let mut events = watch(&a).await;
+    let g = delegate(&a, d).await.unwrap();
+    let mut admin = srv.admin().await;
+    let quota = pb::SetQuotaRequest {
+        volume: "v".into(),
+        path: "/d".into(),
+        quota: Some(pb::Quota { max_bytes: 1 << 20, max_inodes: 10 }),
+    };
+    let setting = tokio::spawn(async move { admin.set_quota(quota).await });
+    let ev = tokio::time::timeout(Duration::from_secs(10), events.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(ev.recall_dir, d);
+    // The holder's creates are applied before the quota exists (nothing is lost to EDQUOT).
+    apply(&a, d, g.epoch, vec![create(&a, "made-before", g.ino_start, vec![])], true).await.unwrap();
+    setting.await.unwrap().expect("setting the quota");
+    assert_eq!(a.lookup(d, b"made-before").await.unwrap().ino, g.ino_start);
+    // Under the quota the directory is not delegated.
+    assert_eq!(delegate(&a, d).await.unwrap_err(), libc::EPERM);
+}
