@@ -206,4 +206,14 @@ async fn random_file_operations_agree_with_a_local_directory() {
     })
     .await
     .unwrap();
+    // The sequences ran through write-back creates too (docs/write-back-metadata.md): each
+    // directory's second create asks for a delegation.
+    let metrics = meta.metrics().await.unwrap();
+    let granted: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("stratusfs_meta_delegations{volume=\"v\",event=\"granted\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    eprintln!("directory delegations granted during the sequences: {granted}");
+    assert!(granted >= 1.0, "no sequence ran under a directory delegation");
 }
