@@ -246,10 +246,36 @@ impl StratusFs {
         }
     }
 
+    /// The reply to a change of this mount that adds a name to `dir` (see [`Self::maybe_named`]).
+    pub(super) async fn named_in<T>(&self, dir: u64, r: Result<tonic::Response<T>, tonic::Status>) -> FsResult<T> {
+        match r {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => {
+                self.maybe_named(dir, &s).await;
+                Err(errno_of(s))
+            }
+        }
+    }
+
+    /// A change of this mount that adds a name to `dir` failed. When the server may have made it
+    /// although the answer was lost (EIO), a delegation on `dir` goes back: its name set could
+    /// miss the name, and a local create of it would be refused at Apply.
+    pub(super) async fn maybe_named(&self, dir: u64, s: &tonic::Status) {
+        if MetaError::from_status(s).errno() == libc::EIO && self.deleg.lock().dirs.contains_key(&dir) {
+            let _ = self.apply_dir(dir, true, false).await;
+        }
+    }
+
     /// Applies what is pending in every held directory.
     pub(super) async fn settle_all(&self) -> FsResult<()> {
-        let dirs: Vec<u64> =
-            self.deleg.lock().dirs.iter().filter(|(_, d)| !d.pending.is_empty()).map(|(i, _)| *i).collect();
+        let dirs: Vec<u64> = self
+            .deleg
+            .lock()
+            .dirs
+            .iter()
+            .filter(|(_, d)| !d.pending.is_empty() || d.in_flight > 0)
+            .map(|(i, _)| *i)
+            .collect();
         for dir in dirs {
             self.apply_dir(dir, false, false).await?;
         }
@@ -351,9 +377,11 @@ impl StratusFs {
                 false
             }
         };
-        {
+        // The files stay marked as applying until their data is committed too: this mount's own
+        // requests about them wait for that (settle) instead of seeing the server half way.
+        let done = |inos: &[(u64, Ctx)]| {
             let mut st = self.deleg.lock();
-            for (ino, _) in &inos {
+            for (ino, _) in inos {
                 st.files.remove(ino);
             }
             if let Some(d) = st.dirs.get_mut(&dir) {
@@ -362,8 +390,9 @@ impl StratusFs {
             if give_back || !applied {
                 st.dirs.remove(&dir);
             }
-        }
+        };
         if !applied {
+            done(&inos);
             for (ino, _) in &inos {
                 self.files.lock().remove(ino);
             }
@@ -374,7 +403,7 @@ impl StratusFs {
         }
         // Close-to-open: what was written to files now closed reaches the server before anyone
         // else can look (a recall waits for this).
-        for (ino, c) in inos {
+        for &(ino, c) in &inos {
             let Some(f) = self.existing_file(ino) else { continue };
             if f.opens.load(Ordering::Relaxed) > 0 {
                 continue;
@@ -387,6 +416,7 @@ impl StratusFs {
                 result = Err(e);
             }
         }
+        done(&inos);
         if give_back && !end_now {
             self.end_delegation(dir, epoch).await;
         }

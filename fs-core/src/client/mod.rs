@@ -377,7 +377,7 @@ impl StratusFs {
         let (parent, name) = (req.parent, req.name.clone());
         let before = self.data.epoch();
         let r = if dir { self.rpc().mk_dir(req).await } else { self.rpc().mk_nod(req).await };
-        let r = r.map_err(errno_of)?.into_inner();
+        let r = self.named_in(parent, r).await?;
         self.deleg.lock().noted(parent, Some(&name), None, r.parent);
         self.data.remember_attrs(r.parent, before);
         let a = r.attr.unwrap_or_default();
@@ -395,7 +395,8 @@ impl StratusFs {
         };
         self.settle(&[req.parent]).await?;
         let before = self.data.epoch();
-        let r = self.rpc().symlink(req).await.map_err(errno_of)?.into_inner();
+        let r = self.rpc().symlink(req).await;
+        let r = self.named_in(self.to_server(parent), r).await?;
         self.deleg.lock().noted(self.to_server(parent), Some(name), None, r.parent);
         self.data.remember_attrs(r.parent, before);
         Ok(r.attr.unwrap_or_default())
@@ -458,6 +459,9 @@ impl StratusFs {
         let before = self.data.epoch();
         let (p, np) = (req.parent, req.new_parent);
         let r = self.rpc().rename(req).await;
+        if let Err(s) = &r {
+            self.maybe_named(np, s).await;
+        }
         let r = self.removed_or_renamed(before, r)?;
         let mut st = self.deleg.lock();
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
@@ -479,7 +483,7 @@ impl StratusFs {
         let before = self.data.epoch();
         let r = self.rpc().link(req).await;
         let after = self.changed_outside_data_path(before);
-        let r = r.map_err(errno_of)?.into_inner();
+        let r = self.named_in(np, r).await?;
         self.deleg.lock().noted(np, Some(new_name), None, r.parent);
         if let Some(e) = after {
             self.data.remember_attrs(r.parent, e);
@@ -649,7 +653,8 @@ impl StratusFs {
             ..Default::default()
         };
         let before = self.data.epoch();
-        let r = self.rpc().create(req).await.map_err(errno_of)?.into_inner();
+        let r = self.rpc().create(req).await;
+        let r = self.named_in(parent, r).await?;
         if r.created {
             self.deleg.lock().noted(parent, Some(name), None, r.parent);
         }
