@@ -570,9 +570,7 @@ impl StratusFs {
             st.files.insert(ino, pending);
             (attr, fh)
         };
-        // A new file has no security.capability: the kernel's question at its first write
-        // needs no round trip.
-        self.no_capability.lock().insert(attr.ino, std::time::Instant::now());
+        self.created_without_capability(attr.ino);
         let reply = OpenedReply { open_id: fh, attr: &attr, quota_limited: false, created: true };
         Some(self.opened(c, attr.ino, reply).await.map(|o| (attr, o)))
     }

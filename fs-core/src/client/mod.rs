@@ -595,6 +595,12 @@ impl StratusFs {
 
     // --- open files ---------------------------------------------------------------------------
 
+    /// A new file has no security.capability: the kernel's question at its first write needs no
+    /// round trip.
+    fn created_without_capability(&self, ino: u64) {
+        self.no_capability.lock().insert(ino, std::time::Instant::now());
+    }
+
     /// Registers an open and compares the file with what this mount saw last.
     async fn opened(&self, c: Ctx, ino: u64, r: OpenedReply<'_>) -> FsResult<Opened> {
         let OpenedReply { open_id, attr, quota_limited, created } = r;
@@ -662,9 +668,7 @@ impl StratusFs {
         let attr = r.attr.unwrap_or_default();
         if r.created {
             self.inherit(c, attr.ino, acls).await?;
-            // A new file has no security.capability: the kernel's question at its first write
-            // needs no round trip.
-            self.no_capability.lock().insert(attr.ino, std::time::Instant::now());
+            self.created_without_capability(attr.ino);
         }
         let reply = OpenedReply { open_id: r.open_id, attr: &attr, quota_limited: r.quota_limited, created: r.created };
         let opened = self.opened(c, attr.ino, reply).await?;
