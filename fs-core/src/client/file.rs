@@ -67,6 +67,63 @@ fn chunk_span(c: u32, len: usize) -> (usize, usize) {
     (start, (start + CS).min(len.max(start)))
 }
 
+/// The bytes of one write: a slice, or the chunk-sized pieces the FUSE reader read a write's
+/// payload into (docs/decisions.md, "Writes without a copy"). A piece that lands exactly on a chunk
+/// of the file becomes that chunk as it is, so a sequential writer's bytes are not copied again
+/// between the kernel and the upload.
+pub enum WriteData<'a> {
+    Slice(&'a [u8]),
+    /// Consecutive pieces, each [`CS`] bytes but the last (`None` once taken), and their length.
+    Pieces(Vec<Option<Vec<u8>>>, usize),
+}
+
+impl WriteData<'_> {
+    /// Pieces as read: every piece but the last must be [`CS`] bytes.
+    pub fn pieces(pieces: Vec<Vec<u8>>) -> WriteData<'static> {
+        debug_assert!(pieces.iter().rev().skip(1).all(|p| p.len() == CS), "a piece before the last is not a chunk");
+        let len = pieces.iter().map(|p| p.len()).sum();
+        WriteData::Pieces(pieces.into_iter().map(Some).collect(), len)
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            WriteData::Slice(s) => s.len(),
+            WriteData::Pieces(_, len) => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` with the consecutive slices of `[start, start + len)`.
+    fn each(&self, start: usize, len: usize, mut f: impl FnMut(&[u8])) {
+        match self {
+            WriteData::Slice(s) => f(&s[start..start + len]),
+            WriteData::Pieces(p, _) => {
+                let (mut at, end) = (start, start + len);
+                while at < end {
+                    let piece = p[at / CS].as_deref().expect("a taken piece is never read again");
+                    let off = at % CS;
+                    let k = (piece.len() - off).min(end - at);
+                    f(&piece[off..off + k]);
+                    at += k;
+                }
+            }
+        }
+    }
+
+    /// The piece that is exactly `[start, start + len)`, taken without a copy, if there is one.
+    fn take(&mut self, start: usize, len: usize) -> Option<Vec<u8>> {
+        let WriteData::Pieces(p, _) = self else { return None };
+        let slot = p.get_mut(start / CS).filter(|_| start.is_multiple_of(CS))?;
+        if slot.as_ref()?.len() != len {
+            return None;
+        }
+        slot.take()
+    }
+}
+
 /// A block this mount wrote and has not committed.
 struct Dirty {
     /// Chunk number → the chunk's bytes as this mount sees them: the base's bytes (none past its
@@ -176,26 +233,44 @@ impl Dirty {
 
     /// Lays `src` over the block at `from`: each chunk it touches is taken from the base first
     /// unless the write covers all the base has in it.
-    async fn write(&mut self, io: &BlockIo, from: usize, src: &[u8]) -> FsResult<()> {
-        for (at, c, off, k) in chunk_pieces(from, from + src.len()) {
+    /// `src_at..src_at + len` of `src` is written at `from`. A piece of `src` that covers a whole
+    /// chunk (or all the chunk holds) becomes the chunk without a copy.
+    async fn write(
+        &mut self,
+        io: &BlockIo,
+        from: usize,
+        src: &mut WriteData<'_>,
+        src_at: usize,
+        len: usize,
+    ) -> FsResult<()> {
+        for (at, c, off, k) in chunk_pieces(from, from + len) {
+            let pos = src_at + (at - from);
+            let in_base = self.base_len().saturating_sub(c as usize * CS).min(CS);
+            let covered = off == 0 && (k == CS || (k >= in_base && !self.chunks.contains_key(&c)));
+            if covered && let Some(piece) = src.take(pos, k) {
+                self.chunks.insert(c, Arc::new(piece));
+                continue;
+            }
             if !self.chunks.contains_key(&c) {
-                let in_base = self.base_len().saturating_sub(c as usize * CS).min(CS);
                 let v = if off == 0 && k >= in_base { Vec::with_capacity(CS) } else { self.base_chunk(io, c).await? };
                 self.chunks.insert(c, Arc::new(v));
             }
             let v = Arc::make_mut(self.chunks.get_mut(&c).expect("inserted above"));
-            let bytes = &src[at - from..at - from + k];
             if v.len() == off {
                 // Appending (the sequential case): one copy, no zero-fill first.
-                v.extend_from_slice(bytes);
+                src.each(pos, k, |b| v.extend_from_slice(b));
             } else {
                 if v.len() < off + k {
                     v.resize(off + k, 0);
                 }
-                v[off..off + k].copy_from_slice(bytes);
+                let mut o = off;
+                src.each(pos, k, |b| {
+                    v[o..o + b.len()].copy_from_slice(b);
+                    o += b.len();
+                });
             }
         }
-        self.add_extent(from, from + src.len());
+        self.add_extent(from, from + len);
         Ok(())
     }
 
@@ -616,7 +691,7 @@ impl DataPath {
 
     /// Accepts a write into the dirty blocks (reserving quota first); uploads blocks it
     /// completes, and commits when the file's unflushed bytes pass the limit.
-    pub async fn write(&self, c: Ctx, st: &mut FileState, offset: u64, data: &[u8]) -> FsResult<u32> {
+    pub async fn write(&self, c: Ctx, st: &mut FileState, offset: u64, mut data: WriteData<'_>) -> FsResult<u32> {
         self.forget_attrs(st.ino);
         self.ensure_loaded(c, st).await?;
         let end = offset.checked_add(data.len() as u64).ok_or(libc::EFBIG)?;
@@ -647,9 +722,7 @@ impl DataPath {
             let base = st.map.get(&index).cloned();
             let d = st.dirty.entry(index).or_insert_with(|| Dirty::new(base));
             d.cancel_upload();
-            if let Err(e) =
-                d.write(&self.blocks, from, &data[(pos - offset) as usize..(pos - offset) as usize + n]).await
-            {
+            if let Err(e) = d.write(&self.blocks, from, &mut data, (pos - offset) as usize, n).await {
                 if d.extents.is_empty() {
                     st.dirty.remove(&index);
                 }
@@ -822,7 +895,7 @@ impl DataPath {
                 }
             } else if pos < size && st.map.contains_key(&index) {
                 let zeros = vec![0u8; n.min(size - pos) as usize];
-                self.write(c, st, pos, &zeros).await?;
+                self.write(c, st, pos, WriteData::Slice(&zeros)).await?;
             }
             pos += n;
         }
@@ -894,6 +967,11 @@ mod tests {
         out
     }
 
+    /// Writes `bytes` at `at` of the dirty block, as one slice.
+    async fn put(io: &BlockIo, d: &mut Dirty, at: usize, bytes: &[u8]) {
+        d.write(io, at, &mut WriteData::Slice(bytes), 0, bytes.len()).await.unwrap();
+    }
+
     /// Uploads the dirty block as block `id` and reads it back whole through an empty cache.
     async fn upload_and_read(io: &BlockIo, d: &mut Dirty, id: u64) -> (pb::BlockRef, Vec<u8>) {
         let chunks = d.stored_chunks(io).await.unwrap();
@@ -903,13 +981,61 @@ mod tests {
         (b, back)
     }
 
+    /// `data` as the FUSE reader hands a write over: chunk-sized pieces.
+    fn as_pieces(data: &[u8]) -> WriteData<'static> {
+        WriteData::pieces(data.chunks(CS).map(|c| c.to_vec()).collect())
+    }
+
+    #[tokio::test]
+    async fn pieces_become_chunks_when_aligned_and_are_copied_when_not() {
+        let io = io();
+        let mut want: Vec<u8> = (0..4 * CS as u32).map(|i| (i % 251) as u8).collect();
+        let base = stored(&io, 1, &want).await;
+        // Aligned: chunks 1 and 2 whole, and the first 100 bytes of chunk 3 over the base.
+        let mut d = Dirty::new(Some(base.clone()));
+        let new: Vec<u8> = (0..2 * CS + 100).map(|i| (i % 13) as u8).collect();
+        let mut src = as_pieces(&new);
+        assert_eq!(src.len(), new.len());
+        d.write(&io, CS, &mut src, 0, new.len()).await.unwrap();
+        want[CS..3 * CS + 100].copy_from_slice(&new);
+        let WriteData::Pieces(left, _) = &src else { unreachable!() };
+        assert_eq!(left.iter().filter(|p| p.is_none()).count(), 2, "the two whole chunks were taken");
+        assert_eq!(src.len(), new.len(), "taking pieces does not change the write's length");
+        assert_eq!(read(&io, &d, 0, want.len()).await, want);
+        let (_, back) = upload_and_read(&io, &mut d, 2).await;
+        assert_eq!(back, want);
+        // Not aligned: every piece is copied across chunk boundaries, nothing taken.
+        let mut d = Dirty::new(Some(base));
+        let mut src = as_pieces(&new);
+        d.write(&io, 7, &mut src, 0, new.len()).await.unwrap();
+        let mut want: Vec<u8> = (0..4 * CS as u32).map(|i| (i % 251) as u8).collect();
+        want[7..7 + new.len()].copy_from_slice(&new);
+        let WriteData::Pieces(left, _) = &src else { unreachable!() };
+        assert!(left.iter().all(|p| p.is_some()));
+        assert_eq!(read(&io, &d, 0, want.len()).await, want);
+        let (_, back) = upload_and_read(&io, &mut d, 3).await;
+        assert_eq!(back, want);
+    }
+
+    #[tokio::test]
+    async fn a_short_last_piece_over_a_longer_chunk_is_copied_not_taken() {
+        let io = io();
+        let mut d = Dirty::new(None);
+        put(&io, &mut d, 0, &vec![9u8; CS]).await;
+        let mut src = as_pieces(&[1u8; 10]);
+        d.write(&io, 0, &mut src, 0, 10).await.unwrap();
+        let mut want = vec![9u8; CS];
+        want[..10].fill(1);
+        assert_eq!(read(&io, &d, 0, CS).await, want, "the chunk keeps its bytes past the short write");
+    }
+
     #[tokio::test]
     async fn a_small_write_holds_and_uploads_one_chunk() {
         let io = io();
         let mut want: Vec<u8> = (0..3 * CS as u32 + 100).map(|i| (i % 241) as u8).collect();
         let base = stored(&io, 1, &want).await;
         let mut d = Dirty::new(Some(base.clone()));
-        d.write(&io, CS + 5, b"HELLO").await.unwrap();
+        put(&io, &mut d, CS + 5, b"HELLO").await;
         want[CS + 5..CS + 10].copy_from_slice(b"HELLO");
         assert_eq!(d.chunks.keys().copied().collect::<Vec<_>>(), vec![1], "only the written chunk is held");
         assert_eq!(read(&io, &d, 0, want.len()).await, want);
@@ -926,7 +1052,7 @@ mod tests {
         let base = stored(&io, 1, &want).await;
         let mut d = Dirty::new(Some(base));
         let at = 4 * CS + 7;
-        d.write(&io, at, b"tail").await.unwrap();
+        put(&io, &mut d, at, b"tail").await;
         want.resize(at, 0);
         want.extend_from_slice(b"tail");
         assert_eq!(read(&io, &d, 0, want.len() + 10).await, [&want[..], &[0u8; 10][..]].concat());
@@ -945,7 +1071,7 @@ mod tests {
         // from older objects spread over more of them until a rewrite moves the smallest.
         for i in 0..12u32 {
             let mut d = Dirty::new(Some(base.clone()));
-            d.write(&io, i as usize * CS + 7, &[i as u8]).await.unwrap();
+            put(&io, &mut d, i as usize * CS + 7, &[i as u8]).await;
             want[i as usize * CS + 7] = i as u8;
             let (b, back) = upload_and_read(&io, &mut d, 2 + i as u64).await;
             assert_eq!(back, want, "after rewrite {i}");
@@ -971,7 +1097,7 @@ mod tests {
         let gone = pb::BlockRef { id: 99, len: 3 * CS as u32, chunk_size: CS as u32, chunks: 3, ..Default::default() };
         let mut d = Dirty::new(Some(gone));
         let want: Vec<u8> = (0..3 * CS as u32).map(|i| (i % 229) as u8).collect();
-        d.write(&io, 0, &want).await.unwrap();
+        put(&io, &mut d, 0, &want).await;
         let (b, back) = upload_and_read(&io, &mut d, 2).await;
         assert!(b.shared.is_empty());
         assert_eq!(back, want);
@@ -984,7 +1110,7 @@ mod tests {
         // Truncated to 100 bytes: the map's length drops, the object keeps the old bytes.
         let base = pb::BlockRef { len: 100, ..stored(&io, 1, &old).await };
         let mut d = Dirty::new(Some(base));
-        d.write(&io, 6 * CS - 1, &[7]).await.unwrap();
+        put(&io, &mut d, 6 * CS - 1, &[7]).await;
         let mut want = old[..100].to_vec();
         want.resize(6 * CS - 1, 0);
         want.push(7);
@@ -999,8 +1125,8 @@ mod tests {
         let io = io();
         let old: Vec<u8> = vec![b'o'; 2 * CS];
         let mut d = Dirty::new(Some(stored(&io, 1, &old).await));
-        d.write(&io, 2, b"XY").await.unwrap();
-        d.write(&io, CS + 3, b"Z").await.unwrap();
+        put(&io, &mut d, 2, b"XY").await;
+        put(&io, &mut d, CS + 3, b"Z").await;
         // Another mount stored a shorter block meanwhile: its bytes, these writes, zeros between.
         let new = stored(&io, 2, b"abcdefgh").await;
         d.rebase(&io, Some(new)).await.unwrap();

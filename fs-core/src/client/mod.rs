@@ -27,6 +27,7 @@ use crate::meta::client::Session;
 use crate::proto::pb;
 use acl::{ACL_ACCESS, ACL_DEFAULT, acl_mode_bits, inherit_acl};
 use file::OpenFile;
+pub use file::WriteData;
 
 pub type FsResult<T> = Result<T, i32>;
 
@@ -756,7 +757,7 @@ impl StratusFs {
         self.data.read(c, &f, offset, size).await
     }
 
-    pub async fn write(&self, c: Ctx, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    pub async fn write(&self, c: Ctx, ino: u64, offset: u64, data: WriteData<'_>) -> FsResult<u32> {
         self.writing_here(self.to_server(ino), offset.saturating_add(data.len() as u64)).await?;
         let f = self.file(self.to_server(ino));
         let mut st = f.lock().await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::abi::{self, Wire, fattr, opcode};
 use super::session::{Handler, InitParams, Notifier, Replier, Request};
-use crate::client::{Ctx, FsResult, StratusFs};
+use crate::client::{Ctx, FsResult, StratusFs, WriteData};
 use crate::proto::pb;
 
 pub struct Adapter {
@@ -137,6 +137,18 @@ impl Adapter {
         self.fs.read(Ctx { uid: h.uid, gid: h.gid, pid: h.pid }, h.nodeid, r.offset, r.size).await
     }
 
+    /// WRITE hands its payload over in the pieces it was read into (no copy here).
+    async fn write(&self, req: &mut Request) -> FsResult<Body> {
+        let h = req.header;
+        let (w, _) = arg::<abi::WriteIn>(req.body())?;
+        let data = WriteData::pieces(req.take_payload());
+        if data.len() != w.size as usize {
+            return Err(libc::EINVAL);
+        }
+        let n = self.fs.write(Ctx { uid: h.uid, gid: h.gid, pid: h.pid }, h.nodeid, w.offset, data).await?;
+        Ok(abi::WriteOut { size: n, padding: 0 }.bytes().to_vec())
+    }
+
     async fn dispatch(&self, req: &Request) -> FsResult<Body> {
         let h = &req.header;
         let c = Ctx { uid: h.uid, gid: h.gid, pid: h.pid };
@@ -229,12 +241,6 @@ impl Adapter {
                 let mut out = self.entry_out(&attr);
                 out.extend_from_slice(abi::OpenOut { fh: opened.fh, open_flags: 0, backing_id: 0 }.bytes());
                 Ok(out)
-            }
-            opcode::WRITE => {
-                let (w, rest) = arg::<abi::WriteIn>(body)?;
-                let data = rest.get(..w.size as usize).ok_or(libc::EINVAL)?;
-                let n = fs.write(c, node, w.offset, data).await?;
-                Ok(abi::WriteOut { size: n, padding: 0 }.bytes().to_vec())
             }
             opcode::FLUSH => {
                 let (f, _) = arg::<abi::FlushIn>(body)?;
@@ -391,13 +397,13 @@ fn sized(v: Vec<u8>, size: u32) -> FsResult<Body> {
 }
 
 impl Handler for Adapter {
-    async fn handle(self: Arc<Self>, req: Request, reply: Replier) {
+    async fn handle(self: Arc<Self>, mut req: Request, reply: Replier) {
         tracing::trace!(unique = req.header.unique, opcode = req.header.opcode, nodeid = req.header.nodeid, "request");
-        // READ answers with the cached chunks' own bytes (no copy into a reply buffer).
-        let r = if req.header.opcode == opcode::READ {
-            self.read(&req).await
-        } else {
-            self.dispatch(&req).await.map(|body| vec![body.into()])
+        let r = match req.header.opcode {
+            // READ answers with the cached chunks' own bytes (no copy into a reply buffer).
+            opcode::READ => self.read(&req).await,
+            opcode::WRITE => self.write(&mut req).await.map(|body| vec![body.into()]),
+            _ => self.dispatch(&req).await.map(|body| vec![body.into()]),
         };
         match r {
             Ok(pieces) => reply.ok(&pieces.iter().map(|p| &p[..]).collect::<Vec<_>>()),

@@ -49,61 +49,98 @@ pub struct InitWanted {
     pub max_readahead: u32,
 }
 
-/// One request as read from the kernel, in a buffer of the session's pool (returned to it when
-/// the request is dropped, so large writes cost no allocation and no page faults).
+/// One request as read from the kernel: its header, the rest of it contiguous, and a WRITE's
+/// payload apart, in the pieces it was read into (see [`ReadBuffers`]).
 pub struct Request {
     pub header: InHeader,
-    buf: Vec<u8>,
-    len: usize,
-    pool: Option<BufferPool>,
+    body: Vec<u8>,
+    payload: Vec<Vec<u8>>,
 }
 
 impl Request {
-    /// The bytes after the header.
+    /// The bytes after the header (for a WRITE: only its `fuse_write_in`).
     pub fn body(&self) -> &[u8] {
-        &self.buf[std::mem::size_of::<InHeader>()..self.len]
+        &self.body
+    }
+
+    /// A WRITE's payload: pieces of [`PIECE`] bytes, the last one shorter.
+    pub fn take_payload(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.payload)
     }
 }
 
-impl Drop for Request {
-    fn drop(&mut self) {
-        if let Some(pool) = &self.pool {
-            pool.put(std::mem::take(&mut self.buf));
+/// The bytes of a WRITE request before its payload.
+const HEAD: usize = std::mem::size_of::<InHeader>() + std::mem::size_of::<abi::WriteIn>();
+/// A payload piece is one chunk of the block store, so the pieces of a chunk-aligned write become
+/// the file's chunks as they are (docs/decisions.md, "Writes without a copy").
+pub const PIECE: usize = crate::blockstore::codec::CHUNK_SIZE;
+
+/// A reader thread's buffers: one read(2) scatters a request over `head` and then `pieces`, so a
+/// WRITE's payload starts at the start of a piece. A WRITE takes the pieces its payload filled
+/// and they are replaced; the bytes of any other request are copied out (they are small).
+struct ReadBuffers {
+    head: [u8; HEAD],
+    pieces: Vec<Vec<u8>>,
+}
+
+impl ReadBuffers {
+    fn new(p: &InitParams) -> ReadBuffers {
+        // The kernel wants room for the largest write and its headers; the rest is margin.
+        let count = (p.max_write as usize + 64 * 1024).div_ceil(PIECE);
+        ReadBuffers { head: [0; HEAD], pieces: (0..count).map(|_| Vec::with_capacity(PIECE)).collect() }
+    }
+
+    /// Reads one request. `Ok(None)`: the filesystem was unmounted (ENODEV).
+    fn read(&mut self, chan: &Channel) -> std::io::Result<Option<usize>> {
+        let mut iov = Vec::with_capacity(self.pieces.len() + 1);
+        iov.push(libc::iovec { iov_base: self.head.as_mut_ptr().cast(), iov_len: HEAD });
+        for p in &mut self.pieces {
+            iov.push(libc::iovec { iov_base: p.spare_capacity_mut().as_mut_ptr().cast(), iov_len: PIECE });
+        }
+        loop {
+            // SAFETY: every iovec points at memory owned by `self` for its whole length, which
+            // outlives the call; the kernel only writes into it.
+            let n = unsafe { libc::readv(chan.raw_fd(), iov.as_ptr(), iov.len() as i32) };
+            if n >= 0 {
+                return Ok(Some(n as usize));
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                // ENOENT: the request was interrupted before we read it.
+                Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ENOENT) => continue,
+                Some(libc::ENODEV) => return Ok(None),
+                _ => return Err(e),
+            }
         }
     }
-}
 
-/// Read buffers reused across requests.
-#[derive(Clone)]
-struct BufferPool {
-    free: Arc<Mutex<Vec<Vec<u8>>>>,
-    size: usize,
-}
-
-impl BufferPool {
-    /// Buffers kept for reuse; more in flight at once are allocated and freed.
-    const KEEP: usize = 64;
-
-    fn get(&self) -> Vec<u8> {
-        self.free.lock().pop().unwrap_or_else(|| vec![0u8; self.size])
-    }
-
-    fn put(&self, buf: Vec<u8>) {
-        let mut free = self.free.lock();
-        if free.len() < Self::KEEP && buf.len() == self.size {
-            free.push(buf);
+    /// The request the last read of `n` bytes brought (`None`: shorter than a header).
+    fn request(&mut self, n: usize) -> Option<Request> {
+        let hl = std::mem::size_of::<InHeader>();
+        let header = InHeader::read(&self.head[..n.min(HEAD)])?;
+        let in_head = n.min(HEAD);
+        let rest = n - in_head;
+        let mut body = self.head[hl..in_head].to_vec();
+        let mut payload = Vec::new();
+        for (i, p) in self.pieces.iter_mut().enumerate().take(rest.div_ceil(PIECE)) {
+            let filled = (rest - i * PIECE).min(PIECE);
+            // SAFETY: the kernel wrote the first `filled` bytes of this piece's spare capacity
+            // (readv fills its iovecs in order), and u8 has no invalid values.
+            unsafe { p.set_len(filled) };
+            if header.opcode == opcode::WRITE {
+                payload.push(std::mem::replace(p, Vec::with_capacity(PIECE)));
+            } else {
+                body.extend_from_slice(p);
+                p.clear();
+            }
         }
+        Some(Request { header, body, payload })
     }
 }
 
 /// The daemon's end of a FUSE connection (one fd; clones share the connection).
 pub struct Channel {
     file: File,
-}
-
-/// Size of a read buffer: the largest write plus headers, with room to spare.
-fn buffer_size(p: &InitParams) -> usize {
-    p.max_write as usize + 64 * 1024
 }
 
 const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500; // _IOR(229, 0, uint32_t)
@@ -337,17 +374,15 @@ fn reader_loop<H: Handler>(
     inflight: Inflight,
     params: InitParams,
 ) -> std::io::Result<()> {
-    let pool = BufferPool { free: Arc::new(Mutex::new(Vec::new())), size: buffer_size(&params) };
+    let mut bufs = ReadBuffers::new(&params);
     crate::blocking::allow_on_this_thread();
     loop {
-        let mut buf = pool.get();
-        let Some(n) = chan.read(&mut buf)? else { return Ok(()) };
-        let Some(header) = InHeader::read(&buf[..n]) else {
+        let Some(n) = bufs.read(&chan)? else { return Ok(()) };
+        let Some(req) = bufs.request(n) else {
             tracing::warn!(bytes = n, "a FUSE request shorter than its header");
-            pool.put(buf);
             continue;
         };
-        let req = Request { header, buf, len: n, pool: Some(pool.clone()) };
+        let header = req.header;
         match header.opcode {
             opcode::FORGET | opcode::BATCH_FORGET => handler.forget(&req),
             opcode::INTERRUPT => {
