@@ -246,10 +246,22 @@ impl StratusFs {
         }
     }
 
-    /// The reply to a change of this mount that adds a name to `dir` (see [`Self::maybe_named`]).
-    pub(super) async fn named_in<T>(&self, dir: u64, r: Result<tonic::Response<T>, tonic::Status>) -> FsResult<T> {
+    /// The reply to a change of this mount that adds `name` to `dir`. Made: the name is noted in
+    /// `dir`'s name set if the mount holds it. Failed with EIO: see [`Self::maybe_named`].
+    pub(super) async fn named_in<T: AddsName>(
+        &self,
+        dir: u64,
+        name: &[u8],
+        r: Result<tonic::Response<T>, tonic::Status>,
+    ) -> FsResult<T> {
         match r {
-            Ok(r) => Ok(r.into_inner()),
+            Ok(r) => {
+                let r = r.into_inner();
+                if r.added() {
+                    self.deleg.lock().noted(dir, Some(name), None, r.parent());
+                }
+                Ok(r)
+            }
             Err(s) => {
                 self.maybe_named(dir, &s).await;
                 Err(errno_of(s))
@@ -650,5 +662,31 @@ impl StratusFs {
             end > self.block_size()
         };
         if beyond { self.settle(&[ino]).await } else { Ok(()) }
+    }
+}
+
+/// A server reply to a change that may add a name to a directory.
+pub(super) trait AddsName {
+    /// The directory's attributes after the change.
+    fn parent(&self) -> Option<pb::Attr>;
+    /// Whether the name was added (a create without O_EXCL may open an existing file).
+    fn added(&self) -> bool {
+        true
+    }
+}
+
+impl AddsName for pb::EntryReply {
+    fn parent(&self) -> Option<pb::Attr> {
+        self.parent
+    }
+}
+
+impl AddsName for pb::CreateReply {
+    fn parent(&self) -> Option<pb::Attr> {
+        self.parent
+    }
+
+    fn added(&self) -> bool {
+        self.created
     }
 }

@@ -442,10 +442,19 @@ impl OpenFile {
         self.st.lock().await
     }
 
-    /// The size this mount sees given the server's `size`: unflushed writes raise it.
-    pub async fn local_size(&self, size: u64) -> u64 {
+    /// The size this mount sees given attributes `a` (the server's, or a pending file's):
+    /// unflushed writes raise it, and attributes older than this mount's last commit or open of
+    /// the file (a smaller change counter: read before a commit that finished while this waited
+    /// for the file) give way to the size that commit left.
+    pub async fn local_size(&self, a: &pb::Attr) -> u64 {
         let st = self.st.lock().await;
-        if st.has_dirty() { size.max(st.written_end) } else { size }
+        if st.has_dirty() {
+            a.size.max(st.written_end)
+        } else if st.change.is_some_and(|c| c > a.change) {
+            st.server_size
+        } else {
+            a.size
+        }
     }
 }
 
@@ -984,6 +993,25 @@ mod tests {
     /// `data` as the FUSE reader hands a write over: chunk-sized pieces.
     fn as_pieces(data: &[u8]) -> WriteData<'static> {
         WriteData::pieces(data.chunks(CS).map(|c| c.to_vec()).collect())
+    }
+
+    #[tokio::test]
+    async fn attributes_read_before_this_mounts_commit_take_the_commits_size() {
+        // A stat that read the attributes (size 0: a file just created) and then waited for the
+        // file while this mount committed 4 KiB must answer 4096, not 0.
+        let f = OpenFile::new(7);
+        {
+            let mut st = f.lock().await;
+            st.change = Some(12);
+            st.server_size = 4096;
+        }
+        let older = pb::Attr { ino: 7, size: 0, change: 0, ..Default::default() };
+        assert_eq!(f.local_size(&older).await, 4096);
+        // Attributes newer than the commit (another mount truncated since) are the answer.
+        let newer = pb::Attr { ino: 7, size: 10, change: 13, ..Default::default() };
+        assert_eq!(f.local_size(&newer).await, 10);
+        let same = pb::Attr { ino: 7, size: 4096, change: 12, ..Default::default() };
+        assert_eq!(f.local_size(&same).await, 4096);
     }
 
     #[tokio::test]

@@ -256,7 +256,7 @@ impl StratusFs {
     /// Attributes as this mount sees them: the server's, with the size raised by unflushed writes.
     async fn local_attr(&self, mut a: pb::Attr) -> pb::Attr {
         if let Some(f) = self.existing_file(a.ino) {
-            a.size = f.local_size(a.size).await;
+            a.size = f.local_size(&a).await;
         }
         a
     }
@@ -378,8 +378,7 @@ impl StratusFs {
         let (parent, name) = (req.parent, req.name.clone());
         let before = self.data.epoch();
         let r = if dir { self.rpc().mk_dir(req).await } else { self.rpc().mk_nod(req).await };
-        let r = self.named_in(parent, r).await?;
-        self.deleg.lock().noted(parent, Some(&name), None, r.parent);
+        let r = self.named_in(parent, &name, r).await?;
         self.data.remember_attrs(r.parent, before);
         let a = r.attr.unwrap_or_default();
         self.inherit(c, a.ino, acls).await?;
@@ -397,8 +396,7 @@ impl StratusFs {
         self.settle(&[req.parent]).await?;
         let before = self.data.epoch();
         let r = self.rpc().symlink(req).await;
-        let r = self.named_in(self.to_server(parent), r).await?;
-        self.deleg.lock().noted(self.to_server(parent), Some(name), None, r.parent);
+        let r = self.named_in(self.to_server(parent), name, r).await?;
         self.data.remember_attrs(r.parent, before);
         Ok(r.attr.unwrap_or_default())
     }
@@ -484,8 +482,7 @@ impl StratusFs {
         let before = self.data.epoch();
         let r = self.rpc().link(req).await;
         let after = self.changed_outside_data_path(before);
-        let r = self.named_in(np, r).await?;
-        self.deleg.lock().noted(np, Some(new_name), None, r.parent);
+        let r = self.named_in(np, new_name, r).await?;
         if let Some(e) = after {
             self.data.remember_attrs(r.parent, e);
         }
@@ -661,10 +658,7 @@ impl StratusFs {
         };
         let before = self.data.epoch();
         let r = self.rpc().create(req).await;
-        let r = self.named_in(parent, r).await?;
-        if r.created {
-            self.deleg.lock().noted(parent, Some(name), None, r.parent);
-        }
+        let r = self.named_in(parent, name, r).await?;
         self.data.remember_attrs(r.parent, before);
         let attr = r.attr.unwrap_or_default();
         if r.created {
