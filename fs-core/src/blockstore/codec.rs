@@ -5,8 +5,9 @@
 //! keeps the rest where the block it replaces stored them. A reader fetches
 //! the table and only the chunks it needs (ranged reads), and checks each. A table or chunk whose
 //! stored bytes do not match its checksum, or do not decompress to the recorded length, is
-//! refused: corruption gives an error, never wrong bytes. Objects of the first format (one piece,
-//! `chunk_size` 0 in the block map) are still read whole.
+//! refused: corruption gives an error, never wrong bytes. A chunk of zeros (a hole inside a block,
+//! or zeros written) stores nothing: its entry says so ([`ZERO_CHUNK`]). Objects of the first
+//! format (one piece, `chunk_size` 0 in the block map) are still read whole.
 //!
 //! The checksums are XXH3: it catches corruption (bit rot, truncated or swapped objects) at
 //! memory speed; it is not a defence against someone forging objects in the bucket (encrypted
@@ -41,6 +42,18 @@ pub const CHUNK_SIZE: usize = 64 * 1024;
 /// offset there (u64 LE), stored length (u32 LE), compression kind (u32 LE), XXH3-64 of the stored
 /// bytes (u64 LE).
 pub const ENTRY_LEN: usize = 32;
+
+/// The compression kind of a chunk that is all zeros: no object holds it (object 0, offset 0,
+/// stored length 0, the checksum of no bytes) and it reads as zeros.
+pub const ZERO_CHUNK: u32 = u32::MAX;
+
+/// Zeros to share without allocating: holes, a read past a block's data, zero chunks.
+pub static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// Whether `data` is all zeros (a memcmp against [`ZEROS`]: stops at the first other byte).
+fn is_zero(data: &[u8]) -> bool {
+    data.chunks(ZEROS.len()).all(|d| d == &ZEROS[..d.len()])
+}
 
 /// A range of a shared buffer, as `Bytes` without a copy.
 struct Slice(Arc<Vec<u8>>, std::ops::Range<usize>);
@@ -97,6 +110,10 @@ pub fn encode_over(len: usize, kind: Kind, base: Option<Base<'_>>, chunk: impl F
             let base = base.as_ref().filter(|b| c < (b.table.len() / ENTRY_LEN) as u32);
             let base = base.expect("an unchanged chunk needs a base that holds it");
             let mut e = base.table[c as usize * ENTRY_LEN..(c as usize + 1) * ENTRY_LEN].to_vec();
+            if self::chunk(base.table, c).is_zero() {
+                table.extend_from_slice(&e);
+                continue;
+            }
             let object = match u64::from_le_bytes(e[..8].try_into().expect("8 bytes")) {
                 0 => base.id,
                 other => other,
@@ -107,6 +124,12 @@ pub fn encode_over(len: usize, kind: Kind, base: Option<Base<'_>>, chunk: impl F
             continue;
         };
         debug_assert_eq!(raw.len(), (len - c as usize * CHUNK_SIZE).min(CHUNK_SIZE), "chunk {c} of a {len}-byte block");
+        if is_zero(&raw) {
+            table.extend_from_slice(&[0; 20]);
+            table.extend_from_slice(&ZERO_CHUNK.to_le_bytes());
+            table.extend_from_slice(&twox_hash::XxHash3_64::oneshot(&[]).to_le_bytes());
+            continue;
+        }
         let compressed = match kind {
             Kind::Lz4 => Some(lz4_flex::compress_prepend_size(&raw)),
             Kind::Zstd => zstd::bulk::compress(&raw, 3).ok(),
@@ -173,6 +196,13 @@ pub struct Chunk {
     sum: u64,
 }
 
+impl Chunk {
+    /// A chunk of zeros: nothing to fetch.
+    pub fn is_zero(&self) -> bool {
+        self.kind as u32 == ZERO_CHUNK
+    }
+}
+
 /// The entry of chunk `c` in a verified table.
 pub fn chunk(table: &[u8], c: u32) -> Chunk {
     let e = &table[c as usize * ENTRY_LEN..(c as usize + 1) * ENTRY_LEN];
@@ -192,6 +222,12 @@ pub fn chunk(table: &[u8], c: u32) -> Chunk {
 pub fn decode_chunk(chunk: &Chunk, stored: Bytes, want: usize, chunk_size: usize) -> Result<Bytes, CodecError> {
     if twox_hash::XxHash3_64::oneshot(&stored) != chunk.sum {
         return Err(CodecError::Checksum);
+    }
+    if chunk.is_zero() {
+        return match stored.is_empty() && want <= chunk_size.min(ZEROS.len()) {
+            true => Ok(Bytes::from_static(&ZEROS[..want])),
+            false => Err(CodecError::Length { got: stored.len(), want: 0 }),
+        };
     }
     let data = match Kind::try_from(chunk.kind) {
         Ok(Kind::Lz4) => {
@@ -294,6 +330,30 @@ mod tests {
         let e = encode(noise.clone(), CHUNK_SIZE, Kind::Lz4);
         assert_eq!(e.kind, Kind::None);
         assert_eq!(e.parts[1].as_ptr(), noise.as_ptr());
+    }
+
+    #[test]
+    fn zero_chunks_store_nothing_and_read_as_zeros() {
+        let len = 3 * CHUNK_SIZE + 10;
+        let mut data = vec![0u8; len];
+        data[CHUNK_SIZE + 5] = 7;
+        let e = encode(Arc::new(data.clone()), len, Kind::None);
+        // Only the chunk holding a 7 is stored; the last, short chunk of zeros is not either.
+        assert_eq!(e.stored_len as usize, table_len(4) + CHUNK_SIZE);
+        let obj = object(&e);
+        assert_eq!(read_all(&obj, &e, len).unwrap(), data);
+        let table = &obj[..table_len(4)];
+        assert!(chunk(table, 0).is_zero() && !chunk(table, 1).is_zero() && chunk(table, 3).is_zero());
+        // A zero entry claiming stored bytes is refused.
+        assert!(decode_chunk(&chunk(table, 0), Bytes::from_static(b"x"), 10, CHUNK_SIZE).is_err());
+        // A rewrite over it copies the zero entries as they are: they name no object.
+        let base = Base { id: 42, table };
+        let fresh = Bytes::from(vec![1u8; CHUNK_SIZE]);
+        let r = encode_over(len, Kind::Lz4, Some(base), |c| (c == 2).then(|| fresh.clone()));
+        assert_eq!(r.shared, vec![42], "only the chunk with data is shared");
+        let t = &r.parts[0];
+        assert!(chunk(t, 0).is_zero() && chunk(t, 3).is_zero());
+        assert_eq!(chunk(t, 1).object, Some(42));
     }
 
     #[test]

@@ -7,4 +7,4 @@ pub mod backend;
 pub mod codec;
 pub mod layout;
 
-pub use backend::{BackendError, BackendSpec, LocalReader, open_backend};
+pub use backend::{BackendError, BackendSpec, LocalFiles, open_backend};

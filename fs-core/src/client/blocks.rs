@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 
 use super::FsResult;
 use super::cache::{BlockCache, TABLE};
-use crate::blockstore::{LocalReader, codec, layout};
+use crate::blockstore::{LocalFiles, codec, layout};
 use crate::proto::pb;
 
 /// A block names at most this many other objects (chunks a rewrite kept where an older object
@@ -23,14 +23,11 @@ pub const MAX_SHARED: usize = 8;
 /// A read that needs this many chunks of one block fetches the whole block in one request.
 const WHOLE_FETCH_CHUNKS: u32 = 8;
 
-/// Zeros for the parts of a read past a block's data or in a hole, without allocating.
-static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
-
-/// `n` zero bytes as reply pieces.
+/// `n` zero bytes as reply pieces, without allocating.
 pub fn zeros(out: &mut Vec<Bytes>, mut n: usize) {
     while n > 0 {
-        let k = n.min(ZEROS.len());
-        out.push(Bytes::from_static(&ZEROS[..k]));
+        let k = n.min(codec::ZEROS.len());
+        out.push(Bytes::from_static(&codec::ZEROS[..k]));
         n -= k;
     }
 }
@@ -42,8 +39,8 @@ pub struct BlockIo {
     pub cache: Arc<BlockCache>,
     pub io: Arc<Semaphore>,
     pub volume_uuid: Arc<str>,
-    /// A local-folder store's files, read directly (see [`LocalReader`]).
-    pub local: Option<LocalReader>,
+    /// A local-folder store's files, read and written directly (see [`LocalFiles`]).
+    pub local: Option<LocalFiles>,
 }
 
 impl BlockIo {
@@ -169,18 +166,31 @@ impl BlockIo {
         };
         let _permit = self.io.acquire().await.map_err(|_| libc::EIO)?;
         let (pieces, over) = (chunks.clone(), base.clone());
-        let e = tokio::task::spawn_blocking(move || {
+        let encode = move || {
             let over = over.as_ref().map(|(b, t)| codec::Base { id: b.id, table: t });
             codec::encode_over(len, kind, over, |c| pieces.get(&c).cloned())
-        })
-        .await
-        .map_err(|_| libc::EIO)?;
+        };
+        // One chunk checksummed (and lz4-compressed) costs less than handing it to another thread.
+        let small = chunks.len() <= 1 && kind != pb::compression::Kind::Zstd;
+        let e = match small {
+            true => encode(),
+            false => crate::blocking::run(encode).await.ok_or(libc::EIO)?,
+        };
         let key = layout::block_key(&self.volume_uuid, id);
-        let payload: PutPayload = e.parts.iter().cloned().collect();
-        self.store.put(&key, payload).await.map_err(|err| {
+        let failed = |err: &dyn std::fmt::Display| {
             tracing::error!(block = id, key = %key, error = %err, "uploading a block failed");
             libc::EIO
-        })?;
+        };
+        match &self.local {
+            Some(local) => {
+                let (local, k, parts) = (local.clone(), key.clone(), e.parts.clone());
+                crate::blocking::run(move || local.write(&k, &parts)).await.ok_or(libc::EIO)?.map_err(|e| failed(&e))?
+            }
+            None => {
+                let payload: PutPayload = e.parts.iter().cloned().collect();
+                self.store.put(&key, payload).await.map_err(|e| failed(&e))?;
+            }
+        }
         if cache {
             // The chunks decode to the bytes they were made of; the base's decode as before.
             let kept: Vec<(u32, Bytes)> = match &base {
@@ -207,10 +217,14 @@ impl BlockIo {
         })
     }
 
-    /// For each chunk of a chunked block, the object that stores it.
-    pub async fn chunk_objects(&self, b: &pb::BlockRef) -> FsResult<Vec<u64>> {
+    /// For each chunk of a chunked block, the object that stores it (`None`: a chunk of zeros,
+    /// stored nowhere).
+    pub async fn chunk_objects(&self, b: &pb::BlockRef) -> FsResult<Vec<Option<u64>>> {
         let table = self.table(b).await?;
-        Ok((0..b.chunks).map(|c| codec::chunk(&table, c).object.unwrap_or(b.id)).collect())
+        Ok((0..b.chunks)
+            .map(|c| codec::chunk(&table, c))
+            .map(|ch| (!ch.is_zero()).then(|| ch.object.unwrap_or(b.id)))
+            .collect())
     }
 
     /// A chunked block's table, checked against the block map.
@@ -229,7 +243,10 @@ impl BlockIo {
         self.cache
             .get_or_fetch((b.id, c), async {
                 let ch = codec::chunk(table, c);
-                let stored = self.get(ch.object.unwrap_or(b.id), Some(ch.range.clone())).await?;
+                let stored = match ch.range.is_empty() {
+                    true => Bytes::new(),
+                    false => self.get(ch.object.unwrap_or(b.id), Some(ch.range.clone())).await?,
+                };
                 codec::decode_chunk(&ch, stored, want(b, c), b.chunk_size as usize)
                     .map_err(|e| failed(b, &format!("chunk {c}"), e))
             })

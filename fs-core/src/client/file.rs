@@ -27,7 +27,7 @@ use tokio::sync::{Mutex, MutexGuard, Semaphore};
 use super::blocks::{self, BlockIo};
 use super::cache::BlockCache;
 use super::{Ctx, FsConfig, FsResult, errno_of};
-use crate::blockstore::{BackendSpec, LocalReader, codec, open_backend};
+use crate::blockstore::{BackendSpec, LocalFiles, codec, open_backend};
 use crate::meta::client::Session;
 use crate::proto::pb;
 
@@ -205,7 +205,9 @@ impl Dirty {
         let mut out = Vec::new();
         for c in unwritten {
             match objects.get(c as usize) {
-                Some(&o) if self.may_keep(c) => kept.entry(o).or_default().push(c),
+                Some(&Some(o)) if self.may_keep(c) => kept.entry(o).or_default().push(c),
+                // A chunk of zeros is kept at no cost: its entry is copied.
+                Some(None) if self.may_keep(c) => {}
                 _ => out.push(c),
             }
         }
@@ -302,11 +304,17 @@ impl Dirty {
     /// those [`Dirty::to_store`] names, filled from the base.
     async fn stored_chunks(&mut self, io: &BlockIo) -> FsResult<BTreeMap<u32, Bytes>> {
         let len = self.len();
+        let mut out = BTreeMap::new();
         for c in self.to_store(io).await? {
+            let (start, end) = chunk_span(c, len);
+            if self.base_len() <= start {
+                // Nothing of the base in it: zeros, stored as a zero chunk, no buffer.
+                out.insert(c, Bytes::from_static(&codec::ZEROS[..end - start]));
+                continue;
+            }
             let v = self.base_chunk(io, c).await?;
             self.chunks.insert(c, Arc::new(v));
         }
-        let mut out = BTreeMap::new();
         for (&c, v) in self.chunks.iter_mut() {
             let (start, end) = chunk_span(c, len);
             if v.len() < end - start {
@@ -498,7 +506,7 @@ impl DataPath {
                 cache: Arc::new(BlockCache::new(cfg.cache_bytes)),
                 io: Arc::new(Semaphore::new(cfg.io_concurrency.max(1))),
                 volume_uuid: volume.uuid.as_str().into(),
-                local: LocalReader::of(spec),
+                local: LocalFiles::of(spec),
             },
             bs,
             dirty_limit: cfg.dirty_limit.max(4 * bs as usize),
@@ -786,21 +794,40 @@ impl DataPath {
     /// Starts uploading a dirty block as a new object (its chunks that must be stored first
     /// taken from the base where it was not written).
     async fn start_upload(&self, c: Ctx, index: u64, d: &mut Dirty) -> FsResult<()> {
+        let upload = self.upload(c, index, d).await?;
+        d.upload = Some(Upload::Running(tokio::spawn(upload)));
+        Ok(())
+    }
+
+    /// The upload of a dirty block as a new object, to run.
+    async fn upload(
+        &self,
+        c: Ctx,
+        index: u64,
+        d: &mut Dirty,
+    ) -> FsResult<impl Future<Output = FsResult<pb::BlockRef>> + Send + 'static> {
         let chunks = d.stored_chunks(&self.blocks).await?;
         let id = self.block_id(c).await?;
         let len = d.len();
         let (blocks, kind, base) = (self.blocks.clone(), self.compression, d.base.clone());
         // A block rewritten in place is likely rewritten or read again: keep it in L1.
         let cache = base.is_some();
-        d.upload = Some(Upload::Running(tokio::spawn(async move {
-            blocks.upload(index, id, chunks, len, kind, base.as_ref(), cache).await
-        })));
-        Ok(())
+        Ok(async move { blocks.upload(index, id, chunks, len, kind, base.as_ref(), cache).await })
     }
 
-    /// Uploads every dirty block not uploaded yet and waits for all uploads.
+    /// Uploads every dirty block not uploaded yet and waits for all uploads. A single block
+    /// (an fsync after small writes) is uploaded by this task itself: on a FUSE reader thread its
+    /// encoding and a local store's write then need no other thread (see `blocking`).
     async fn upload_all(&self, c: Ctx, st: &mut FileState) -> FsResult<()> {
         let indexes: Vec<u64> = st.dirty.iter().filter(|(_, d)| d.upload.is_none()).map(|(i, _)| *i).collect();
+        if let [index] = indexes[..]
+            && st.dirty.len() == 1
+        {
+            let d = st.dirty.get_mut(&index).expect("listed above");
+            let b = self.upload(c, index, d).await?.await?;
+            d.upload = Some(Upload::Done(b));
+            return Ok(());
+        }
         for index in indexes {
             let d = st.dirty.get_mut(&index).expect("listed above");
             self.start_upload(c, index, d).await?;
@@ -1087,6 +1114,8 @@ mod tests {
         let stored: Vec<u32> = d.stored_chunks(&io).await.unwrap().keys().copied().collect();
         assert_eq!(stored, vec![1, 2, 3, 4], "the base's partial last chunk grows; zeros up to the write");
         let (b, back) = upload_and_read(&io, &mut d, 2).await;
+        let objects = io.chunk_objects(&b).await.unwrap();
+        assert_eq!(objects, [Some(1), Some(2), None, None, Some(2)], "chunks 2 and 3, all zeros, are stored nowhere");
         assert_eq!((b.shared.clone(), back), (vec![1], want));
     }
 

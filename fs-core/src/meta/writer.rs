@@ -125,14 +125,21 @@ impl Writer {
 
 fn immediate_commit(db: &Database, stats: &WriterStats) -> Result<(), MetaError> {
     let start = Instant::now();
-    let mut txn = db.begin_write()?;
+    let txn = db.begin_write()?;
+    // An empty immediate commit persists every earlier non-durable commit.
+    synced(txn, stats, start)
+}
+
+/// Commits `txn` durably (and with it every earlier non-durable commit), counting the sync.
+fn synced(mut txn: WriteTransaction, stats: &WriterStats, start: Instant) -> Result<(), MetaError> {
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| MetaError::Internal(format!("making a commit durable: {e}")))?;
     // Two-phase: the pages are synced before the header names them, so a kill at any instant
     // leaves the last acknowledged commit as the primary. (With redb's default one-phase commit a
     // torn commit is detected by checksums and rolled back to the slot before it; the crash test
     // saw that fallback after 3 % of kills, and one unexplained loss of an acknowledged change in
     // about 1,800 trials. Durability should not hang on that path.)
     txn.set_two_phase_commit(true);
-    // An empty immediate commit persists every earlier non-durable commit.
     txn.commit()?;
     stats.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     stats.sync_micros.fetch_add(start.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -164,11 +171,17 @@ fn run(db: Arc<Database>, rx: Receiver<Msg>, stats: Arc<WriterStats>) {
                 Err(_) => break,
             }
         }
-        for job in batch {
-            let (durable, outcome) = apply(&db, job);
+        let last = batch.len().saturating_sub(1);
+        let mut synced_by_last = false;
+        for (i, job) in batch.into_iter().enumerate() {
+            // The batch's last change, when it or an earlier one waits for the disk, commits
+            // durably itself: one disk sync instead of its commit and an empty one after it.
+            let sync = i == last && (job.durable || !waiting.is_empty());
+            let (durable, outcome) = apply(&db, job, sync.then_some(&*stats));
             let Some((finish, err)) = outcome else {
                 continue;
             };
+            synced_by_last = sync && err.is_none();
             stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if dirty_since.is_none() {
                 dirty_since = Some(Instant::now());
@@ -176,6 +189,12 @@ fn run(db: Arc<Database>, rx: Receiver<Msg>, stats: Arc<WriterStats>) {
             if durable {
                 waiting.push((finish, err));
             } else {
+                finish(err);
+            }
+        }
+        if synced_by_last {
+            dirty_since = None;
+            for (finish, err) in waiting.drain(..) {
                 finish(err);
             }
         }
@@ -199,9 +218,11 @@ fn run(db: Arc<Database>, rx: Receiver<Msg>, stats: Arc<WriterStats>) {
     }
 }
 
-/// Runs one job in its own transaction. Returns whether the job wants durability and, when it
-/// committed or failed, its finisher with the error to report.
-fn apply(db: &Database, job: Job) -> (bool, Option<(Finish, Option<MetaError>)>) {
+/// Runs one job in its own transaction, committed durably when `sync` gives the stats to count
+/// that in. Returns whether the job wants durability and, when it committed or failed, its
+/// finisher with the error to report.
+fn apply(db: &Database, job: Job, sync: Option<&WriterStats>) -> (bool, Option<(Finish, Option<MetaError>)>) {
+    let start = Instant::now();
     let mut txn = match db.begin_write() {
         Ok(t) => t,
         Err(e) => {
@@ -216,7 +237,10 @@ fn apply(db: &Database, job: Job) -> (bool, Option<(Finish, Option<MetaError>)>)
     let durable = job.durable;
     let (ok, finish) = (job.run)(&txn);
     if ok {
-        let err = txn.commit().err().map(MetaError::from);
+        let err = match sync {
+            Some(stats) => synced(txn, stats, start).err(),
+            None => txn.commit().err().map(MetaError::from),
+        };
         (durable, Some((finish, err)))
     } else {
         let _ = txn.abort();
