@@ -6,6 +6,7 @@
 //! them.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 thread_local! {
     static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };
@@ -24,4 +25,65 @@ pub fn allowed() -> bool {
 /// Runs `f` (blocking local I/O) here when this thread may block, else on tokio's blocking pool.
 pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     if allowed() { Some(f()) } else { tokio::task::spawn_blocking(f).await.ok() }
+}
+
+/// FUSE reader threads inside a [`run_durable`] call now.
+static DURABLE_INSIDE: AtomicUsize = AtomicUsize::new(0);
+
+/// [`run`] for I/O that waits for the disk (a write and its fsync, milliseconds on a slow disk or
+/// NFS): at most one FUSE reader thread at a time runs such a call itself, so concurrent fsyncs
+/// cannot leave the mount with no thread to read the kernel's next request; the others go to
+/// tokio's blocking pool.
+pub async fn run_durable<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    if allowed() && DURABLE_INSIDE.fetch_add(1, Ordering::AcqRel) == 0 {
+        struct Leave;
+        impl Drop for Leave {
+            fn drop(&mut self) {
+                DURABLE_INSIDE.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _leave = Leave;
+        return Some(f());
+    }
+    if allowed() {
+        DURABLE_INSIDE.fetch_sub(1, Ordering::AcqRel);
+    }
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+
+    #[test]
+    fn only_one_reader_thread_at_a_time_runs_durable_io_itself() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let start = Arc::new(Barrier::new(2));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (rt, start) = (rt.handle().clone(), start.clone());
+                std::thread::spawn(move || {
+                    allow_on_this_thread();
+                    let me = std::thread::current().id();
+                    start.wait();
+                    rt.block_on(run_durable(move || {
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        std::thread::current().id() == me
+                    }))
+                    .unwrap()
+                })
+            })
+            .collect();
+        let here: Vec<bool> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+        assert_eq!(
+            here.iter().filter(|&&h| h).count(),
+            1,
+            "one ran on its reader thread, the other on the pool: {here:?}"
+        );
+        // Both done: the next call runs on its reader thread again.
+        allow_on_this_thread();
+        let me = std::thread::current().id();
+        assert_eq!(rt.block_on(run_durable(move || std::thread::current().id() == me)), Some(true));
+    }
 }

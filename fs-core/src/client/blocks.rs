@@ -184,7 +184,10 @@ impl BlockIo {
         match &self.local {
             Some(local) => {
                 let (local, k, parts) = (local.clone(), key.clone(), e.parts.clone());
-                crate::blocking::run(move || local.write(&k, &parts)).await.ok_or(libc::EIO)?.map_err(|e| failed(&e))?
+                crate::blocking::run_durable(move || local.write(&k, &parts))
+                    .await
+                    .ok_or(libc::EIO)?
+                    .map_err(|e| failed(&e))?
             }
             None => {
                 let payload: PutPayload = e.parts.iter().cloned().collect();
