@@ -27,7 +27,7 @@ pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> O
     if allowed() { Some(f()) } else { tokio::task::spawn_blocking(f).await.ok() }
 }
 
-/// FUSE reader threads inside a [`run_durable`] call now.
+/// 1 while a FUSE reader thread is inside a [`run_durable`] call.
 static DURABLE_INSIDE: AtomicUsize = AtomicUsize::new(0);
 
 /// [`run`] for I/O that waits for the disk (a write and its fsync, milliseconds on a slow disk or
@@ -35,18 +35,15 @@ static DURABLE_INSIDE: AtomicUsize = AtomicUsize::new(0);
 /// cannot leave the mount with no thread to read the kernel's next request; the others go to
 /// tokio's blocking pool.
 pub async fn run_durable<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    if allowed() && DURABLE_INSIDE.fetch_add(1, Ordering::AcqRel) == 0 {
+    if allowed() && DURABLE_INSIDE.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
         struct Leave;
         impl Drop for Leave {
             fn drop(&mut self) {
-                DURABLE_INSIDE.fetch_sub(1, Ordering::AcqRel);
+                DURABLE_INSIDE.store(0, Ordering::Release);
             }
         }
         let _leave = Leave;
         return Some(f());
-    }
-    if allowed() {
-        DURABLE_INSIDE.fetch_sub(1, Ordering::AcqRel);
     }
     tokio::task::spawn_blocking(f).await.ok()
 }

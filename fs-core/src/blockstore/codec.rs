@@ -125,9 +125,7 @@ pub fn encode_over(len: usize, kind: Kind, base: Option<Base<'_>>, chunk: impl F
         };
         debug_assert_eq!(raw.len(), (len - c as usize * CHUNK_SIZE).min(CHUNK_SIZE), "chunk {c} of a {len}-byte block");
         if is_zero(&raw) {
-            table.extend_from_slice(&[0; 20]);
-            table.extend_from_slice(&ZERO_CHUNK.to_le_bytes());
-            table.extend_from_slice(&twox_hash::XxHash3_64::oneshot(&[]).to_le_bytes());
+            push_entry(&mut table, 0, 0, ZERO_CHUNK, &[]);
             continue;
         }
         let compressed = match kind {
@@ -140,11 +138,7 @@ pub fn encode_over(len: usize, kind: Kind, base: Option<Base<'_>>, chunk: impl F
             _ => (raw, Kind::None),
         };
         any |= used != Kind::None;
-        table.extend_from_slice(&0u64.to_le_bytes());
-        table.extend_from_slice(&offset.to_le_bytes());
-        table.extend_from_slice(&(stored.len() as u32).to_le_bytes());
-        table.extend_from_slice(&(used as i32 as u32).to_le_bytes());
-        table.extend_from_slice(&twox_hash::XxHash3_64::oneshot(&stored).to_le_bytes());
+        push_entry(&mut table, 0, offset, used as i32 as u32, &stored);
         offset += stored.len() as u64;
         parts.push(stored);
     }
@@ -159,6 +153,16 @@ pub fn encode_over(len: usize, kind: Kind, base: Option<Base<'_>>, chunk: impl F
         kind: if any { kind } else { Kind::None },
         shared: shared.into_iter().collect(),
     }
+}
+
+/// Appends the table entry of a chunk held by `object` (0: this object) at `offset`, stored as
+/// `stored` with compression `kind` (see [`ENTRY_LEN`]).
+fn push_entry(table: &mut Vec<u8>, object: u64, offset: u64, kind: u32, stored: &[u8]) {
+    table.extend_from_slice(&object.to_le_bytes());
+    table.extend_from_slice(&offset.to_le_bytes());
+    table.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+    table.extend_from_slice(&kind.to_le_bytes());
+    table.extend_from_slice(&twox_hash::XxHash3_64::oneshot(stored).to_le_bytes());
 }
 
 /// The chunks of the first `len` bytes of a block held in one buffer, shared without a copy.

@@ -124,14 +124,13 @@ impl Writer {
 }
 
 fn immediate_commit(db: &Database, stats: &WriterStats) -> Result<(), MetaError> {
-    let start = Instant::now();
-    let txn = db.begin_write()?;
     // An empty immediate commit persists every earlier non-durable commit.
-    synced(txn, stats, start)
+    synced(db.begin_write()?, stats)
 }
 
 /// Commits `txn` durably (and with it every earlier non-durable commit), counting the sync.
-fn synced(mut txn: WriteTransaction, stats: &WriterStats, start: Instant) -> Result<(), MetaError> {
+fn synced(mut txn: WriteTransaction, stats: &WriterStats) -> Result<(), MetaError> {
+    let start = Instant::now();
     txn.set_durability(Durability::Immediate)
         .map_err(|e| MetaError::Internal(format!("making a commit durable: {e}")))?;
     // Two-phase: the pages are synced before the header names them, so a kill at any instant
@@ -222,7 +221,6 @@ fn run(db: Arc<Database>, rx: Receiver<Msg>, stats: Arc<WriterStats>) {
 /// that in. Returns whether the job wants durability and, when it committed or failed, its
 /// finisher with the error to report.
 fn apply(db: &Database, job: Job, sync: Option<&WriterStats>) -> (bool, Option<(Finish, Option<MetaError>)>) {
-    let start = Instant::now();
     let mut txn = match db.begin_write() {
         Ok(t) => t,
         Err(e) => {
@@ -238,7 +236,7 @@ fn apply(db: &Database, job: Job, sync: Option<&WriterStats>) -> (bool, Option<(
     let (ok, finish) = (job.run)(&txn);
     if ok {
         let err = match sync {
-            Some(stats) => synced(txn, stats, start).err(),
+            Some(stats) => synced(txn, stats).err(),
             None => txn.commit().err().map(MetaError::from),
         };
         (durable, Some((finish, err)))
