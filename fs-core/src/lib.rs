@@ -6,6 +6,7 @@
 //! - [`proto`]: the wire protocol and database records generated from `proto/*.proto`.
 //! - [`tls`]: process-wide TLS set-up, certificates and fingerprints.
 
+pub mod acl;
 pub mod bench;
 pub mod blocking;
 pub mod blockstore;

@@ -57,6 +57,35 @@ async fn posix_acls_are_enforced_and_inherited() {
     );
     let out = as_nobody(&format!("echo more >> {}", d.join("new").display()));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // New directories inherit the default ACL itself.
+    std::fs::create_dir(d.join("sub")).unwrap();
+    let acl = Command::new("getfacl").arg("-c").arg(d.join("sub")).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&acl.stdout).contains("default:user:nobody:rw-"),
+        "{}",
+        String::from_utf8_lossy(&acl.stdout)
+    );
+
+    // chmod rewrites the access ACL (as on ext4): after `chmod 640` the mask allows r-- only, so
+    // nobody's rw- entry no longer lets it write, and other loses its r--.
+    let g = m.path.join("shared-file");
+    std::fs::write(&g, b"before").unwrap();
+    std::fs::set_permissions(&g, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    assert!(Command::new("setfacl").args(["-m", "u:nobody:rw"]).arg(&g).status().unwrap().success());
+    let append = format!("echo by-nobody >> {}", g.display());
+    assert!(as_nobody(&append).status.success(), "the ACL should let nobody write");
+    std::fs::set_permissions(&g, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let acl = String::from_utf8(Command::new("getfacl").arg("-c").arg(&g).output().unwrap().stdout).unwrap();
+    assert!(acl.contains("mask::r--") && acl.contains("other::---"), "after chmod 640:\n{acl}");
+    let out = as_nobody(&append);
+    assert!(!out.status.success(), "chmod 640 left nobody able to write through its ACL entry");
+    assert_eq!(as_nobody(&format!("cat {}", g.display())).stdout, b"beforeby-nobody\n");
+    // An ACL that says no more than the mode leaves no ACL behind (`ls` shows no '+').
+    assert!(Command::new("setfacl").args(["-b"]).arg(&g).status().unwrap().success());
+    assert!(Command::new("setfacl").args(["-m", "u::rwx,g::r,o::r"]).arg(&g).status().unwrap().success());
+    assert_eq!(std::fs::metadata(&g).unwrap().mode() & 0o777, 0o744);
+    let xattrs = Command::new("getfattr").args(["-m", "-", "-d"]).arg(&g).output().unwrap();
+    assert!(!String::from_utf8_lossy(&xattrs.stdout).contains("posix_acl_access"), "{xattrs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,6 @@
 //! make the mount state transferable: a process that adopts a live FUSE connection needs nothing
 //! from its predecessor but the session (see `docs/mount.md`).
 
-pub mod acl;
 pub mod blocks;
 pub mod cache;
 pub mod deleg;
@@ -25,7 +24,6 @@ use crate::blockstore::BackendSpec;
 use crate::meta::MetaError;
 use crate::meta::client::Session;
 use crate::proto::pb;
-use acl::{ACL_ACCESS, ACL_DEFAULT, acl_mode_bits, inherit_acl};
 use file::OpenFile;
 pub use file::WriteData;
 
@@ -101,12 +99,6 @@ fn check_name(name: &[u8]) -> FsResult<()> {
     if name.len() > NAME_MAX { Err(libc::ENAMETOOLONG) } else { Ok(()) }
 }
 
-/// A directory's default ACL (if any) and when it was read.
-type CachedAcl = (Option<Vec<u8>>, std::time::Instant);
-
-/// ACLs a new inode inherits: its access ACL and, for a directory, the default ACL.
-type Inherited = Option<(Vec<u8>, Option<Vec<u8>>)>;
-
 /// What the server answered to an open or create.
 struct OpenedReply<'a> {
     open_id: u64,
@@ -138,8 +130,6 @@ pub struct StratusFs {
     data: file::DataPath,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Handle>>,
-    /// Directories' default ACLs as last read (for the entry TTL): new inodes inherit them.
-    default_acls: Mutex<HashMap<u64, CachedAcl>>,
     /// Inodes without a security.capability xattr, and when the server said so.
     no_capability: Mutex<HashMap<u64, std::time::Instant>>,
     /// Directories this session holds and files created under them ([`deleg`]).
@@ -162,7 +152,6 @@ impl StratusFs {
             session,
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
-            default_acls: Mutex::new(HashMap::new()),
             no_capability: Mutex::new(HashMap::new()),
             deleg: Mutex::new(deleg::State::default()),
             applying: tokio::sync::Mutex::new(()),
@@ -261,60 +250,6 @@ impl StratusFs {
         a
     }
 
-    /// The default ACL of directory `dir` (server inode), if it has one.
-    async fn default_acl(&self, c: Ctx, dir: u64) -> FsResult<Option<Vec<u8>>> {
-        if let Some((acl, at)) = self.default_acls.lock().get(&dir)
-            && at.elapsed() < self.cfg.entry_ttl
-        {
-            return Ok(acl.clone());
-        }
-        let req = pb::XattrRequest { ctx: self.ctx(c), ino: dir, name: ACL_DEFAULT.to_vec() };
-        let acl = match self.rpc().get_xattr(req).await {
-            Ok(r) => Some(r.into_inner().value),
-            Err(s) => match errno_of(s) {
-                libc::ENODATA => None,
-                e => return Err(e),
-            },
-        };
-        let mut cache = self.default_acls.lock();
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
-        cache.insert(dir, (acl.clone(), std::time::Instant::now()));
-        Ok(acl)
-    }
-
-    /// Before creating in `parent`: with a default ACL there, the new inode's mode is limited by
-    /// the inherited ACL instead of the umask. Returns what to set after the creation.
-    async fn inheritance(
-        &self,
-        c: Ctx,
-        parent: u64,
-        perm: &mut u32,
-        umask: &mut u32,
-        dir: bool,
-    ) -> FsResult<Option<(Vec<u8>, Option<Vec<u8>>)>> {
-        let Some(dacl) = self.default_acl(c, parent).await? else { return Ok(None) };
-        let Some((access, bits)) = inherit_acl(&dacl, *perm & !self.cfg.umask) else { return Ok(None) };
-        *perm = bits;
-        *umask = 0;
-        Ok(Some((access, dir.then_some(dacl))))
-    }
-
-    /// After creating inode `ino`: its inherited ACLs.
-    async fn inherit(&self, c: Ctx, ino: u64, acls: Inherited) -> FsResult<()> {
-        let Some((access, default)) = acls else { return Ok(()) };
-        for (name, value) in [(ACL_ACCESS, Some(access)), (ACL_DEFAULT, default)] {
-            if let Some(value) = value {
-                let req = pb::SetXattrRequest { ctx: self.ctx(c), ino, name: name.to_vec(), value, flags: 0 };
-                let r = self.rpc().set_xattr(req).await;
-                self.void_remembered_attrs();
-                r.map_err(errno_of)?;
-            }
-        }
-        Ok(())
-    }
-
     // --- namespace ----------------------------------------------------------------------------
 
     pub async fn lookup(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<pb::Attr> {
@@ -373,16 +308,13 @@ impl StratusFs {
         req.parent = self.to_server(req.parent);
         req.perm &= !self.cfg.umask;
         let dir = req.kind() == pb::FileKind::Directory;
-        let acls = self.inheritance(c, req.parent, &mut req.perm, &mut req.umask, dir).await?;
         self.settle(&[req.parent]).await?;
         let (parent, name) = (req.parent, req.name.clone());
         let before = self.data.epoch();
         let r = if dir { self.rpc().mk_dir(req).await } else { self.rpc().mk_nod(req).await };
         let r = self.named_in(parent, &name, r).await?;
         self.data.remember_attrs(r.parent, before);
-        let a = r.attr.unwrap_or_default();
-        self.inherit(c, a.ino, acls).await?;
-        Ok(a)
+        Ok(r.attr.unwrap_or_default())
     }
 
     pub async fn symlink(&self, c: Ctx, parent: u64, name: &[u8], target: &[u8]) -> FsResult<pb::Attr> {
@@ -542,7 +474,6 @@ impl StratusFs {
     }
 
     pub async fn setxattr(&self, c: Ctx, ino: u64, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
-        let mode_bits = if name == ACL_ACCESS { Some(acl_mode_bits(value).ok_or(libc::EINVAL)?) } else { None };
         // A held directory gives its delegation back: a default ACL changes what creates there do.
         self.give_back(self.to_server(ino)).await?;
         let req = pb::SetXattrRequest {
@@ -556,19 +487,6 @@ impl StratusFs {
         self.void_remembered_attrs();
         r.map_err(errno_of)?;
         self.no_capability.lock().remove(&self.to_server(ino));
-        if name == ACL_DEFAULT {
-            self.default_acls.lock().remove(&self.to_server(ino));
-        }
-        if let Some(bits) = mode_bits {
-            // With FUSE_POSIX_ACL the filesystem keeps the mode in step with the access ACL: the
-            // group class shows the mask (or the owning group), as on local filesystems.
-            let a = self.getattr(c, ino).await?;
-            let perm = (a.perm & !0o777) | bits;
-            if perm != a.perm {
-                let req = pb::SetAttrRequest { ino, perm: Some(perm), ..Default::default() };
-                self.setattr(c, req).await?;
-            }
-        }
         Ok(())
     }
 
@@ -578,9 +496,6 @@ impl StratusFs {
         let r = self.rpc().remove_xattr(req).await;
         self.void_remembered_attrs();
         r.map_err(errno_of)?;
-        if name == ACL_DEFAULT {
-            self.default_acls.lock().remove(&self.to_server(ino));
-        }
         Ok(())
     }
 
@@ -637,11 +552,8 @@ impl StratusFs {
     ) -> FsResult<(pb::Attr, Opened)> {
         check_name(name)?;
         let parent = self.to_server(parent);
-        let (mut perm, mut umask) = (perm & !self.cfg.umask, umask);
-        let acls = self.inheritance(c, parent, &mut perm, &mut umask, false).await?;
-        if acls.is_none()
-            && let Some(r) = self.create_here(c, parent, name, perm, umask, flags).await
-        {
+        let perm = perm & !self.cfg.umask;
+        if let Some(r) = self.create_here(c, parent, name, perm, umask, flags).await {
             return r;
         }
         self.settle(&[parent]).await?;
@@ -662,7 +574,6 @@ impl StratusFs {
         self.data.remember_attrs(r.parent, before);
         let attr = r.attr.unwrap_or_default();
         if r.created {
-            self.inherit(c, attr.ino, acls).await?;
             self.created_without_capability(attr.ino);
         }
         let reply = OpenedReply { open_id: r.open_id, attr: &attr, quota_limited: r.quota_limited, created: r.created };

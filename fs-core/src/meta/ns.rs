@@ -7,6 +7,7 @@ use redb::ReadableTable;
 use super::access::Caller;
 use super::error::{MetaError, MetaResult};
 use super::tx::*;
+use crate::acl;
 use crate::proto::{pb, rec};
 
 const S_ISUID: u32 = 0o4000;
@@ -104,8 +105,20 @@ pub fn mknod(w: &mut W, c: &Caller, parent: u64, name: &[u8], node: NewNode) -> 
     }
     let kind = node.kind;
     let mut perm = node.perm & 0o7777 & !node.umask;
+    // A directory's default ACL is inherited instead of the umask (POSIX.1e); directories made
+    // in it get the default ACL too.
+    let mut acls: Vec<(&[u8], Vec<u8>)> = Vec::new();
     if kind == pb::FileKind::Symlink {
         perm = 0o777;
+    } else if let Some(dacl) = w.xattrs.get((parent, acl::DEFAULT))?.map(|v| v.value().to_vec()) {
+        let (bits, access) = acl::inherit(&dacl, node.perm & 0o7777).ok_or_else(|| {
+            MetaError::Internal(format!("directory {parent} holds a default ACL that does not parse"))
+        })?;
+        perm = bits;
+        acls.extend(access.map(|a| (acl::ACCESS, a)));
+        if kind == pb::FileKind::Directory {
+            acls.push((acl::DEFAULT, dacl));
+        }
     }
     let (uid, mut gid) = c.owner_ids();
     let dattr = attr(&dir);
@@ -147,6 +160,9 @@ pub fn mknod(w: &mut W, c: &Caller, parent: u64, name: &[u8], node: NewNode) -> 
     };
     w.touch_change(&mut inode);
     w.put_inode(ino, &inode)?;
+    for (name, value) in &acls {
+        w.xattrs.insert((ino, *name), value.as_slice())?;
+    }
     w.add_dentry(parent, &mut dir, name, ino, kind)?;
     if kind == pb::FileKind::Directory {
         attr_mut(&mut dir).nlink += 1;
@@ -475,6 +491,13 @@ pub fn setattr(w: &mut W, c: &Caller, req: &pb::SetAttrRequest, block_size: u32)
             perm &= !S_ISGID;
         }
         attr_mut(&mut inode).perm = perm;
+        // The access ACL follows the mode (a local filesystem's posix_acl_chmod).
+        let access = w.xattrs.get((ino, acl::ACCESS))?.map(|v| v.value().to_vec());
+        if let Some(value) = access {
+            let after = acl::chmod(&value, perm)
+                .ok_or_else(|| MetaError::Internal(format!("inode {ino} holds an access ACL that does not parse")))?;
+            w.xattrs.insert((ino, acl::ACCESS), after.as_slice())?;
+        }
         changed = true;
     }
     if req.uid.is_some() || req.gid.is_some() {
@@ -556,7 +579,33 @@ pub fn setxattr(w: &mut W, c: &Caller, ino: u64, name: &[u8], value: &[u8], flag
             format!("no xattr {:?} (XATTR_REPLACE)", String::from_utf8_lossy(name)),
         ));
     }
-    w.xattrs.insert((ino, name), value)?;
+    let is_acl = name == acl::ACCESS || name == acl::DEFAULT;
+    let entries = match acl::entries(value) {
+        Some(e) => e,
+        None if is_acl => {
+            return Err(MetaError::fs(
+                libc::EINVAL,
+                format!(
+                    "{} is not a POSIX ACL (version 2, with owner, group and other entries)",
+                    String::from_utf8_lossy(name)
+                ),
+            ));
+        }
+        None => Vec::new(),
+    };
+    if name == acl::ACCESS {
+        // Setting an access ACL sets the mode's permission bits; one that says no more than a mode
+        // is kept as the mode alone (as local filesystems do).
+        let a = attr_mut(&mut inode);
+        a.perm = (a.perm & !0o777) | acl::mode_bits(value).unwrap_or(a.perm & 0o777);
+        if acl::is_minimal(&entries) {
+            w.xattrs.remove((ino, name))?;
+        } else {
+            w.xattrs.insert((ino, name), value)?;
+        }
+    } else {
+        w.xattrs.insert((ino, name), value)?;
+    }
     let now = w.now;
     set_times_now(&mut inode, &now, false);
     w.touch_change(&mut inode);

@@ -587,7 +587,7 @@ impl VolumeDb {
             if inode.quota_root != 0 {
                 return refuse("a directory quota applies to it");
             }
-            if w.xattrs.get((dir, &b"system.posix_acl_default"[..]))?.is_some() {
+            if w.xattrs.get((dir, crate::acl::DEFAULT))?.is_some() {
                 return refuse("it has a default ACL");
             }
             let mut names = Vec::new();

@@ -1,5 +1,6 @@
 //! POSIX namespace semantics, one behaviour per test.
 
+use fs_core::acl;
 use fs_core::proto::pb;
 
 use crate::setup;
@@ -229,7 +230,14 @@ async fn xattrs_with_create_and_replace_flags() {
         "CREATE refuses an existing xattr"
     );
     fs.setxattr(f.ino, "user.a", b"2", 2).await.unwrap();
-    fs.setxattr(f.ino, "system.posix_acl_access", &[2, 0, 0, 0], 0).await.unwrap();
+    assert_eq!(
+        fs.setxattr(f.ino, "system.posix_acl_access", &[2, 0, 0, 0], 0).await.unwrap_err(),
+        libc::EINVAL,
+        "an ACL without owner, group and other entries"
+    );
+    let acl =
+        acl::bytes(&[(1, 6, u32::MAX), (2, 4, 65534), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 4, u32::MAX)]);
+    fs.setxattr(f.ino, "system.posix_acl_access", &acl, 0).await.unwrap();
     assert_eq!(fs.getxattr(f.ino, "user.a").await.unwrap(), b"2");
     let mut names = fs.listxattr(f.ino).await.unwrap();
     names.sort();
@@ -288,4 +296,72 @@ async fn block_map_commits_refuse_stale_versions_and_only_truncate_shrinks() {
             assert_eq!(map.iter().find(|b| b.index == 7).map(|b| b.chunks), Some(2), "the block map keeps the chunks");
         }
     }
+}
+
+/// With FUSE_POSIX_ACL the kernel enforces ACLs and leaves their bond with the mode to the
+/// filesystem: the server keeps them in step in the same transaction, as ext4 does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acls_and_the_mode_stay_in_step() {
+    let (_srv, fs) = setup().await;
+    let nobody = |perm| (2u16, perm, 65534u32);
+    let base = |u: u16, g: u16, o: u16| vec![(1u16, u, u32::MAX), (4, g, u32::MAX), (0x20, o, u32::MAX)];
+    let get = |ino| {
+        let fs = &fs;
+        async move { fs.getxattr(ino, "system.posix_acl_access").await.map(|v| acl::entries(&v).unwrap()) }
+    };
+
+    // setfacl -m u:nobody:rw on a 0644 file: the mask rw- becomes the group class.
+    let f = fs.create("f").await.unwrap();
+    let mut e = base(6, 4, 4);
+    e.insert(1, nobody(6));
+    e.push((0x10, 6, u32::MAX));
+    fs.setxattr(f.ino, "system.posix_acl_access", &acl::bytes(&e), 0).await.unwrap();
+    assert_eq!(fs.getattr(f.ino).await.unwrap().perm & 0o777, 0o664);
+
+    // chmod 640: the mask and the other entry follow, the named entry stays (its effective
+    // permission is now r--, as getfacl shows on ext4).
+    fs.setattr(f.ino, |r| r.perm = Some(0o640)).await.unwrap();
+    let after = get(f.ino).await.unwrap();
+    assert!(after.contains(&(0x10, 4, u32::MAX)), "mask after chmod 640: {after:?}");
+    assert!(after.contains(&(0x20, 0, u32::MAX)), "other after chmod 640: {after:?}");
+    assert!(after.contains(&(1, 6, u32::MAX)) && after.contains(&nobody(6)), "{after:?}");
+
+    // An ACL that says no more than a mode is kept as the mode alone.
+    fs.setxattr(f.ino, "system.posix_acl_access", &acl::bytes(&base(7, 5, 0)), 0).await.unwrap();
+    assert_eq!(fs.getattr(f.ino).await.unwrap().perm & 0o777, 0o750);
+    assert_eq!(get(f.ino).await.unwrap_err(), libc::ENODATA);
+
+    // A default ACL: new files get it limited by their create mode, and the umask does not apply;
+    // new directories also get the default ACL itself; symlinks get nothing.
+    let d = fs.mkdir("d").await.unwrap();
+    let mut dacl = base(7, 5, 5);
+    dacl.insert(1, nobody(7));
+    dacl.push((0x10, 7, u32::MAX));
+    fs.setxattr(d.ino, "system.posix_acl_default", &acl::bytes(&dacl), 0).await.unwrap();
+    let new = create_0666_with_umask_077(&fs, "d/new").await;
+    assert_eq!(new.perm & 0o777, 0o664, "the umask 077 must not apply under a default ACL");
+    let inherited = get(new.ino).await.unwrap();
+    assert!(inherited.contains(&nobody(7)) && inherited.contains(&(0x10, 6, u32::MAX)), "{inherited:?}");
+    let sub = fs.mkdir("d/sub").await.unwrap();
+    assert_eq!(sub.perm & 0o777, 0o755);
+    assert_eq!(fs.getxattr(sub.ino, "system.posix_acl_default").await.unwrap(), acl::bytes(&dacl));
+    assert!(get(sub.ino).await.unwrap().contains(&nobody(7)));
+    let link = fs.symlink("d/link", "new").await.unwrap();
+    assert_eq!(link.perm & 0o777, 0o777);
+    // Without a default ACL the umask applies as before.
+    assert_eq!(create_0666_with_umask_077(&fs, "plain").await.perm & 0o777, 0o600);
+}
+
+async fn create_0666_with_umask_077(fs: &crate::fs::Fs, path: &str) -> pb::Attr {
+    let (parent, name) = fs.parent(path).await.unwrap();
+    let req = pb::MkNodRequest {
+        ctx: fs.ctx(),
+        parent,
+        name,
+        kind: pb::FileKind::Regular as i32,
+        perm: 0o666,
+        umask: 0o077,
+        ..Default::default()
+    };
+    fs.rpc().mk_nod(req).await.unwrap().into_inner().attr.unwrap()
 }
