@@ -136,7 +136,7 @@ impl MetaServer {
     }
 
     pub async fn admin(&self) -> Result<AdminClient> {
-        let ch = connect(&self.addr, &self.trust())
+        let ch = connect(&self.addr, &self.trust(), std::time::Duration::ZERO)
             .await
             .map_err(|e| HarnessError::setup("connecting to the metadata server", e))?;
         admin_client(ch, &self.admin_token).map_err(|e| HarnessError::setup("an admin client", e))

@@ -309,7 +309,7 @@ pub async fn bench_meta(args: BenchArgs) -> anyhow::Result<()> {
     let (child, addr, fp) = spawn_server(&dir, args.sync).await?;
     let trust = ClientTrust { ca_file: None, fingerprint: Some(fp) };
     let backend_json = serde_json::to_string(&BackendSpec::Local { path: dir.join("blocks"), prefix: String::new() })?;
-    let mut admin = admin_client(connect(&addr, &trust).await?, &admin_token)?;
+    let mut admin = admin_client(connect(&addr, &trust, Duration::ZERO).await?, &admin_token)?;
     admin
         .create_volume(pb::CreateVolumeRequest {
             name: "bench".into(),
@@ -344,7 +344,8 @@ pub async fn bench_meta(args: BenchArgs) -> anyhow::Result<()> {
     for (level, &c) in args.concurrency.iter().enumerate() {
         let mut sessions = Vec::new();
         for _ in 0..c {
-            sessions.push(Session::open(connect(&addr, &trust).await?, "bench", &token, "bench").await?);
+            sessions
+                .push(Session::open(connect(&addr, &trust, Duration::ZERO).await?, "bench", &token, "bench").await?);
         }
         let tls_dirs = dirs(&Target::Tls(sessions[0].clone()), format!("tls{level}"), c).await?;
         let tls_pairs = sessions.iter().map(|s| Target::Tls(s.clone())).zip(tls_dirs).collect();
@@ -377,8 +378,8 @@ pub async fn bench_meta(args: BenchArgs) -> anyhow::Result<()> {
 
     // Lock hand-over: B waits in F_SETLKW, A releases; time until B holds the lock.
     {
-        let a = Session::open(connect(&addr, &trust).await?, "bench", &token, "lock-a").await?;
-        let b = Session::open(connect(&addr, &trust).await?, "bench", &token, "lock-b").await?;
+        let a = Session::open(connect(&addr, &trust, Duration::ZERO).await?, "bench", &token, "lock-a").await?;
+        let b = Session::open(connect(&addr, &trust, Duration::ZERO).await?, "bench", &token, "lock-b").await?;
         let ino = a
             .rpc
             .clone()
@@ -434,7 +435,7 @@ pub async fn bench_meta(args: BenchArgs) -> anyhow::Result<()> {
     let mut idle = Vec::with_capacity(args.idle_sessions);
     let open_start = Instant::now();
     for _ in 0..args.idle_sessions {
-        idle.push(Session::open(connect(&addr, &trust).await?, "bench", &token, "idle").await?);
+        idle.push(Session::open(connect(&addr, &trust, Duration::ZERO).await?, "bench", &token, "idle").await?);
     }
     let open_time = open_start.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -67,7 +67,8 @@ pub struct MountCliArgs {
     #[arg(long, env = "STRATUSFS_FINGERPRINT")]
     pub fingerprint: Option<String>,
     /// Mount options, comma separated as for mount(8): ro, allow_other, noatime, noexec, nosuid,
-    /// nodev, umask=OCTAL, attr_ttl=SECS, entry_ttl=SECS, cache_mib=N, threads=N, nodelegations
+    /// nodev, umask=OCTAL, attr_ttl=SECS, entry_ttl=SECS, cache_mib=N, threads=N, meta_wait=SECS
+    /// (how long requests wait for an unreachable metadata server, default 60), nodelegations
     /// (no write-back creates, docs/write-back-metadata.md), token_file=,
     /// ca_file=, fingerprint=, log_file=.
     #[arg(short = 'o')]
@@ -195,7 +196,7 @@ pub struct ServerArgs {
 impl ServerArgs {
     async fn admin(&self) -> anyhow::Result<crate::meta::client::AdminClient> {
         let trust = ClientTrust { ca_file: self.ca_file.clone(), fingerprint: self.fingerprint.clone() };
-        let channel = connect(&self.server, &trust).await?;
+        let channel = connect(&self.server, &trust, Duration::ZERO).await?;
         let path =
             self.account_token_file.as_ref().context("give --account-token-file (or STRATUSFS_ACCOUNT_TOKEN_FILE)")?;
         let token = std::fs::read_to_string(path)

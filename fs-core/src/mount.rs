@@ -70,11 +70,17 @@ pub struct MountOptions {
     pub remount: bool,
     /// Where a daemonised mount writes its log.
     pub log_file: Option<PathBuf>,
+    /// How long requests wait for a metadata server that cannot be reached before failing with EIO.
+    pub meta_wait: Duration,
 }
+
+/// The default of `meta_wait`: longer than a metadata server's restart or a pod's rescheduling.
+pub const META_WAIT: Duration = Duration::from_secs(60);
 
 /// The options `-o` knows, for the error message.
 const KNOWN: &str = "ro, rw, allow_other, noatime, noexec, nosuid, nodev, umask=OCTAL, attr_ttl=SECS, \
-entry_ttl=SECS, cache_mib=N, threads=N, nodelegations, token_file=PATH, ca_file=PATH, fingerprint=HEX, log_file=PATH";
+entry_ttl=SECS, cache_mib=N, threads=N, meta_wait=SECS, nodelegations, token_file=PATH, ca_file=PATH, fingerprint=HEX, \
+log_file=PATH";
 
 impl MountOptions {
     /// Parses comma-separated mount options (several `-o` allowed). Options mount(8) and fstab
@@ -83,6 +89,7 @@ impl MountOptions {
         let mut o = MountOptions {
             kernel: KernelOptions { nodev: true, ..Default::default() },
             threads: 4,
+            meta_wait: META_WAIT,
             ..Default::default()
         };
         for opt in opts.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
@@ -149,6 +156,7 @@ impl MountOptions {
                 "entry_ttl" => o.fs.entry_ttl = secs(v)?,
                 "cache_mib" => o.fs.cache_bytes = num(v)? << 20,
                 "threads" => o.threads = num(v)?.clamp(1, 64),
+                "meta_wait" => o.meta_wait = secs(v)?,
                 "token_file" => o.token_file = path(v)?,
                 "ca_file" => o.ca_file = path(v)?,
                 "fingerprint" => o.fingerprint = Some(v.to_string()),
@@ -202,7 +210,7 @@ pub struct Mounted {
 
 /// Connects, opens the session and mounts; the kernel is initialised when this returns.
 pub async fn mount_volume(a: &MountArgs) -> anyhow::Result<Mounted> {
-    let channel = connect(&a.source.server, &a.trust).await?;
+    let channel = connect(&a.source.server, &a.trust, a.options.meta_wait).await?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let client = format!("{}:{}", host.trim(), a.mountpoint.display());
     let session = Session::open(channel, &a.source.volume, &a.token, &client)
@@ -358,6 +366,7 @@ mod tests {
         let o = MountOptions::parse(&[
             "ro,allow_other,noatime,umask=027".into(),
             "attr_ttl=60,entry_ttl=0.5,cache_mib=64,threads=8,token_file=/t,fingerprint=ab,defaults,_netdev".into(),
+            "meta_wait=300".into(),
         ])
         .unwrap();
         assert!(o.kernel.read_only && o.kernel.allow_other && o.kernel.noatime && o.kernel.nodev);
@@ -366,6 +375,8 @@ mod tests {
         assert_eq!(o.fs.entry_ttl, Duration::from_millis(500));
         assert_eq!(o.fs.cache_bytes, 64 << 20);
         assert_eq!(o.threads, 8);
+        assert_eq!(o.meta_wait, Duration::from_secs(300));
+        assert_eq!(MountOptions::parse(&[]).unwrap().meta_wait, META_WAIT);
         assert_eq!(o.token_file.as_deref(), Some(Path::new("/t")));
         assert_eq!(o.fingerprint.as_deref(), Some("ab"));
         let e = MountOptions::parse(&["colour=blue".into()]).unwrap_err();

@@ -90,7 +90,7 @@ pub async fn up(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) 
     let addr = running.grpc_addr.to_string();
     let trust = ClientTrust { ca_file: None, fingerprint: Some(running.fingerprint.clone()) };
     let result = async {
-        let mut admin = admin_client(connect(&addr, &trust).await?, &admin_token)?;
+        let mut admin = admin_client(connect(&addr, &trust, std::time::Duration::ZERO).await?, &admin_token)?;
         let exists = admin.list_volumes(pb::Empty {}).await?.into_inner().volumes.iter().any(|v| v.name == VOLUME);
         let blocks = dir.join("blocks");
         if !exists {

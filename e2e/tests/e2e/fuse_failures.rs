@@ -180,6 +180,40 @@ async fn fsynced_data_survives_kill_9_of_the_client_and_of_the_metadata_server()
     eprintln!("metadata server kill -9: {synced} fsynced records intact, read through the same mount");
 }
 
+/// A metadata server restart (a new pod, an upgrade) is a pause for the mount's users, not an
+/// error: requests wait for the server within `meta_wait` and are sent once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_for_a_restarting_metadata_server_instead_of_failing() {
+    e2e::init();
+    let mut meta = MetaServer::start(&[]).await.unwrap();
+    let token = meta.volume("v", |_| {}).await.unwrap();
+    let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
+    let impatient = Mount::start(&meta, "v", &token, &["meta_wait=0"]).await.unwrap();
+    std::fs::write(m.path.join("before"), b"written before the restart").unwrap();
+    // fsync of a directory makes everything this session did durable, its own record too (a
+    // session younger than the server's flush interval would not survive kill -9).
+    std::fs::File::open(&m.path).unwrap().sync_all().unwrap();
+    meta.kill9();
+
+    // mkdir always goes to the server.
+    let dir = m.path.join("made-while-down");
+    let mkdir = tokio::task::spawn_blocking(move || std::fs::create_dir(&dir));
+    let err = std::fs::create_dir(impatient.path.join("impatient")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "with meta_wait=0 a request fails at once: {err}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if mkdir.is_finished() {
+        panic!("mkdir returned while the server was down: {:?}\n{}", mkdir.await, m.log_tail(20));
+    }
+    meta.restart().await.unwrap();
+    let r =
+        tokio::time::timeout(Duration::from_secs(30), mkdir).await.expect("mkdir still waiting 30 s after the restart");
+    r.unwrap().unwrap_or_else(|e| panic!("mkdir failed although the server came back: {e}\n{}", m.log_tail(20)));
+    assert!(m.path.join("made-while-down").is_dir());
+    assert_eq!(std::fs::read(m.path.join("before")).unwrap(), b"written before the restart");
+    let log = m.log_tail(200);
+    assert!(log.contains("cannot be reached") && log.contains("reachable again"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_block_object_reads_as_eio_never_as_wrong_bytes() {
     e2e::init();

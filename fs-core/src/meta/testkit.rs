@@ -59,7 +59,7 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> tonic::transport::Channel {
-        connect(&self.addr(), &self.trust()).await.expect("connecting to the test server")
+        connect(&self.addr(), &self.trust(), Duration::ZERO).await.expect("connecting to the test server")
     }
 
     pub async fn admin(&self) -> AdminClient {

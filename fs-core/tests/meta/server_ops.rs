@@ -79,7 +79,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     let old = ClientTrust { ca_file: Some(c.clone()), fingerprint: None };
     let old_copy = dir.path().join("old.crt");
     std::fs::copy(&c, &old_copy).unwrap();
-    connect(&srv.addr(), &old).await.expect("the given certificate verifies with its CA file");
+    connect(&srv.addr(), &old, std::time::Duration::ZERO).await.expect("the given certificate verifies with its CA file");
     let (cert2, key2) = self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
     std::fs::write(&k, &key2).unwrap();
     std::fs::write(&c, &cert2).unwrap();
@@ -87,7 +87,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     let start = Instant::now();
     loop {
         // A new connection verifies against the renewed certificate once the server reloaded it.
-        if let Ok(ch) = connect(&srv.addr(), &new).await
+        if let Ok(ch) = connect(&srv.addr(), &new, std::time::Duration::ZERO).await
             && pb::admin_client::AdminClient::new(ch)
                 .list_volumes(pb::Empty {})
                 .await
@@ -99,7 +99,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let stale = ClientTrust { ca_file: Some(old_copy), fingerprint: None };
-    let refused = match connect(&srv.addr(), &stale).await {
+    let refused = match connect(&srv.addr(), &stale, std::time::Duration::ZERO).await {
         Err(_) => true,
         Ok(ch) => pb::admin_client::AdminClient::new(ch)
             .list_volumes(pb::Empty {})
