@@ -80,6 +80,14 @@ async fn posix_acls_are_enforced_and_inherited() {
     let out = as_nobody(&append);
     assert!(!out.status.success(), "chmod 640 left nobody able to write through its ACL entry");
     assert_eq!(as_nobody(&format!("cat {}", g.display())).stdout, b"beforeby-nobody\n");
+    // An ACL set by someone outside the file's group clears setgid (as on ext4).
+    let h = m.path.join("setgid-file");
+    std::fs::write(&h, b"").unwrap();
+    std::os::unix::fs::chown(&h, Some(65534), Some(0)).unwrap();
+    std::fs::set_permissions(&h, std::os::unix::fs::PermissionsExt::from_mode(0o2775)).unwrap();
+    let out = as_nobody(&format!("setfacl -m u:root:r {}", h.display()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::metadata(&h).unwrap().mode() & 0o7777, 0o775, "setgid survived nobody's setfacl");
     // An ACL that says no more than the mode leaves no ACL behind (`ls` shows no '+').
     assert!(Command::new("setfacl").args(["-b"]).arg(&g).status().unwrap().success());
     assert!(Command::new("setfacl").args(["-m", "u::rwx,g::r,o::r"]).arg(&g).status().unwrap().success());

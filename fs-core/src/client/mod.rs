@@ -473,7 +473,16 @@ impl StratusFs {
         Ok(r.map_err(errno_of)?.into_inner().names)
     }
 
-    pub async fn setxattr(&self, c: Ctx, ino: u64, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
+    /// `acl_kill_sgid`: the kernel asks that setting this ACL clear the setgid bit.
+    pub async fn setxattr(
+        &self,
+        c: Ctx,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+        acl_kill_sgid: bool,
+    ) -> FsResult<()> {
         // A held directory gives its delegation back: a default ACL changes what creates there do.
         self.give_back(self.to_server(ino)).await?;
         let req = pb::SetXattrRequest {
@@ -482,6 +491,7 @@ impl StratusFs {
             name: name.to_vec(),
             value: value.to_vec(),
             flags,
+            acl_kill_sgid,
         };
         let r = self.rpc().set_xattr(req).await;
         self.void_remembered_attrs();

@@ -412,6 +412,9 @@ pub struct FsyncIn {
     pub padding: u32,
 }
 
+/// `SetxattrIn::setxattr_flags`: setting this ACL clears the setgid bit.
+pub const SETXATTR_ACL_KILL_SGID: u32 = 1 << 0;
+
 /// With FUSE_SETXATTR_EXT (negotiated) the kernel sends this 16-byte form; without it only the
 /// first 8 bytes.
 #[repr(C)]

@@ -289,7 +289,8 @@ impl Adapter {
                 let rest = if ext { rest } else { &body[8..] };
                 let (n, value) = split_name(rest)?;
                 let value = value.get(..s.size as usize).ok_or(libc::EINVAL)?;
-                fs.setxattr(c, node, n, value, s.flags).await.map(|_| Vec::new())
+                let kill_sgid = ext && s.setxattr_flags & abi::SETXATTR_ACL_KILL_SGID != 0;
+                fs.setxattr(c, node, n, value, s.flags, kill_sgid).await.map(|_| Vec::new())
             }
             opcode::GETXATTR => {
                 let (g, rest) = arg::<abi::GetxattrIn>(body)?;

@@ -557,8 +557,9 @@ pub fn setattr(w: &mut W, c: &Caller, req: &pb::SetAttrRequest, block_size: u32)
     Ok(inode)
 }
 
-pub fn setxattr(w: &mut W, c: &Caller, ino: u64, name: &[u8], value: &[u8], flags: u32) -> MetaResult<()> {
+pub fn setxattr(w: &mut W, c: &Caller, req: &pb::SetXattrRequest) -> MetaResult<()> {
     c.writable()?;
+    let (ino, name, value, flags) = (req.ino, req.name.as_slice(), req.value.as_slice(), req.flags);
     if name.is_empty() || name.len() > MAX_XATTR_NAME {
         return Err(MetaError::fs(libc::ERANGE, format!("xattr name of {} bytes (1..=255 allowed)", name.len())));
     }
@@ -598,6 +599,9 @@ pub fn setxattr(w: &mut W, c: &Caller, ino: u64, name: &[u8], value: &[u8], flag
         // is kept as the mode alone (as local filesystems do).
         let a = attr_mut(&mut inode);
         a.perm = (a.perm & !0o777) | acl::mode_bits(value).unwrap_or(a.perm & 0o777);
+        if req.acl_kill_sgid {
+            a.perm &= !S_ISGID;
+        }
         if acl::is_minimal(&entries) {
             w.xattrs.remove((ino, name))?;
         } else {

@@ -550,10 +550,7 @@ impl VolumeDb {
     }
 
     pub async fn setxattr(&self, c: &Caller, req: pb::SetXattrRequest) -> MetaResult<()> {
-        self.change_in(c, vec![req.ino], false, move |w, c| {
-            ns::setxattr(w, c, req.ino, &req.name, &req.value, req.flags)
-        })
-        .await
+        self.change_in(c, vec![req.ino], false, move |w, c| ns::setxattr(w, c, &req)).await
     }
 
     pub async fn removexattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> MetaResult<()> {

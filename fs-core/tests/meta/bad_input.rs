@@ -48,6 +48,7 @@ async fn oversized_messages_are_refused() {
                 name: b"user.huge".to_vec(),
                 value: vec![0; 5 << 20],
                 flags: 0,
+                acl_kill_sgid: false,
             })
             .await
             .unwrap_err();

@@ -204,7 +204,11 @@ fn acknowledged_changes_survive_kill_9_and_the_database_stays_consistent() {
     let mut blocks_before: u64 = 0;
 
     let token = rt.block_on(async {
-        let mut admin = admin_client(connect(&server.addr, &server.trust(), std::time::Duration::ZERO).await.unwrap(), &admin_token).unwrap();
+        let mut admin = admin_client(
+            connect(&server.addr, &server.trust(), std::time::Duration::ZERO).await.unwrap(),
+            &admin_token,
+        )
+        .unwrap();
         admin
             .create_volume(pb::CreateVolumeRequest {
                 name: "v".into(),
@@ -232,7 +236,14 @@ fn acknowledged_changes_survive_kill_9_and_the_database_stays_consistent() {
             let mut sessions = Vec::new();
             let mut handles = Vec::new();
             for k in 0..4 {
-                let s = Session::open(connect(&addr, &trust, std::time::Duration::ZERO).await.unwrap(), "v", &token, "crash").await.unwrap();
+                let s = Session::open(
+                    connect(&addr, &trust, std::time::Duration::ZERO).await.unwrap(),
+                    "v",
+                    &token,
+                    "crash",
+                )
+                .await
+                .unwrap();
                 sessions.push(s.clone());
                 handles.push(tokio::spawn(client(Fs::new(s), format!("t{trial}c{k}"))));
             }
@@ -256,8 +267,11 @@ fn acknowledged_changes_survive_kill_9_and_the_database_stays_consistent() {
             for s in &sessions {
                 let _ = tokio::time::timeout(Duration::from_secs(5), s.close()).await;
             }
-            let root =
-                Fs::new(Session::open(connect(&addr, &trust, std::time::Duration::ZERO).await.unwrap(), "v", &token, "verify").await.unwrap());
+            let root = Fs::new(
+                Session::open(connect(&addr, &trust, std::time::Duration::ZERO).await.unwrap(), "v", &token, "verify")
+                    .await
+                    .unwrap(),
+            );
             for (k, client_acks) in acks.iter().enumerate() {
                 for a in client_acks {
                     let required = a.durable || sync || a.at + DURABLE_WITHIN < killed;

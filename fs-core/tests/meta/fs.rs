@@ -169,6 +169,7 @@ impl Fs {
                 name: name.as_bytes().to_vec(),
                 value: value.to_vec(),
                 flags,
+                acl_kill_sgid: false,
             })
             .await
             .map_err(errno)?;

@@ -326,6 +326,21 @@ async fn acls_and_the_mode_stay_in_step() {
     assert!(after.contains(&(0x20, 0, u32::MAX)), "other after chmod 640: {after:?}");
     assert!(after.contains(&(1, 6, u32::MAX)) && after.contains(&nobody(6)), "{after:?}");
 
+    // The kernel asks that an ACL set by a caller outside the file's group clear setgid; otherwise
+    // it stays.
+    fs.setattr(f.ino, |r| r.perm = Some(0o2664)).await.unwrap();
+    fs.setxattr(f.ino, "system.posix_acl_access", &acl::bytes(&e), 0).await.unwrap();
+    assert_eq!(fs.getattr(f.ino).await.unwrap().perm & 0o7777, 0o2664);
+    let req = pb::SetXattrRequest {
+        ctx: fs.ctx(),
+        ino: f.ino,
+        name: b"system.posix_acl_access".to_vec(),
+        value: acl::bytes(&e),
+        flags: 0,
+        acl_kill_sgid: true,
+    };
+    fs.rpc().set_xattr(req).await.unwrap();
+    assert_eq!(fs.getattr(f.ino).await.unwrap().perm & 0o7777, 0o0664);
     // An ACL that says no more than a mode is kept as the mode alone.
     fs.setxattr(f.ino, "system.posix_acl_access", &acl::bytes(&base(7, 5, 0)), 0).await.unwrap();
     assert_eq!(fs.getattr(f.ino).await.unwrap().perm & 0o777, 0o750);

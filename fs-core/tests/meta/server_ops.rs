@@ -79,7 +79,9 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     let old = ClientTrust { ca_file: Some(c.clone()), fingerprint: None };
     let old_copy = dir.path().join("old.crt");
     std::fs::copy(&c, &old_copy).unwrap();
-    connect(&srv.addr(), &old, std::time::Duration::ZERO).await.expect("the given certificate verifies with its CA file");
+    connect(&srv.addr(), &old, std::time::Duration::ZERO)
+        .await
+        .expect("the given certificate verifies with its CA file");
     let (cert2, key2) = self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
     std::fs::write(&k, &key2).unwrap();
     std::fs::write(&c, &cert2).unwrap();
