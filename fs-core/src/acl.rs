@@ -2,7 +2,7 @@
 //! kernel enforces them (FUSE_POSIX_ACL); the metadata server keeps them in step with the mode, in
 //! the same transaction as the change, as a local filesystem does: a new inode inherits its
 //! directory's default ACL ([`inherit`]), setting an access ACL sets the mode's permission bits
-//! ([`mode_bits`]), and chmod rewrites the access ACL's owner, group class and other entries
+//! ([`mode_bits`] of its [`entries`]), and chmod rewrites the access ACL's owner, group class and other entries
 //! ([`chmod`]). With FUSE_POSIX_ACL the kernel leaves all three to the filesystem.
 
 /// The xattr that holds a POSIX access ACL.
@@ -52,15 +52,25 @@ pub fn bytes(entries: &[(u16, u16, u32)]) -> Vec<u8> {
 }
 
 /// The permission bits (0o777) an access ACL implies: owner from the owner entry, group class from
-/// the mask (or the owning group's entry without a mask), other from the other entry. `None` if it
-/// does not parse.
-pub fn mode_bits(value: &[u8]) -> Option<u32> {
-    bits_of(&entries(value)?)
+/// the mask (or the owning group's entry without a mask), other from the other entry. [`entries`]
+/// guarantees all three are there.
+pub fn mode_bits(entries: &Entries) -> u32 {
+    let perm = |tag: u16| entries.iter().find(|e| e.0 == tag).map(|e| e.1 as u32 & 7);
+    perm(USER_OBJ).unwrap_or(0) << 6 | perm(MASK).or(perm(GROUP_OBJ)).unwrap_or(0) << 3 | perm(OTHER).unwrap_or(0)
 }
 
-fn bits_of(entries: &Entries) -> Option<u32> {
-    let perm = |tag: u16| entries.iter().find(|e| e.0 == tag).map(|e| e.1 as u32 & 7);
-    Some(perm(USER_OBJ)? << 6 | perm(MASK).or(perm(GROUP_OBJ))? << 3 | perm(OTHER)?)
+/// The bits of `mode` that entry `tag` stands for: the owner's, the group class's (the mask, or
+/// the owning group's entry when there is no mask) or other's. `None` for the entries the mode
+/// does not speak for (named users and groups, the owning group's entry beside a mask).
+fn class_bits(tag: u16, has_mask: bool, mode: u32) -> Option<u16> {
+    let bits = match tag {
+        USER_OBJ => mode >> 6,
+        MASK => mode >> 3,
+        GROUP_OBJ if !has_mask => mode >> 3,
+        OTHER => mode,
+        _ => return None,
+    };
+    Some((bits & 7) as u16)
 }
 
 /// Whether an ACL says no more than a mode does (only the owner, group and other entries): such
@@ -76,12 +86,8 @@ pub fn chmod(value: &[u8], perm: u32) -> Option<Vec<u8>> {
     let mut entries = entries(value)?;
     let has_mask = entries.iter().any(|e| e.0 == MASK);
     for e in &mut entries {
-        match e.0 {
-            USER_OBJ => e.1 = ((perm >> 6) & 7) as u16,
-            MASK => e.1 = ((perm >> 3) & 7) as u16,
-            GROUP_OBJ if !has_mask => e.1 = ((perm >> 3) & 7) as u16,
-            OTHER => e.1 = (perm & 7) as u16,
-            _ => {}
+        if let Some(bits) = class_bits(e.0, has_mask, perm) {
+            e.1 = bits;
         }
     }
     Some(bytes(&entries))
@@ -95,16 +101,9 @@ pub fn inherit(dacl: &[u8], mode: u32) -> Option<(u32, Option<Vec<u8>>)> {
     let mut entries = entries(dacl)?;
     let has_mask = entries.iter().any(|e| e.0 == MASK);
     for e in &mut entries {
-        let limit = match e.0 {
-            USER_OBJ => (mode >> 6) & 7,
-            OTHER => mode & 7,
-            MASK => (mode >> 3) & 7,
-            GROUP_OBJ if !has_mask => (mode >> 3) & 7,
-            _ => 7,
-        };
-        e.1 &= limit as u16;
+        e.1 &= class_bits(e.0, has_mask, mode).unwrap_or(7);
     }
-    let bits = bits_of(&entries)?;
+    let bits = mode_bits(&entries);
     let access = (!is_minimal(&entries)).then(|| bytes(&entries));
     Some(((mode & !0o777) | bits, access))
 }
@@ -127,11 +126,15 @@ mod tests {
     #[test]
     fn mode_bits_follow_the_mask() {
         let v = named();
-        assert_eq!(mode_bits(&v), Some(0o640));
-        assert_eq!(mode_bits(&v[..v.len() - 8]), None, "no OTHER entry");
-        assert_eq!(mode_bits(b"junk"), None);
+        assert_eq!(entries(&v).map(|e| mode_bits(&e)), Some(0o640));
+        assert_eq!(entries(&v[..v.len() - 8]), None, "no OTHER entry");
+        assert_eq!(entries(b"junk"), None);
         let minimal = bytes(&[(USER_OBJ, 7, u32::MAX), (GROUP_OBJ, 5, u32::MAX), (OTHER, 1, u32::MAX)]);
-        assert_eq!(mode_bits(&minimal), Some(0o751), "without a mask the group entry is the group class");
+        assert_eq!(
+            entries(&minimal).map(|e| mode_bits(&e)),
+            Some(0o751),
+            "without a mask the group entry is the group class"
+        );
     }
 
     #[test]
@@ -143,7 +146,7 @@ mod tests {
         assert!(after.contains(&(OTHER, 0, u32::MAX)));
         assert!(after.contains(&(2, 4, 65534)), "named entries stay");
         let minimal = bytes(&[(USER_OBJ, 6, u32::MAX), (GROUP_OBJ, 4, u32::MAX), (OTHER, 4, u32::MAX)]);
-        assert_eq!(mode_bits(&chmod(&minimal, 0o600).unwrap()), Some(0o600));
+        assert_eq!(entries(&chmod(&minimal, 0o600).unwrap()).map(|e| mode_bits(&e)), Some(0o600));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! reconnects by itself), the session a mount holds, and the admin client.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -53,7 +54,7 @@ pub async fn connect(addr: &str, trust: &ClientTrust, outage: Duration) -> Resul
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     let target = addr.to_string();
-    let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connected = Arc::new(AtomicBool::new(false));
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let (tls, name, target, connected) = (tls.clone(), server_name.clone(), target.clone(), connected.clone());
         async move {
@@ -62,7 +63,7 @@ pub async fn connect(addr: &str, trust: &ClientTrust, outage: Duration) -> Resul
                 tcp.set_nodelay(true)?;
                 tls.connect(name.clone(), tcp).await
             };
-            let wait = if connected.load(std::sync::atomic::Ordering::Relaxed) { outage } else { Duration::ZERO };
+            let wait = if connected.load(Ordering::Relaxed) { outage } else { Duration::ZERO };
             let deadline = tokio::time::Instant::now() + wait;
             let mut pause = Duration::from_millis(50);
             let mut logged = false;
@@ -72,7 +73,7 @@ pub async fn connect(addr: &str, trust: &ClientTrust, outage: Duration) -> Resul
                         if logged {
                             tracing::info!(server = %target, "the metadata server is reachable again");
                         }
-                        connected.store(true, std::sync::atomic::Ordering::Relaxed);
+                        connected.store(true, Ordering::Relaxed);
                         return Ok(hyper_util::rt::TokioIo::new(stream));
                     }
                     Ok(Err(e)) => e,

@@ -580,35 +580,35 @@ pub fn setxattr(w: &mut W, c: &Caller, req: &pb::SetXattrRequest) -> MetaResult<
             format!("no xattr {:?} (XATTR_REPLACE)", String::from_utf8_lossy(name)),
         ));
     }
-    let is_acl = name == acl::ACCESS || name == acl::DEFAULT;
-    let entries = match acl::entries(value) {
-        Some(e) => e,
-        None if is_acl => {
-            return Err(MetaError::fs(
+    let acl = (name == acl::ACCESS || name == acl::DEFAULT).then(|| {
+        acl::entries(value).ok_or_else(|| {
+            MetaError::fs(
                 libc::EINVAL,
                 format!(
                     "{} is not a POSIX ACL (version 2, with owner, group and other entries)",
                     String::from_utf8_lossy(name)
                 ),
-            ));
+            )
+        })
+    });
+    match acl.transpose()? {
+        Some(entries) if name == acl::ACCESS => {
+            // Setting an access ACL sets the mode's permission bits; one that says no more than a
+            // mode is kept as the mode alone (as local filesystems do).
+            let a = attr_mut(&mut inode);
+            a.perm = (a.perm & !0o777) | acl::mode_bits(&entries);
+            if req.acl_kill_sgid {
+                a.perm &= !S_ISGID;
+            }
+            if acl::is_minimal(&entries) {
+                w.xattrs.remove((ino, name))?;
+            } else {
+                w.xattrs.insert((ino, name), value)?;
+            }
         }
-        None => Vec::new(),
-    };
-    if name == acl::ACCESS {
-        // Setting an access ACL sets the mode's permission bits; one that says no more than a mode
-        // is kept as the mode alone (as local filesystems do).
-        let a = attr_mut(&mut inode);
-        a.perm = (a.perm & !0o777) | acl::mode_bits(value).unwrap_or(a.perm & 0o777);
-        if req.acl_kill_sgid {
-            a.perm &= !S_ISGID;
-        }
-        if acl::is_minimal(&entries) {
-            w.xattrs.remove((ino, name))?;
-        } else {
+        _ => {
             w.xattrs.insert((ino, name), value)?;
         }
-    } else {
-        w.xattrs.insert((ino, name), value)?;
     }
     let now = w.now;
     set_times_now(&mut inode, &now, false);
