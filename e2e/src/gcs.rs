@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use fs_core::blockstore::BackendSpec;
+use fs_core::BackendSpec;
 use tempfile::TempDir;
 
 use crate::service::{Service, free_port, http_client, http_ok};

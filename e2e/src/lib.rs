@@ -15,6 +15,8 @@ pub mod error;
 pub mod gcs;
 pub mod kube;
 pub mod minio;
+pub mod mountd;
+pub mod probe;
 pub mod service;
 pub mod sign;
 pub mod stratusfs;

@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fs_core::blockstore::BackendSpec;
-use fs_core::meta::client::{AdminClient, admin_client, connect};
-use fs_core::proto::pb;
-use fs_core::tls::ClientTrust;
+use fs_core::admin::{TokenScope, VolumeSpec};
+use fs_core::{AdminClient, BackendSpec, ClientTrust};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -136,33 +134,27 @@ impl MetaServer {
     }
 
     pub async fn admin(&self) -> Result<AdminClient> {
-        let ch = connect(&self.addr, &self.trust(), std::time::Duration::ZERO)
+        AdminClient::connect(&self.addr, &self.trust(), &self.admin_token)
             .await
-            .map_err(|e| HarnessError::setup("connecting to the metadata server", e))?;
-        admin_client(ch, &self.admin_token).map_err(|e| HarnessError::setup("an admin client", e))
+            .map_err(|e| HarnessError::setup("an admin client of the metadata server", e))
     }
 
     /// Creates a volume on the local-folder block store (`tweak` sets block size, compression,
     /// quota) and a full-access token; returns the token.
-    pub async fn volume(&self, name: &str, tweak: impl FnOnce(&mut pb::CreateVolumeRequest)) -> Result<String> {
-        let mut req = pb::CreateVolumeRequest {
-            name: name.into(),
-            backend_json: serde_json::to_string(&BackendSpec::Local { path: self.blocks_dir(), prefix: String::new() })
-                .expect("a spec serializes"),
-            ..Default::default()
-        };
-        tweak(&mut req);
+    pub async fn volume(&self, name: &str, tweak: impl FnOnce(&mut VolumeSpec)) -> Result<String> {
+        let mut spec = VolumeSpec::new(name, BackendSpec::Local { path: self.blocks_dir(), prefix: String::new() });
+        tweak(&mut spec);
         let mut admin = self.admin().await?;
-        admin.create_volume(req).await.map_err(|e| HarnessError::setup("creating a volume", e))?;
+        admin.create_volume(&spec).await.map_err(|e| HarnessError::setup("creating a volume", e))?;
         self.token(name, |_| {}).await
     }
 
     /// A volume token (`tweak`: subpath, read-only, root squash).
-    pub async fn token(&self, volume: &str, tweak: impl FnOnce(&mut pb::CreateTokenRequest)) -> Result<String> {
-        let mut req = pb::CreateTokenRequest { volume: volume.into(), ..Default::default() };
-        tweak(&mut req);
+    pub async fn token(&self, volume: &str, tweak: impl FnOnce(&mut TokenScope)) -> Result<String> {
+        let mut scope = TokenScope::default();
+        tweak(&mut scope);
         let mut admin = self.admin().await?;
-        Ok(admin.create_token(req).await.map_err(|e| HarnessError::setup("creating a token", e))?.into_inner().token)
+        Ok(admin.create_token(volume, &scope).await.map_err(|e| HarnessError::setup("creating a token", e))?.token)
     }
 
     /// Writes `token` to a file a mount can be given.
@@ -295,5 +287,38 @@ impl Drop for Mount {
     fn drop(&mut self) {
         // The service prints its log when a panic unwinds.
         self.stop();
+    }
+}
+
+/// Ends the FUSE connection of the mount on `mountpoint` (fusectl's `abort`): every request
+/// waiting on it fails with ENOTCONN. For a test whose own process serves a mount (or freezes
+/// its server) and must not hang closing files on it while a panic unwinds. Found through
+/// /proc/self/mountinfo, without touching the mount.
+pub fn abort_fuse_connection(mountpoint: &Path) {
+    let want = mountpoint.to_string_lossy();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(dev) = info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&&*want)).then(|| f.get(2).map(|d| d.to_string())).flatten()
+    }) else {
+        return;
+    };
+    let Some((_, minor)) = dev.split_once(':') else { return };
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    if !ctl.join(minor).exists() {
+        let _ = Command::new("mount").args(["-t", "fusectl", "none"]).arg(ctl).status();
+    }
+    let _ = std::fs::write(ctl.join(minor).join("abort"), "1");
+}
+
+/// Aborts the FUSE connection of a mount if a panic unwinds past it (see
+/// [`abort_fuse_connection`]); does nothing otherwise.
+pub struct AbortOnPanic(pub PathBuf);
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            abort_fuse_connection(&self.0);
+        }
     }
 }

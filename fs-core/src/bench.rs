@@ -14,11 +14,11 @@ use anyhow::{Context, bail};
 use tokio::io::AsyncBufReadExt;
 
 use crate::blockstore::BackendSpec;
-use crate::meta::access::Caller;
-use crate::meta::client::{Session, admin_client, connect};
-use crate::meta::volume::VolumeDb;
-use crate::proto::pb;
+use crate::metaclient::{AdminClient, Session, connect};
+use crate::server::access::Caller;
+use crate::server::store::volume::VolumeDb;
 use crate::tls::ClientTrust;
+use crate::wire::pb;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -63,15 +63,17 @@ fn ms(d: Duration) -> f64 {
 
 /// Raises the open-file limit to the hard limit (many sessions need many sockets).
 fn raise_nofile() -> u64 {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit write/read the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
         }
+        Err(_) => 0,
     }
-    r.rlim_cur
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -309,25 +311,16 @@ pub async fn bench_meta(args: BenchArgs) -> anyhow::Result<()> {
     let (child, addr, fp) = spawn_server(&dir, args.sync).await?;
     let trust = ClientTrust { ca_file: None, fingerprint: Some(fp) };
     let backend_json = serde_json::to_string(&BackendSpec::Local { path: dir.join("blocks"), prefix: String::new() })?;
-    let mut admin = admin_client(connect(&addr, &trust, Duration::ZERO).await?, &admin_token)?;
-    admin
-        .create_volume(pb::CreateVolumeRequest {
-            name: "bench".into(),
-            backend_json: backend_json.clone(),
-            ..Default::default()
-        })
-        .await?;
-    let token = admin
-        .create_token(pb::CreateTokenRequest { volume: "bench".into(), ..Default::default() })
-        .await?
-        .into_inner()
-        .token;
+    let mut admin = AdminClient::connect(&addr, &trust, &admin_token).await?;
+    let store = BackendSpec::Local { path: dir.join("blocks"), prefix: String::new() };
+    admin.create_volume(&crate::admin::VolumeSpec::new("bench", store)).await?;
+    let token = admin.create_token("bench", &crate::admin::TokenScope::default()).await?.token;
 
     // The in-process limit: a volume of its own in this process.
     let info = pb::VolumeInfo {
         uuid: "inproc".into(),
         name: "inproc".into(),
-        block_size: crate::meta::volume::DEFAULT_BLOCK_SIZE,
+        block_size: crate::wire::DEFAULT_BLOCK_SIZE,
         backend_json,
         ..Default::default()
     };

@@ -4,6 +4,9 @@
 //! (see `fuse::session`), and handing a local read of a few microseconds to another thread and
 //! back costs more than the read. Runtime workers may not: a slow disk would stall every task on
 //! them.
+//!
+//! Nothing here is process-wide: which threads may block is a property of each thread (a mount's
+//! readers mark themselves), and each mount has its own [`DurableSlot`].
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,22 +30,24 @@ pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> O
     if allowed() { Some(f()) } else { tokio::task::spawn_blocking(f).await.ok() }
 }
 
-/// 1 while a FUSE reader thread is inside a [`run_durable`] call.
-static DURABLE_INSIDE: AtomicUsize = AtomicUsize::new(0);
+/// One mount's permit for a reader thread to run durable I/O itself (see [`run_durable`]): 1 while
+/// one of its FUSE reader threads is inside a [`run_durable`] call.
+#[derive(Debug, Default)]
+pub struct DurableSlot(AtomicUsize);
 
 /// [`run`] for I/O that waits for the disk (a write and its fsync, milliseconds on a slow disk or
-/// NFS): at most one FUSE reader thread at a time runs such a call itself, so concurrent fsyncs
-/// cannot leave the mount with no thread to read the kernel's next request; the others go to
-/// tokio's blocking pool.
-pub async fn run_durable<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    if allowed() && DURABLE_INSIDE.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-        struct Leave;
-        impl Drop for Leave {
+/// NFS): at most one FUSE reader thread of a mount (`slot`) at a time runs such a call itself, so
+/// concurrent fsyncs cannot leave the mount with no thread to read the kernel's next request; the
+/// others go to tokio's blocking pool.
+pub async fn run_durable<T: Send + 'static>(slot: &DurableSlot, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    if allowed() && slot.0.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        struct Leave<'a>(&'a AtomicUsize);
+        impl Drop for Leave<'_> {
             fn drop(&mut self) {
-                DURABLE_INSIDE.store(0, Ordering::Release);
+                self.0.store(0, Ordering::Release);
             }
         }
-        let _leave = Leave;
+        let _leave = Leave(&slot.0);
         return Some(f());
     }
     tokio::task::spawn_blocking(f).await.ok()
@@ -54,17 +59,20 @@ mod tests {
     use std::sync::{Arc, Barrier};
 
     #[test]
-    fn only_one_reader_thread_at_a_time_runs_durable_io_itself() {
+    fn only_one_reader_thread_of_a_mount_at_a_time_runs_durable_io_itself() {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
-        let start = Arc::new(Barrier::new(2));
-        let readers: Vec<_> = (0..2)
-            .map(|_| {
+        let start = Arc::new(Barrier::new(3));
+        let (slot, other) = (Arc::new(DurableSlot::default()), Arc::new(DurableSlot::default()));
+        let readers: Vec<_> = (0..3)
+            .map(|i| {
                 let (rt, start) = (rt.handle().clone(), start.clone());
+                // Two readers of one mount, and one of another mount.
+                let slot = if i < 2 { slot.clone() } else { other.clone() };
                 std::thread::spawn(move || {
                     allow_on_this_thread();
                     let me = std::thread::current().id();
                     start.wait();
-                    rt.block_on(run_durable(move || {
+                    rt.block_on(run_durable(&slot, move || {
                         std::thread::sleep(std::time::Duration::from_millis(300));
                         std::thread::current().id() == me
                     }))
@@ -74,13 +82,14 @@ mod tests {
             .collect();
         let here: Vec<bool> = readers.into_iter().map(|r| r.join().unwrap()).collect();
         assert_eq!(
-            here.iter().filter(|&&h| h).count(),
+            here[..2].iter().filter(|&&h| h).count(),
             1,
-            "one ran on its reader thread, the other on the pool: {here:?}"
+            "of one mount's readers, one ran on its thread, the other on the pool: {here:?}"
         );
+        assert!(here[2], "another mount's reader is not held back by the first mount: {here:?}");
         // Both done: the next call runs on its reader thread again.
         allow_on_this_thread();
         let me = std::thread::current().id();
-        assert_eq!(rt.block_on(run_durable(move || std::thread::current().id() == me)), Some(true));
+        assert_eq!(rt.block_on(run_durable(&slot, move || std::thread::current().id() == me)), Some(true));
     }
 }

@@ -186,7 +186,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
 }
 
 /// How a client trusts a server.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClientTrust {
     /// PEM file of the CA (or the server's own certificate).
     pub ca_file: Option<PathBuf>,

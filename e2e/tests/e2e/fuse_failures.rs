@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::stratusfs::{MetaServer, Mount, install_mount_helpers, is_mounted};
-use fs_core::proto::pb;
+use fs_core::admin::Quota;
 
 const MIB: usize = 1 << 20;
 
@@ -21,8 +21,8 @@ async fn a_full_quota_fails_write_with_edquot_and_keeps_every_earlier_byte() {
     let meta = MetaServer::start(&[]).await.unwrap();
     let token = meta
         .volume("v", |r| {
-            r.block_size = 256 * 1024;
-            r.quota = Some(pb::Quota { max_bytes: 10 * MIB as u64, max_inodes: 0 });
+            r.block_size = Some(256 * 1024);
+            r.quota = Quota { bytes: 10 * MIB as u64, inodes: 0 };
         })
         .await
         .unwrap();
@@ -63,18 +63,11 @@ async fn a_full_quota_fails_write_with_edquot_and_keeps_every_earlier_byte() {
 async fn a_directory_quota_binds_writes_inside_it() {
     e2e::init();
     let meta = MetaServer::start(&[]).await.unwrap();
-    let token = meta.volume("v", |r| r.block_size = 256 * 1024).await.unwrap();
+    let token = meta.volume("v", |r| r.block_size = Some(256 * 1024)).await.unwrap();
     let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     std::fs::create_dir(m.path.join("team")).unwrap();
     let mut admin = meta.admin().await.unwrap();
-    admin
-        .set_quota(pb::SetQuotaRequest {
-            volume: "v".into(),
-            path: "/team".into(),
-            quota: Some(pb::Quota { max_bytes: 2 * MIB as u64, max_inodes: 0 }),
-        })
-        .await
-        .unwrap();
+    admin.set_quota("v", "/team", Quota { bytes: 2 * MIB as u64, inodes: 0 }).await.unwrap();
     let err = std::fs::write(m.path.join("team/f"), vec![7u8; 3 * MIB]).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
     // statfs inside the directory reports its quota as the size.
@@ -126,7 +119,7 @@ async fn fsynced_data_survives_kill_9_of_the_client_and_of_the_metadata_server()
     e2e::init();
     const RECORD: usize = 40_000;
     let mut meta = MetaServer::start(&[]).await.unwrap();
-    let token = meta.volume("v", |r| r.block_size = 256 * 1024).await.unwrap();
+    let token = meta.volume("v", |r| r.block_size = Some(256 * 1024)).await.unwrap();
 
     // The client dies mid-write.
     let mut m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
@@ -218,7 +211,7 @@ async fn requests_wait_for_a_restarting_metadata_server_instead_of_failing() {
 async fn a_corrupted_block_object_reads_as_eio_never_as_wrong_bytes() {
     e2e::init();
     let meta = MetaServer::start(&[]).await.unwrap();
-    let token = meta.volume("v", |r| r.block_size = 256 * 1024).await.unwrap();
+    let token = meta.volume("v", |r| r.block_size = Some(256 * 1024)).await.unwrap();
     let mut m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     let data = pattern(3, 600 * 1024);
     std::fs::write(m.path.join("f"), &data).unwrap();

@@ -174,7 +174,7 @@ fn snapshot(root: &Path) -> BTreeMap<String, String> {
 async fn random_file_operations_agree_with_a_local_directory() {
     e2e::init();
     let meta = MetaServer::start_in(Path::new("/dev/shm"), &[]).await.unwrap();
-    let token = meta.volume("v", |r| r.block_size = 256 * 1024).await.unwrap();
+    let token = meta.volume("v", |r| r.block_size = Some(256 * 1024)).await.unwrap();
     let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     let sequences: u64 = std::env::var("STRATUSFS_MODEL_SEQUENCES").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let root = m.path.clone();

@@ -100,7 +100,7 @@ async fn posix_acls_are_enforced_and_inherited() {
 async fn holes_are_not_stored_and_seek_finds_data_and_holes() {
     e2e::init();
     let meta = MetaServer::start(&[]).await.unwrap();
-    let token = meta.volume("v", |r| r.block_size = 256 * 1024).await.unwrap();
+    let token = meta.volume("v", |r| r.block_size = Some(256 * 1024)).await.unwrap();
     let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     let p = m.path.join("sparse");
     let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
@@ -147,10 +147,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn append_special_files_xattrs_mmap_and_statfs() {
     e2e::init();
     let meta = MetaServer::start(&[]).await.unwrap();
-    let token = meta
-        .volume("v", |r| r.quota = Some(fs_core::proto::pb::Quota { max_bytes: 1 << 30, max_inodes: 1000 }))
-        .await
-        .unwrap();
+    let token = meta.volume("v", |r| r.quota = fs_core::admin::Quota { bytes: 1 << 30, inodes: 1000 }).await.unwrap();
     let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     // O_APPEND from two descriptors interleaves, never overwrites.
     let p = m.path.join("log");
@@ -226,4 +223,64 @@ async fn append_special_files_xattrs_mmap_and_statfs() {
     let mut f = std::fs::File::open(&p).unwrap();
     assert_eq!(f.seek(SeekFrom::End(0)).unwrap(), text.len() as u64);
     let _ = std::fs::OpenOptions::new().custom_flags(libc::O_NOATIME).read(true).open(&p).unwrap();
+}
+
+/// A program running from the mount cannot be opened for writing or truncated (ETXTBSY), and the
+/// attempt changes nothing: the file keeps its bytes and the program runs on. Each file is
+/// created, written, made executable, run and opened right away, as pjdfstest's `open::etxtbsy`
+/// does, many times, in a directory a burst of creates gets delegated (the creates are applied
+/// while the program starts) and in one that is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_program_is_text_busy_and_keeps_its_bytes() {
+    e2e::init();
+    let meta = MetaServer::start(&[]).await.unwrap();
+    let token = meta.volume("v", |_| {}).await.unwrap();
+    let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
+    let program = std::fs::read("/bin/sleep").unwrap();
+    let (plain, burst) = (m.path.join("plain"), m.path.join("burst"));
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::create_dir(&burst).unwrap();
+    for i in 0..40 {
+        // A burst of creates in `burst` (its delegation), one file at a time in a new directory
+        // of `plain`.
+        let dir = if i % 2 == 0 {
+            for j in 0..3 {
+                std::fs::write(burst.join(format!("filler-{i}-{j}")), b"x").unwrap();
+            }
+            burst.clone()
+        } else {
+            let d = plain.join(format!("d{i}"));
+            std::fs::create_dir(&d).unwrap();
+            d
+        };
+        let exe = dir.join(format!("prog-{i}"));
+        {
+            let mut f = std::fs::File::create(&exe).unwrap();
+            f.write_all(&program).unwrap();
+        }
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut child = Command::new(&exe).arg("2").spawn().unwrap();
+        for (what, opts) in [
+            ("O_WRONLY", std::fs::OpenOptions::new().write(true).clone()),
+            ("O_RDWR", std::fs::OpenOptions::new().read(true).write(true).clone()),
+            ("O_RDONLY|O_TRUNC", std::fs::OpenOptions::new().read(true).custom_flags(libc::O_TRUNC).clone()),
+        ] {
+            let r = opts.open(&exe);
+            assert_eq!(
+                r.as_ref().err().and_then(|e| e.raw_os_error()),
+                Some(libc::ETXTBSY),
+                "round {i}: {what} of a running program gave {r:?}"
+            );
+        }
+        assert_eq!(std::fs::metadata(&exe).unwrap().len(), program.len() as u64, "round {i}: the program lost bytes");
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        // Killed by us, not by a SIGBUS from a truncated text.
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "round {i}: {status:?}"
+        );
+        assert_eq!(std::fs::read(&exe).unwrap(), program, "round {i}: the program's bytes changed");
+    }
 }

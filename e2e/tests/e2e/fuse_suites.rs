@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use e2e::stratusfs::{MetaServer, Mount, install_mount_helpers};
-use fs_core::proto::pb;
+use fs_core::admin::Compression;
 
 /// The smallest block size: fsx's files (up to 1 MiB) cross several blocks.
 const SMALL_BLOCKS: u32 = 256 * 1024;
@@ -85,7 +85,7 @@ async fn fsx_passes_on_a_mount_with_files_across_blocks() {
     let meta = MetaServer::start_in(std::path::Path::new("/dev/shm"), &["--gc-interval-secs", "5"]).await.unwrap();
     let token = meta
         .volume("v", |r| {
-            r.block_size = SMALL_BLOCKS;
+            r.block_size = Some(SMALL_BLOCKS);
             r.retention_secs = Some(60);
         })
         .await
@@ -110,7 +110,7 @@ async fn fsx_closing_every_10000_ops_is_seen_whole_by_a_second_mount() {
     e2e::init();
     // fsx fsyncs often and is about semantics: the server's data lives in memory (tmpfs).
     let meta = MetaServer::start_in(std::path::Path::new("/dev/shm"), &[]).await.unwrap();
-    let token = meta.volume("v", |r| r.block_size = SMALL_BLOCKS).await.unwrap();
+    let token = meta.volume("v", |r| r.block_size = Some(SMALL_BLOCKS)).await.unwrap();
     let writer = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     let reader = Mount::start(&meta, "v", &token, &["attr_ttl=60"]).await.unwrap();
     // No close_open inside a segment: fsx keeps the file open for 10,000 operations, and its
@@ -145,11 +145,11 @@ async fn fsx_closing_every_10000_ops_is_seen_whole_by_a_second_mount() {
 async fn a_volume_without_compression_and_one_with_zstd_keep_bytes() {
     e2e::init();
     let meta = MetaServer::start(&[]).await.unwrap();
-    for (name, kind) in [("plain", pb::compression::Kind::None), ("zstd", pb::compression::Kind::Zstd)] {
+    for (name, kind) in [("plain", Compression::None), ("zstd", Compression::Zstd)] {
         let token = meta
             .volume(name, |r| {
-                r.block_size = SMALL_BLOCKS;
-                r.compression = Some(pb::Compression { kind: kind as i32, level: 0 });
+                r.block_size = Some(SMALL_BLOCKS);
+                r.compression = kind;
             })
             .await
             .unwrap();

@@ -1,59 +1,14 @@
 //! Two mounts of one volume in separate processes: close-to-open consistency, names, locks that
 //! exclude each other and wake waiters, and concurrent writers in one block.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use e2e::probe::Probe;
 use e2e::stratusfs::{MetaServer, Mount};
-
-/// A running `fsprobe` (see e2e/src/bin/fsprobe.rs) and its output lines.
-struct Probe {
-    child: Child,
-    out: BufReader<ChildStdout>,
-}
-
-impl Probe {
-    fn lock(path: &Path, kind: &str, write: bool, start: u64, len: u64, wait: bool) -> Probe {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fsprobe"))
-            .args(["lock", &path.to_string_lossy(), kind, if write { "write" } else { "read" }])
-            .args([start.to_string(), len.to_string()])
-            .arg(if wait { "wait" } else { "nowait" })
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        Probe { child, out }
-    }
-
-    /// The next line it prints (`locked`, `busy`, `eintr`).
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.out.read_line(&mut l).unwrap();
-        l.trim().to_string()
-    }
-
-    /// Lets go of the lock (closes stdin: the probe exits, closing the file).
-    fn release(mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A counter from the metadata server's metrics (0 if absent).
 async fn metric(meta: &MetaServer, name_and_labels: &str) -> f64 {
@@ -168,8 +123,7 @@ async fn fcntl_and_flock_locks_exclude_each_other_across_mounts_and_wake_waiters
     let mut waiter = Probe::lock(&fb, "posix", true, 0, 100, true);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let killed = Instant::now();
-    waiter.child.kill().unwrap();
-    let status = tokio::task::spawn_blocking(move || waiter.child.wait().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || waiter.kill9()).await.unwrap();
     assert!(!status.success());
     assert!(killed.elapsed() < Duration::from_secs(2), "a killed waiter took {:?} to die", killed.elapsed());
     holder.release();
@@ -180,7 +134,7 @@ async fn fcntl_and_flock_locks_exclude_each_other_across_mounts_and_wake_waiters
     let mut waiter = Probe::lock(&fb, "posix", true, 0, 100, true);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let killed = Instant::now();
-    holder.child.kill().unwrap();
+    holder.kill9();
     let line = tokio::task::spawn_blocking(move || waiter.line()).await.unwrap();
     assert_eq!(line, "locked");
     assert!(killed.elapsed() < Duration::from_secs(2), "{:?}", killed.elapsed());
@@ -204,7 +158,7 @@ async fn fcntl_and_flock_locks_exclude_each_other_across_mounts_and_wake_waiters
 async fn two_mounts_writing_their_own_ranges_of_one_block_keep_both() {
     e2e::init();
     let meta = MetaServer::start_in(Path::new("/dev/shm"), &[]).await.unwrap();
-    let token = meta.volume("v", |r| r.block_size = 256 * 1024).await.unwrap();
+    let token = meta.volume("v", |r| r.block_size = Some(256 * 1024)).await.unwrap();
     let a = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     let b = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     std::fs::write(a.path.join("f"), vec![0u8; 3 * 4096]).unwrap();
@@ -255,4 +209,61 @@ async fn two_mounts_writing_their_own_ranges_of_one_block_keep_both() {
     }
     drop(fa);
     let _ = std::io::stderr().flush();
+}
+
+/// A signal interrupts a process blocked in F_SETLKW however the mount's reader threads split
+/// the wait and its FUSE_INTERRUPT between them (an interrupt read before the wait was registered
+/// used to be dropped, leaving the process blocked until the lock freed, kill -9 included).
+/// Many rounds with the signal sent at once and after short random delays, on a mount with 8
+/// reader threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_always_interrupts_a_lock_wait() {
+    e2e::init();
+    let meta = MetaServer::start(&[]).await.unwrap();
+    let token = meta.volume("v", |_| {}).await.unwrap();
+    let m = Mount::start(&meta, "v", &token, &["threads=8"]).await.unwrap();
+    let f = m.path.join("f");
+    std::fs::write(&f, b"lock me").unwrap();
+    let mut holder = Probe::lock(&f, "posix", true, 0, 100, false);
+    assert_eq!(holder.line(), "locked");
+    let rounds = 150u64;
+    let slow = tokio::task::spawn_blocking(move || {
+        let mut slow = Vec::new();
+        for round in 0..rounds {
+            let mut waiter = Probe::lock(&f, "posix", true, 0, 100, true);
+            // From at once to 3 ms after the start: the wait's request is being read, registered,
+            // or already waiting on the server when the signal comes.
+            std::thread::sleep(Duration::from_micros(round * 7919 % 3000));
+            let sent = Instant::now();
+            let pid = nix::unistd::Pid::from_raw(waiter.pid());
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let line = waiter.line();
+                let _ = tx.send((line, waiter));
+            });
+            // The first signal may come before the probe calls fcntl (then it does nothing): it is
+            // sent again until the probe answers. Once a wait was interrupted, the kernel sends no
+            // second FUSE_INTERRUPT for it, so a dropped one still shows as a wait that never ends.
+            let answer = loop {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1);
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(a) => break Some(a),
+                    Err(_) if sent.elapsed() > Duration::from_secs(5) => break None,
+                    Err(_) => {}
+                }
+            };
+            match answer {
+                // Signalled before its handler was installed, it ended without a line.
+                Some((line, _)) => assert!(line == "eintr" || line.is_empty(), "round {round}: {line:?}"),
+                None => panic!("round {round}: a signalled lock wait was still blocked 5 s later"),
+            }
+            slow.push(sent.elapsed());
+        }
+        slow
+    })
+    .await
+    .unwrap();
+    let worst = slow.iter().max().copied().unwrap_or_default();
+    println!("{rounds} interrupted lock waits, the slowest answered in {worst:?}");
+    holder.release();
 }

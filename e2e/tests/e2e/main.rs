@@ -4,6 +4,7 @@
 
 mod fuse_delegations;
 mod fuse_failures;
+mod fuse_handover;
 mod fuse_model;
 mod fuse_posix;
 mod fuse_suites;

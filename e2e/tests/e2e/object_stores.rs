@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use e2e::{azurite::Azurite, gcs::FakeGcs, minio::Minio};
-use fs_core::blockstore::{BackendSpec, open_backend};
+use fs_core::BackendSpec;
+use fs_core::blockstore::open_backend;
 use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutPayload, path::Path};
 

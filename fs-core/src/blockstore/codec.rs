@@ -17,10 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::proto::pb::compression::Kind;
-
-/// Bytes of a block's checksum.
-pub const CHECKSUM_LEN: usize = 16;
+use crate::wire::pb::compression::Kind;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
@@ -88,6 +85,7 @@ pub struct Base<'a> {
 /// Encodes the first `len` bytes of a block in chunks of [`CHUNK_SIZE`]: each chunk compressed
 /// on its own as the volume says (stored as is where that does not shrink it, without copying)
 /// and checksummed, so a reader can fetch and check any chunk alone.
+#[cfg(test)]
 pub fn encode(data: Arc<Vec<u8>>, len: usize, kind: Kind) -> Encoded {
     let chunks = chunks(&data, len);
     encode_over(len, kind, None, |c| chunks.get(&c).cloned())
@@ -166,6 +164,7 @@ fn push_entry(table: &mut Vec<u8>, object: u64, offset: u64, kind: u32, stored: 
 }
 
 /// The chunks of the first `len` bytes of a block held in one buffer, shared without a copy.
+#[cfg(test)]
 pub fn chunks(data: &Arc<Vec<u8>>, len: usize) -> std::collections::BTreeMap<u32, Bytes> {
     (0..len.div_ceil(CHUNK_SIZE))
         .map(|c| (c as u32, share(data, c * CHUNK_SIZE..((c + 1) * CHUNK_SIZE).min(len))))

@@ -14,11 +14,6 @@ pub fn block_key(volume: &str, id: u64) -> Path {
     Path::from(format!("{volume}/blocks/{:02x}/{id:016x}", shard(id)))
 }
 
-/// The key prefix holding every block of `volume`.
-pub fn volume_prefix(volume: &str) -> Path {
-    Path::from(format!("{volume}/blocks"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

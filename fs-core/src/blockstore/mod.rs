@@ -1,10 +1,16 @@
 //! The block store: where file data lives, as immutable block objects in object storage.
 //!
 //! [`backend`] turns a [`BackendSpec`] (what a volume's record says about its bucket) into an
-//! `object_store` client; [`layout`] names the objects.
+//! `object_store` client; [`layout`] names the objects; [`codec`] is the block object format
+//! (chunk table, compressed and checksummed chunks); [`io`] reads and writes block objects through
+//! a mount's L1 cache ([`cache`]); [`local`] reads and writes a local folder's objects directly.
 
-pub mod backend;
-pub mod codec;
-pub mod layout;
+pub(crate) mod backend;
+pub(crate) mod cache;
+pub(crate) mod codec;
+pub(crate) mod io;
+pub(crate) mod layout;
+pub(crate) mod local;
 
-pub use backend::{BackendError, BackendSpec, LocalFiles, open_backend};
+pub use backend::{BackendError, BackendSpec, open_backend};
+pub(crate) use local::LocalFiles;

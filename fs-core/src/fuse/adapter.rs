@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use super::abi::{self, Wire, fattr, opcode};
 use super::session::{Handler, InitParams, Notifier, Replier, Request};
-use crate::client::{Ctx, FsResult, StratusFs, WriteData};
-use crate::proto::pb;
+use crate::fs::{Ctx, FsResult, LockSpec, NewNode, SetAttr, StratusFs, TimeSet, WriteData};
+use crate::wire::pb;
 
+/// The FUSE side of a mount: the filesystem, what INIT agreed, and where notifications go.
+/// Node ids are the server's inode numbers except FUSE's root (node 1), which is the mount's root
+/// inode; this is the one place that mapping happens.
 pub struct Adapter {
     pub fs: Arc<StratusFs>,
     pub params: InitParams,
@@ -61,13 +64,23 @@ fn ttl(d: Duration) -> (u64, u32) {
 }
 
 impl Adapter {
+    /// Kernel node id → server inode.
+    fn ino(&self, node: u64) -> u64 {
+        if node == abi::ROOT_ID { self.fs.root() } else { node }
+    }
+
+    /// Server inode → kernel node id.
+    fn node(&self, ino: u64) -> u64 {
+        if ino == self.fs.root() { abi::ROOT_ID } else { ino }
+    }
+
     fn attr(&self, a: &pb::Attr) -> abi::Attr {
         let t = |t: &Option<pb::Timespec>| t.map_or((0, 0), |t| (t.sec as u64, t.nsec));
         let (at, an) = t(&a.atime);
         let (mt, mn) = t(&a.mtime);
         let (ct, cn) = t(&a.ctime);
         abi::Attr {
-            ino: self.fs.to_kernel(a.ino),
+            ino: self.node(a.ino),
             size: a.size,
             blocks: a.stored.div_ceil(512),
             atime: at,
@@ -90,7 +103,7 @@ impl Adapter {
         let (es, en) = ttl(self.fs.cfg.entry_ttl);
         let (as_, an) = ttl(self.fs.cfg.attr_ttl);
         abi::EntryOut {
-            nodeid: self.fs.to_kernel(a.ino),
+            nodeid: self.node(a.ino),
             generation: 0,
             entry_valid: es,
             attr_valid: as_,
@@ -109,7 +122,7 @@ impl Adapter {
         self.entry(a).bytes().to_vec()
     }
 
-    fn lock_req(lk: &abi::LkIn, wait: bool) -> FsResult<pb::LockRequest> {
+    fn lock_spec(lk: &abi::LkIn, wait: bool) -> FsResult<LockSpec> {
         let typ = match lk.lk.typ as i32 {
             libc::F_RDLCK => pb::LockType::Read,
             libc::F_WRLCK => pb::LockType::Write,
@@ -118,23 +131,13 @@ impl Adapter {
         };
         let kind = if lk.lk_flags & abi::LK_FLOCK != 0 { pb::LockKind::Flock } else { pb::LockKind::Posix };
         let end = if lk.lk.end >= i64::MAX as u64 { u64::MAX } else { lk.lk.end };
-        Ok(pb::LockRequest {
-            ctx: None,
-            ino: 0,
-            owner: lk.owner,
-            kind: kind as i32,
-            r#type: typ as i32,
-            start: lk.lk.start,
-            end,
-            wait,
-            open_id: lk.fh,
-        })
+        Ok(LockSpec { owner: lk.owner, kind, typ, start: lk.lk.start, end, wait })
     }
 
     async fn read(&self, req: &Request) -> FsResult<Vec<bytes::Bytes>> {
         let h = &req.header;
         let (r, _) = arg::<abi::ReadIn>(req.body())?;
-        self.fs.read(Ctx { uid: h.uid, gid: h.gid, pid: h.pid }, h.nodeid, r.offset, r.size).await
+        self.fs.read(Ctx { uid: h.uid, gid: h.gid, pid: h.pid }, self.ino(h.nodeid), r.offset, r.size).await
     }
 
     /// WRITE hands its payload over in the pieces it was read into (no copy here).
@@ -145,7 +148,7 @@ impl Adapter {
         if data.len() != w.size as usize {
             return Err(libc::EINVAL);
         }
-        let n = self.fs.write(Ctx { uid: h.uid, gid: h.gid, pid: h.pid }, h.nodeid, w.offset, data).await?;
+        let n = self.fs.write(Ctx { uid: h.uid, gid: h.gid, pid: h.pid }, self.ino(h.nodeid), w.offset, data).await?;
         Ok(abi::WriteOut { size: n, padding: 0 }.bytes().to_vec())
     }
 
@@ -154,35 +157,35 @@ impl Adapter {
         let c = Ctx { uid: h.uid, gid: h.gid, pid: h.pid };
         let fs = &self.fs;
         let body = req.body();
-        let node = h.nodeid;
+        // The request's inode (FUSE's root node is the mount's root inode).
+        let ino = self.ino(h.nodeid);
         match h.opcode {
-            opcode::LOOKUP => Ok(self.entry_out(&fs.lookup(c, node, name(body)?).await?)),
-            opcode::GETATTR => Ok(self.attr_out(&fs.getattr(c, node).await?)),
+            opcode::LOOKUP => Ok(self.entry_out(&fs.lookup(c, ino, name(body)?).await?)),
+            opcode::GETATTR => Ok(self.attr_out(&fs.getattr(c, ino).await?)),
             opcode::SETATTR => {
                 let (s, _) = arg::<abi::SetattrIn>(body)?;
                 let ts = |sec: u64, nsec: u32| pb::Timespec { sec: sec as i64, nsec };
                 let v = s.valid;
-                let req = pb::SetAttrRequest {
-                    ctx: None,
-                    ino: node,
+                let time = |set: u32, now: u32, sec, nsec| {
+                    if v & now != 0 { Some(TimeSet::Now) } else { (v & set != 0).then(|| TimeSet::At(ts(sec, nsec))) }
+                };
+                let change = SetAttr {
                     perm: (v & fattr::MODE != 0).then_some(s.mode & 0o7777),
                     uid: (v & fattr::UID != 0).then_some(s.uid),
                     gid: (v & fattr::GID != 0).then_some(s.gid),
                     size: (v & fattr::SIZE != 0).then_some(s.size),
-                    atime: (v & fattr::ATIME != 0 && v & fattr::ATIME_NOW == 0).then(|| ts(s.atime, s.atimensec)),
-                    atime_now: v & fattr::ATIME_NOW != 0,
-                    mtime: (v & fattr::MTIME != 0 && v & fattr::MTIME_NOW == 0).then(|| ts(s.mtime, s.mtimensec)),
-                    mtime_now: v & fattr::MTIME_NOW != 0,
+                    atime: time(fattr::ATIME, fattr::ATIME_NOW, s.atime, s.atimensec),
+                    mtime: time(fattr::MTIME, fattr::MTIME_NOW, s.mtime, s.mtimensec),
                     ctime: (v & fattr::CTIME != 0).then(|| ts(s.ctime, s.ctimensec)),
-                    open_id: if v & fattr::FH != 0 { s.fh } else { 0 },
+                    fh: if v & fattr::FH != 0 { s.fh } else { 0 },
                 };
-                Ok(self.attr_out(&fs.setattr(c, req).await?))
+                Ok(self.attr_out(&fs.setattr(c, ino, change).await?))
             }
-            opcode::READLINK => fs.readlink(c, node).await,
+            opcode::READLINK => fs.readlink(c, ino).await,
             opcode::SYMLINK => {
                 let (n, rest) = split_name(body)?;
                 let target = name(rest)?;
-                Ok(self.entry_out(&fs.symlink(c, node, n, target).await?))
+                Ok(self.entry_out(&fs.symlink(c, ino, n, target).await?))
             }
             opcode::MKNOD | opcode::MKDIR => {
                 let (kind, perm, umask, rdev, rest) = if h.opcode == opcode::MKNOD {
@@ -192,19 +195,11 @@ impl Adapter {
                     let (m, rest) = arg::<abi::MkdirIn>(body)?;
                     (pb::FileKind::Directory, m.mode, m.umask, 0, rest)
                 };
-                let req = pb::MkNodRequest {
-                    parent: node,
-                    name: name(rest)?.to_vec(),
-                    kind: kind as i32,
-                    perm: perm & 0o7777,
-                    umask,
-                    rdev,
-                    ..Default::default()
-                };
-                Ok(self.entry_out(&fs.mknod(c, req).await?))
+                let new = NewNode { kind, perm: perm & 0o7777, umask, rdev };
+                Ok(self.entry_out(&fs.mknod(c, ino, name(rest)?, new).await?))
             }
-            opcode::UNLINK => fs.unlink(c, node, name(body)?).await.map(|_| Vec::new()),
-            opcode::RMDIR => fs.rmdir(c, node, name(body)?).await.map(|_| Vec::new()),
+            opcode::UNLINK => fs.unlink(c, ino, name(body)?).await.map(|_| Vec::new()),
+            opcode::RMDIR => fs.rmdir(c, ino, name(body)?).await.map(|_| Vec::new()),
             opcode::RENAME | opcode::RENAME2 => {
                 let (newdir, flags, rest) = if h.opcode == opcode::RENAME {
                     let (r, rest) = arg::<abi::RenameIn>(body)?;
@@ -215,17 +210,17 @@ impl Adapter {
                 };
                 let (old, rest) = split_name(rest)?;
                 let new = name(rest)?;
-                fs.rename(c, node, old, newdir, new, flags).await.map(|_| Vec::new())
+                fs.rename(c, ino, old, self.ino(newdir), new, flags).await.map(|_| Vec::new())
             }
             opcode::LINK => {
                 let (l, rest) = arg::<abi::LinkIn>(body)?;
-                Ok(self.entry_out(&fs.link(c, l.oldnodeid, node, name(rest)?).await?))
+                Ok(self.entry_out(&fs.link(c, self.ino(l.oldnodeid), ino, name(rest)?).await?))
             }
             opcode::OPEN => {
                 let (o, _) = arg::<abi::OpenIn>(body)?;
-                let opened = fs.open(c, node, o.flags).await?;
+                let opened = fs.open(c, ino, o.flags).await?;
                 let flags = if opened.changed {
-                    self.invalidate(node).await;
+                    self.invalidate(h.nodeid).await;
                     0
                 } else {
                     abi::fopen::KEEP_CACHE
@@ -234,9 +229,9 @@ impl Adapter {
             }
             opcode::CREATE => {
                 let (cr, rest) = arg::<abi::CreateIn>(body)?;
-                let (attr, opened) = fs.create(c, node, name(rest)?, cr.mode & 0o7777, cr.umask, cr.flags).await?;
+                let (attr, opened) = fs.create(c, ino, name(rest)?, cr.mode & 0o7777, cr.umask, cr.flags).await?;
                 if opened.changed {
-                    self.invalidate(fs.to_kernel(attr.ino)).await;
+                    self.invalidate(self.node(attr.ino)).await;
                 }
                 let mut out = self.entry_out(&attr);
                 out.extend_from_slice(abi::OpenOut { fh: opened.fh, open_flags: 0, backing_id: 0 }.bytes());
@@ -244,31 +239,31 @@ impl Adapter {
             }
             opcode::FLUSH => {
                 let (f, _) = arg::<abi::FlushIn>(body)?;
-                fs.flush(c, node, f.fh, f.lock_owner).await.map(|_| Vec::new())
+                fs.flush(c, ino, f.fh, f.lock_owner).await.map(|_| Vec::new())
             }
             opcode::RELEASE => {
                 let (r, _) = arg::<abi::ReleaseIn>(body)?;
-                fs.release(c, node, r.fh).await.map(|_| Vec::new())
+                fs.release(c, ino, r.fh).await.map(|_| Vec::new())
             }
-            opcode::FSYNC => fs.fsync(c, node).await.map(|_| Vec::new()),
+            opcode::FSYNC => fs.fsync(c, ino).await.map(|_| Vec::new()),
             opcode::FSYNCDIR | opcode::SYNCFS => fs.sync_all(c).await.map(|_| Vec::new()),
             opcode::FALLOCATE => {
                 let (a, _) = arg::<abi::FallocateIn>(body)?;
-                fs.fallocate(c, node, a.fh, a.offset, a.length, a.mode as i32).await.map(|_| Vec::new())
+                fs.fallocate(c, ino, a.fh, a.offset, a.length, a.mode as i32).await.map(|_| Vec::new())
             }
             opcode::LSEEK => {
                 let (l, _) = arg::<abi::LseekIn>(body)?;
-                let offset = fs.lseek(node, l.offset, l.whence as i32).await?;
+                let offset = fs.lseek(ino, l.offset, l.whence as i32).await?;
                 Ok(abi::LseekOut { offset }.bytes().to_vec())
             }
             opcode::OPENDIR => Ok(abi::OpenOut { fh: 0, open_flags: 0, backing_id: 0 }.bytes().to_vec()),
             opcode::RELEASEDIR => Ok(Vec::new()),
             opcode::READDIR | opcode::READDIRPLUS => {
                 let (r, _) = arg::<abi::ReadIn>(body)?;
-                self.readdir(c, node, r.offset, r.size as usize, h.opcode == opcode::READDIRPLUS).await
+                self.readdir(c, ino, r.offset, r.size as usize, h.opcode == opcode::READDIRPLUS).await
             }
             opcode::STATFS => {
-                let s = fs.statfs(c, node).await?;
+                let s = fs.statfs(c, ino).await?;
                 let bsize = 4096u64;
                 let st = abi::Kstatfs {
                     blocks: s.total_bytes / bsize,
@@ -290,26 +285,26 @@ impl Adapter {
                 let (n, value) = split_name(rest)?;
                 let value = value.get(..s.size as usize).ok_or(libc::EINVAL)?;
                 let kill_sgid = ext && s.setxattr_flags & abi::SETXATTR_ACL_KILL_SGID != 0;
-                fs.setxattr(c, node, n, value, s.flags, kill_sgid).await.map(|_| Vec::new())
+                fs.setxattr(c, ino, n, value, s.flags, kill_sgid).await.map(|_| Vec::new())
             }
             opcode::GETXATTR => {
                 let (g, rest) = arg::<abi::GetxattrIn>(body)?;
-                let v = fs.getxattr(c, node, name(rest)?).await?;
+                let v = fs.getxattr(c, ino, name(rest)?).await?;
                 sized(v, g.size)
             }
             opcode::LISTXATTR => {
                 let (g, _) = arg::<abi::GetxattrIn>(body)?;
                 let mut all = Vec::new();
-                for n in fs.listxattr(c, node).await? {
+                for n in fs.listxattr(c, ino).await? {
                     all.extend_from_slice(&n);
                     all.push(0);
                 }
                 sized(all, g.size)
             }
-            opcode::REMOVEXATTR => fs.removexattr(c, node, name(body)?).await.map(|_| Vec::new()),
+            opcode::REMOVEXATTR => fs.removexattr(c, ino, name(body)?).await.map(|_| Vec::new()),
             opcode::GETLK => {
                 let (lk, _) = arg::<abi::LkIn>(body)?;
-                let r = fs.getlk(c, node, Self::lock_req(&lk, false)?).await?;
+                let r = fs.getlk(c, ino, lk.fh, Self::lock_spec(&lk, false)?).await?;
                 let typ = match r.r#type() {
                     pb::LockType::Read => libc::F_RDLCK,
                     pb::LockType::Write => libc::F_WRLCK,
@@ -321,8 +316,8 @@ impl Adapter {
             }
             opcode::SETLK | opcode::SETLKW => {
                 let (lk, _) = arg::<abi::LkIn>(body)?;
-                let r = Self::lock_req(&lk, h.opcode == opcode::SETLKW)?;
-                fs.setlk(c, node, lk.fh, r).await.map(|_| Vec::new())
+                let lock = Self::lock_spec(&lk, h.opcode == opcode::SETLKW)?;
+                fs.setlk(c, ino, lk.fh, lock).await.map(|_| Vec::new())
             }
             // default_permissions: the kernel checks access itself.
             opcode::ACCESS => Ok(Vec::new()),
@@ -358,7 +353,7 @@ impl Adapter {
         let mut out = Vec::with_capacity(size);
         for e in entries {
             let dirent = abi::Dirent {
-                ino: self.fs.to_kernel(e.ino),
+                ino: self.node(e.ino),
                 off: e.cookie,
                 namelen: e.name.len() as u32,
                 typ: kind_bits(e.kind()) >> 12,
@@ -414,5 +409,11 @@ impl Handler for Adapter {
 
     fn interruptible(&self, h: &abi::InHeader) -> bool {
         h.opcode == opcode::SETLKW
+    }
+
+    /// A WRITE's payload arrives in the block store's chunks, so aligned pieces become the
+    /// file's chunks without a copy (docs/decisions.md, "Writes without a copy").
+    fn payload_piece(&self) -> usize {
+        crate::blockstore::codec::CHUNK_SIZE
     }
 }

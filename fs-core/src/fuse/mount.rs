@@ -1,14 +1,15 @@
 //! Mounting and unmounting a FUSE filesystem with mount(2) (we run as root; no fusermount).
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags};
+use serde::{Deserialize, Serialize};
 
 use super::session::open_dev_fuse;
 
 /// Kernel mount options of a FUSE mount.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelOptions {
     pub read_only: bool,
     pub allow_other: bool,
@@ -20,23 +21,18 @@ pub struct KernelOptions {
     pub max_read: u32,
 }
 
-fn cstr(s: impl AsRef<[u8]>) -> std::io::Result<CString> {
-    CString::new(s.as_ref())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL byte in a mount argument"))
-}
-
 /// The mount(2) flags of the options.
-fn flags_of(o: &KernelOptions) -> libc::c_ulong {
+fn flags_of(o: &KernelOptions) -> MsFlags {
     [
-        (o.read_only, libc::MS_RDONLY),
-        (o.noatime, libc::MS_NOATIME),
-        (o.noexec, libc::MS_NOEXEC),
-        (o.nosuid, libc::MS_NOSUID),
-        (o.nodev, libc::MS_NODEV),
+        (o.read_only, MsFlags::MS_RDONLY),
+        (o.noatime, MsFlags::MS_NOATIME),
+        (o.noexec, MsFlags::MS_NOEXEC),
+        (o.nosuid, MsFlags::MS_NOSUID),
+        (o.nodev, MsFlags::MS_NODEV),
     ]
     .into_iter()
     .filter(|(on, _)| *on)
-    .fold(0, |acc, (_, f)| acc | f)
+    .fold(MsFlags::empty(), |acc, (_, f)| acc | f)
 }
 
 /// Mounts a FUSE filesystem named `source` (shown in /proc/mounts) of type `fuse.SUBTYPE` on
@@ -50,40 +46,25 @@ pub fn mount(mountpoint: &Path, source: &str, subtype: &str, o: &KernelOptions) 
     if o.max_read > 0 {
         data.push_str(&format!(",max_read={}", o.max_read));
     }
-    let flags = flags_of(o);
-    let (src, target, fstype, data) =
-        (cstr(source)?, cstr(mountpoint.as_os_str().as_bytes())?, cstr(format!("fuse.{subtype}"))?, cstr(data)?);
-    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-    let r = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr() as *const libc::c_void)
-    };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(std::io::Error::new(e.kind(), format!("mounting {source} on {}: {e}", mountpoint.display())));
-    }
+    let fstype = format!("fuse.{subtype}");
+    nix::mount::mount(Some(source), mountpoint, Some(fstype.as_str()), flags_of(o), Some(data.as_str())).map_err(
+        |e| {
+            let e = std::io::Error::from(e);
+            std::io::Error::new(e.kind(), format!("mounting {source} on {}: {e}", mountpoint.display()))
+        },
+    )?;
     Ok(fd)
 }
 
 /// Unmounts `mountpoint`; `lazy` detaches it even while files are open (MNT_DETACH).
 pub fn unmount(mountpoint: &Path, lazy: bool) -> std::io::Result<()> {
-    let target = cstr(mountpoint.as_os_str().as_bytes())?;
-    // SAFETY: a valid NUL-terminated path.
-    let r = unsafe { libc::umount2(target.as_ptr(), if lazy { libc::MNT_DETACH } else { 0 }) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    let flags = if lazy { MntFlags::MNT_DETACH } else { MntFlags::empty() };
+    Ok(nix::mount::umount2(mountpoint, flags)?)
 }
 
 /// Changes the flags (read-only, noexec, ...) of the FUSE mount on `mountpoint`
 /// (mount -o remount,...).
 pub fn remount(mountpoint: &Path, o: &KernelOptions) -> std::io::Result<()> {
-    let target = cstr(mountpoint.as_os_str().as_bytes())?;
-    let flags = libc::MS_REMOUNT | flags_of(o);
-    // SAFETY: a valid NUL-terminated path; null source, type and data are allowed for a remount.
-    let r = unsafe { libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    let flags = MsFlags::MS_REMOUNT | flags_of(o);
+    Ok(nix::mount::mount(None::<&str>, mountpoint, None::<&str>, flags, None::<&str>)?)
 }

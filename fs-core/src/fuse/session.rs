@@ -1,23 +1,41 @@
-//! A FUSE session over `/dev/fuse`: the INIT handshake, reader threads, replies, and
-//! FUSE_INTERRUPT delivered to the filesystem as the cancellation of the request's task.
+//! A FUSE session over `/dev/fuse`: the INIT handshake, reader threads, replies, FUSE_INTERRUPT
+//! delivered to the filesystem as the cancellation of the request's task, and the stop that a
+//! handover needs (stop reading, answer what was read, hand the lock waits over).
 //!
 //! stratusfs owns this thin layer instead of using fuser or fuse-backend-rs because it needs two
 //! things neither crate offers together (docs/decisions.md): interrupts reaching the filesystem
 //! (fuser answers FUSE_INTERRUPT with ENOSYS; fuse-backend-rs ignores it), and adopting a connection
 //! another process already initialised (fuser's `Session::from_fd` redoes INIT). The negotiated
-//! [`InitParams`] are kept in the mount state so a successor process can adopt the fd.
+//! [`InitParams`] are kept in the mount state so a successor process can adopt the fds.
 //!
-//! Threads: `threads` reader threads each block in read(2) on their own clone of the fd
-//! (FUSE_DEV_IOC_CLONE) and hand every request to the tokio runtime as a task; replies are written
-//! from the tasks. A request's task is registered by its `unique` id; FUSE_INTERRUPT aborts it and
-//! answers EINTR, and whoever removes the registration first is the one that replies.
+//! Threads: one reader thread per channel (the mount's fd and its clones made with
+//! FUSE_DEV_IOC_CLONE), each reading requests and handing them to the tokio runtime; replies are
+//! written from the tasks, each on the channel its request came from (the kernel looks a reply up
+//! in that fd's list of requests being processed). Contract: exactly one reply per request.
+//!
+//! Interrupts: only requests the handler calls interruptible (lock waits) are registered by their
+//! `unique` id; FUSE_INTERRUPT aborts such a task and answers EINTR, and whoever removes the
+//! registration first is the one that replies. The kernel sends one FUSE_INTERRUPT per request,
+//! and another reader may read it before the reader that read the request has registered it: such
+//! an interrupt is kept (`early`) and the request is answered EINTR when it registers.
+//!
+//! Stopping ([`Session::stop`]): the channels are non-blocking and an idle reader waits in
+//! epoll on its channel and on the session's stop event, so readers leave without reading another
+//! request; what the kernel queues meanwhile stays queued for whoever reads the fds next. All
+//! channels share the kernel's one queue, so each reader watches its channel with EPOLLEXCLUSIVE:
+//! a request wakes one idle reader, not all of them (as an exclusive wait in read(2) did).
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{IoSlice, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -58,22 +76,30 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request from its bytes as the kernel sent them (an adopted lock wait; tests).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Request> {
+        let header = InHeader::read(bytes)?;
+        Some(Request { header, body: bytes[std::mem::size_of::<InHeader>()..].to_vec(), payload: Vec::new() })
+    }
+
     /// The bytes after the header (for a WRITE: only its `fuse_write_in`).
     pub fn body(&self) -> &[u8] {
         &self.body
     }
 
-    /// A WRITE's payload: pieces of [`PIECE`] bytes, the last one shorter.
+    /// A WRITE's payload: pieces of the session's piece size, the last one shorter.
     pub fn take_payload(&mut self) -> Vec<Vec<u8>> {
         std::mem::take(&mut self.payload)
+    }
+
+    /// The header and body as the kernel sent them (a WRITE without its payload).
+    fn to_bytes(&self) -> Vec<u8> {
+        [self.header.bytes(), &self.body[..]].concat()
     }
 }
 
 /// The bytes of a WRITE request before its payload.
 const HEAD: usize = std::mem::size_of::<InHeader>() + std::mem::size_of::<abi::WriteIn>();
-/// A payload piece is one chunk of the block store, so the pieces of a chunk-aligned write become
-/// the file's chunks as they are (docs/decisions.md, "Writes without a copy").
-pub const PIECE: usize = crate::blockstore::codec::CHUNK_SIZE;
 
 /// A reader thread's buffers: one read(2) scatters a request over `head` and then `pieces`, so a
 /// WRITE's payload starts at the start of a piece. A WRITE takes the pieces its payload filled
@@ -81,34 +107,38 @@ pub const PIECE: usize = crate::blockstore::codec::CHUNK_SIZE;
 struct ReadBuffers {
     head: [u8; HEAD],
     pieces: Vec<Vec<u8>>,
+    piece: usize,
 }
 
 impl ReadBuffers {
-    fn new(p: &InitParams) -> ReadBuffers {
+    fn new(p: &InitParams, piece: usize) -> ReadBuffers {
         // The kernel wants room for the largest write and its headers; the rest is margin.
-        let count = (p.max_write as usize + 64 * 1024).div_ceil(PIECE);
-        ReadBuffers { head: [0; HEAD], pieces: (0..count).map(|_| Vec::with_capacity(PIECE)).collect() }
+        let count = (p.max_write as usize + 64 * 1024).div_ceil(piece);
+        ReadBuffers { head: [0; HEAD], pieces: (0..count).map(|_| Vec::with_capacity(piece)).collect(), piece }
     }
 
-    /// Reads one request. `Ok(None)`: the filesystem was unmounted (ENODEV).
-    fn read(&mut self, chan: &Channel) -> std::io::Result<Option<usize>> {
+    /// Reads one request.
+    fn read(&mut self, chan: &Channel) -> std::io::Result<Read> {
         let mut iov = Vec::with_capacity(self.pieces.len() + 1);
         iov.push(libc::iovec { iov_base: self.head.as_mut_ptr().cast(), iov_len: HEAD });
         for p in &mut self.pieces {
-            iov.push(libc::iovec { iov_base: p.spare_capacity_mut().as_mut_ptr().cast(), iov_len: PIECE });
+            iov.push(libc::iovec { iov_base: p.spare_capacity_mut().as_mut_ptr().cast(), iov_len: self.piece });
         }
         loop {
+            // nix's readv takes initialised slices; the pieces are fresh, uninitialised capacity
+            // (a WRITE takes them as they are), so this one call stays raw.
             // SAFETY: every iovec points at memory owned by `self` for its whole length, which
             // outlives the call; the kernel only writes into it.
             let n = unsafe { libc::readv(chan.raw_fd(), iov.as_ptr(), iov.len() as i32) };
             if n >= 0 {
-                return Ok(Some(n as usize));
+                return Ok(Read::Request(n as usize));
             }
             let e = std::io::Error::last_os_error();
             match e.raw_os_error() {
                 // ENOENT: the request was interrupted before we read it.
-                Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ENOENT) => continue,
-                Some(libc::ENODEV) => return Ok(None),
+                Some(libc::EINTR) | Some(libc::ENOENT) => continue,
+                Some(libc::EAGAIN) => return Ok(Read::Idle),
+                Some(libc::ENODEV) => return Ok(Read::Unmounted),
                 _ => return Err(e),
             }
         }
@@ -122,13 +152,14 @@ impl ReadBuffers {
         let rest = n - in_head;
         let mut body = self.head[hl..in_head].to_vec();
         let mut payload = Vec::new();
-        for (i, p) in self.pieces.iter_mut().enumerate().take(rest.div_ceil(PIECE)) {
-            let filled = (rest - i * PIECE).min(PIECE);
+        let piece = self.piece;
+        for (i, p) in self.pieces.iter_mut().enumerate().take(rest.div_ceil(piece)) {
+            let filled = (rest - i * piece).min(piece);
             // SAFETY: the kernel wrote the first `filled` bytes of this piece's spare capacity
             // (readv fills its iovecs in order), and u8 has no invalid values.
             unsafe { p.set_len(filled) };
             if header.opcode == opcode::WRITE {
-                payload.push(std::mem::replace(p, Vec::with_capacity(PIECE)));
+                payload.push(std::mem::replace(p, Vec::with_capacity(piece)));
             } else {
                 body.extend_from_slice(p);
                 p.clear();
@@ -138,46 +169,64 @@ impl ReadBuffers {
     }
 }
 
-/// The daemon's end of a FUSE connection (one fd; clones share the connection).
-pub struct Channel {
-    file: File,
+/// What one read brought.
+enum Read {
+    Request(usize),
+    /// Nothing queued (the channel is non-blocking).
+    Idle,
+    /// The filesystem was unmounted (ENODEV).
+    Unmounted,
 }
 
-const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500; // _IOR(229, 0, uint32_t)
+/// The daemon's end of a FUSE connection (one fd; clones share the connection).
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+// FUSE_DEV_IOC_CLONE = _IOR(229, 0, uint32_t)
+nix::ioctl_read!(fuse_dev_ioc_clone, 229, 0, u32);
 
 impl Channel {
     pub fn from_fd(fd: OwnedFd) -> Channel {
-        Channel { file: File::from(fd) }
+        Channel { fd }
     }
 
     pub fn raw_fd(&self) -> i32 {
-        self.file.as_raw_fd()
+        self.fd.as_raw_fd()
     }
 
     /// Another fd on the same connection, so several threads read in parallel. The kernel
     /// expects each reply on the fd its request was read from.
     pub fn clone_channel(&self) -> std::io::Result<Channel> {
-        let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
-        let mut master: u32 = self.file.as_raw_fd() as u32;
+        let f = open_dev_fuse()?;
+        let mut master: u32 = self.fd.as_raw_fd() as u32;
         // SAFETY: FUSE_DEV_IOC_CLONE reads a u32 fd from the pointer we pass.
-        let r = unsafe { libc::ioctl(f.as_raw_fd(), FUSE_DEV_IOC_CLONE, &mut master) };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Channel { file: f })
+        unsafe { fuse_dev_ioc_clone(f.as_raw_fd(), &mut master) }.map_err(std::io::Error::from)?;
+        Ok(Channel { fd: f })
     }
 
-    /// Reads one request. `Ok(None)`: the filesystem was unmounted (ENODEV).
+    /// A duplicate of the fd (for a successor process, which must hold the same open file: the
+    /// kernel keeps the requests being processed per open file).
+    pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+
+    fn set_nonblocking(&self) -> std::io::Result<()> {
+        let flags = OFlag::from_bits_retain(fcntl(&self.fd, FcntlArg::F_GETFL)?);
+        fcntl(&self.fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        Ok(())
+    }
+
+    /// Reads one request, waiting for one. `Ok(None)`: the filesystem was unmounted (ENODEV).
     pub fn read(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         loop {
-            match (&self.file).read(buf) {
+            match nix::unistd::read(&self.fd, buf) {
                 Ok(n) => return Ok(Some(n)),
-                Err(e) => match e.raw_os_error() {
-                    // ENOENT: the request was interrupted before we read it.
-                    Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ENOENT) => continue,
-                    Some(libc::ENODEV) => return Ok(None),
-                    _ => return Err(e),
-                },
+                // ENOENT: the request was interrupted before we read it.
+                Err(nix::Error::EINTR | nix::Error::ENOENT) => continue,
+                Err(nix::Error::EAGAIN) => wait_readable(self.fd.as_fd())?,
+                Err(nix::Error::ENODEV) => return Ok(None),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -186,14 +235,13 @@ impl Channel {
     /// no longer waits for it (interrupted); that is not an error.
     pub fn write_parts(&self, parts: &[&[u8]]) -> std::io::Result<()> {
         let iov: Vec<IoSlice> = parts.iter().map(|p| IoSlice::new(p)).collect();
-        match (&self.file).write_vectored(&iov) {
-            Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(e),
+        match nix::sys::uio::writev(&self.fd, &iov) {
+            Ok(_) | Err(nix::Error::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
-    fn send(&self, unique: u64, error: i32, parts: &[&[u8]]) -> std::io::Result<()> {
+    pub(crate) fn send(&self, unique: u64, error: i32, parts: &[&[u8]]) -> std::io::Result<()> {
         let len = std::mem::size_of::<OutHeader>() + parts.iter().map(|p| p.len()).sum::<usize>();
         let h = OutHeader { len: len as u32, error, unique };
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
@@ -203,22 +251,124 @@ impl Channel {
     }
 }
 
-/// Requests in flight that a FUSE_INTERRUPT may cancel, by `unique`: the task to abort and the
-/// channel the request came from (where its EINTR reply must go).
-type Inflight = Arc<Mutex<HashMap<u64, (tokio::task::AbortHandle, Arc<Channel>)>>>;
+/// Waits until `fd` is readable.
+fn wait_readable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    loop {
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => return Ok(()),
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// What an idle reader waits on: its channel (exclusively: one reader wakes per request) and the
+/// session's stop event (every reader wakes).
+struct Idle {
+    epoll: Epoll,
+}
+
+impl Idle {
+    fn new(chan: &Channel, stop: &EventFd) -> std::io::Result<Idle> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(&chan.fd, EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, 0))?;
+        epoll.add(stop, EpollEvent::new(EpollFlags::EPOLLIN, 1))?;
+        Ok(Idle { epoll })
+    }
+
+    /// Waits until the channel may have a request or the session stops.
+    fn wait(&self) -> std::io::Result<()> {
+        let mut events = [EpollEvent::empty(); 2];
+        loop {
+            match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(_) => return Ok(()),
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// A lock wait (F_SETLKW) read but not answered when the session stopped: handed to whoever
+/// serves the connection next, who answers it on the same channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRequest {
+    /// The kernel's request id.
+    pub unique: u64,
+    /// Index of the channel (fd) it was read from: its reply must go there.
+    pub channel: usize,
+    /// The request's bytes as the kernel sent them.
+    pub bytes: Vec<u8>,
+}
+
+/// An interruptible request being served.
+struct Waiting {
+    task: tokio::task::AbortHandle,
+    channel: usize,
+    bytes: Vec<u8>,
+}
+
+/// How long an interrupt that matched no registered request is kept for one that registers late.
+const EARLY_INTERRUPT_KEPT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Interrupts {
+    /// Interruptible requests in flight, by `unique`.
+    waiting: HashMap<u64, Waiting>,
+    /// FUSE_INTERRUPTs that found no registered request, by target `unique`: either it finished
+    /// (or is not interruptible), or its reader has not registered it yet.
+    early: HashMap<u64, Instant>,
+}
+
+impl Interrupts {
+    fn keep_early(&mut self, unique: u64) {
+        let now = Instant::now();
+        if self.early.len() >= 1024 {
+            self.early.retain(|_, at| now.duration_since(*at) < EARLY_INTERRUPT_KEPT);
+        }
+        self.early.insert(unique, now);
+    }
+}
+
+/// Requests read and not answered yet (interruptible ones apart), and who waits for none.
+#[derive(Default)]
+struct Active {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Counts one request as in flight until dropped (with its reply).
+struct ActiveGuard(Arc<Active>);
+
+impl ActiveGuard {
+    fn new(a: &Arc<Active>) -> ActiveGuard {
+        a.count.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(a.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
 
 /// Answers one request on the channel it was read from; exactly one reply per request.
 pub struct Replier {
     unique: u64,
     chan: Arc<Channel>,
-    inflight: Option<Inflight>,
+    interrupts: Option<Arc<Mutex<Interrupts>>>,
+    _active: Option<ActiveGuard>,
 }
 
 impl Replier {
-    /// Whether this replier still owns the reply (an interrupt may have answered it).
+    /// Whether this replier still owns the reply (an interrupt or a stop may have taken it).
     fn take(&self) -> bool {
-        match &self.inflight {
-            Some(map) => map.lock().remove(&self.unique).is_some(),
+        match &self.interrupts {
+            Some(map) => map.lock().waiting.remove(&self.unique).is_some(),
             None => true,
         }
     }
@@ -265,9 +415,14 @@ pub trait Handler: Send + Sync + 'static {
     fn forget(&self, _req: &Request) {}
     /// Whether a FUSE_INTERRUPT may cancel this request (its task is aborted and EINTR
     /// answered). Only requests that can wait unboundedly (lock waits) should say yes: an
-    /// aborted task stops at an arbitrary await point.
+    /// aborted task stops at an arbitrary await point. A stop hands such requests over instead
+    /// of waiting for them.
     fn interruptible(&self, _header: &InHeader) -> bool {
         false
+    }
+    /// The size of the pieces a WRITE's payload is read into (see [`Request::take_payload`]).
+    fn payload_piece(&self) -> usize {
+        64 * 1024
     }
 }
 
@@ -322,40 +477,94 @@ pub fn handshake(chan: &Channel, wanted: InitWanted) -> std::io::Result<InitPara
     }
 }
 
-/// A running session: reader threads feeding a handler on a tokio runtime.
+/// The readers' stop switch for one [`Session::run`].
+struct Stop {
+    stopping: AtomicBool,
+    event: EventFd,
+}
+
+/// Points where a test can hold a reader (to order what two readers do).
+#[cfg_attr(not(test), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hook {
+    /// A reader read an interruptible request and is about to register it.
+    BeforeRegister(u64),
+    /// A reader handled a FUSE_INTERRUPT for this request.
+    AfterInterrupt(u64),
+}
+
+/// A session on an initialised connection: reader threads (one per channel) feeding a handler on
+/// a tokio runtime.
 pub struct Session {
     pub params: InitParams,
-    chan: Arc<Channel>,
-    inflight: Inflight,
+    chans: Arc<Vec<Arc<Channel>>>,
+    interrupts: Arc<Mutex<Interrupts>>,
+    active: Arc<Active>,
+    stop: Mutex<Option<Arc<Stop>>>,
+    #[cfg(test)]
+    hook: Option<Arc<dyn Fn(Hook) + Send + Sync>>,
 }
 
 impl Session {
-    /// A session on an initialised connection: after [`handshake`], or adopting the fd of a
-    /// connection another process initialised (with the parameters it recorded).
-    pub fn new(chan: Channel, params: InitParams) -> Session {
-        Session { params, chan: Arc::new(chan), inflight: Arc::new(Mutex::new(HashMap::new())) }
+    /// A session on an initialised connection: after [`handshake`] (the mount's fd and its
+    /// clones), or adopting the fds of a connection another process initialised (with the
+    /// parameters it recorded, the fds in the same order). One reader runs per channel.
+    pub fn new(chans: Vec<Channel>, params: InitParams) -> std::io::Result<Session> {
+        if chans.is_empty() {
+            return Err(std::io::Error::other("a FUSE session needs at least one channel"));
+        }
+        for c in &chans {
+            c.set_nonblocking()?;
+        }
+        Ok(Session {
+            params,
+            chans: Arc::new(chans.into_iter().map(Arc::new).collect()),
+            interrupts: Default::default(),
+            active: Default::default(),
+            stop: Mutex::new(None),
+            #[cfg(test)]
+            hook: None,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_hook(&mut self, hook: impl Fn(Hook) + Send + Sync + 'static) {
+        self.hook = Some(Arc::new(hook));
     }
 
     pub fn notifier(&self) -> Notifier {
-        Notifier { chan: self.chan.clone() }
+        Notifier { chan: self.chans[0].clone() }
     }
 
-    pub fn raw_fd(&self) -> i32 {
-        self.chan.raw_fd()
+    /// Duplicates of every channel's fd, in order (for a successor).
+    pub fn dup_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
+        self.chans.iter().map(|c| c.try_clone_fd()).collect()
     }
 
-    /// Serves requests with `threads` readers until the filesystem is unmounted (or DESTROY).
-    /// Blocks the calling thread; tasks run on `rt`.
-    pub fn run<H: Handler>(&self, handler: Arc<H>, rt: tokio::runtime::Handle, threads: usize) -> std::io::Result<()> {
+    pub fn channels(&self) -> usize {
+        self.chans.len()
+    }
+
+    /// Serves requests, one reader thread per channel, until the filesystem is unmounted (or
+    /// DESTROY), or [`Session::stop`]. Blocks the calling thread; tasks run on `rt`.
+    pub fn run<H: Handler>(&self, handler: Arc<H>, rt: tokio::runtime::Handle) -> std::io::Result<()> {
+        let stop =
+            Arc::new(Stop { stopping: AtomicBool::new(false), event: EventFd::from_flags(EfdFlags::EFD_CLOEXEC)? });
+        *self.stop.lock() = Some(stop.clone());
         let mut readers = Vec::new();
-        for i in 0..threads.max(1) {
-            let chan = if i == 0 { self.chan.clone() } else { Arc::new(self.chan.clone_channel()?) };
-            let (handler, rt, params, inflight) = (handler.clone(), rt.clone(), self.params, self.inflight.clone());
-            readers.push(
-                std::thread::Builder::new()
-                    .name(format!("fuse-{i}"))
-                    .spawn(move || reader_loop(chan, handler, rt, inflight, params))?,
-            );
+        for i in 0..self.chans.len() {
+            let reader = Reader {
+                index: i,
+                chans: self.chans.clone(),
+                interrupts: self.interrupts.clone(),
+                active: self.active.clone(),
+                stop: stop.clone(),
+                params: self.params,
+                #[cfg(test)]
+                hook: self.hook.clone(),
+            };
+            let (handler, rt) = (handler.clone(), rt.clone());
+            readers.push(std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || reader.run(handler, rt))?);
         }
         let mut result = Ok(());
         for r in readers {
@@ -365,55 +574,179 @@ impl Session {
         }
         result
     }
+
+    /// Makes the readers of the running [`Session::run`] leave without reading another request
+    /// (it returns once they have). Requests already read go on and are answered.
+    pub fn stop(&self) {
+        if let Some(s) = self.stop.lock().as_ref() {
+            s.stopping.store(true, Ordering::SeqCst);
+            let _ = s.event.write(1);
+        }
+    }
+
+    /// After a stop: the interruptible requests still waiting, taken from their tasks (aborted,
+    /// never answered here) so that whoever serves the connection next answers them.
+    pub fn take_waiting(&self) -> Vec<PendingRequest> {
+        let mut g = self.interrupts.lock();
+        let mut out: Vec<PendingRequest> = g
+            .waiting
+            .drain()
+            .map(|(unique, w)| {
+                w.task.abort();
+                PendingRequest { unique, channel: w.channel, bytes: w.bytes }
+            })
+            .collect();
+        out.sort_by_key(|p| p.unique);
+        out
+    }
+
+    /// Waits until every request read so far, interruptible ones apart, has been answered.
+    pub async fn drained(&self) {
+        loop {
+            let idle = self.active.idle.notified();
+            if self.active.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Serves requests a predecessor read and did not answer (see [`Session::take_waiting`]),
+    /// before this session's readers start, so that an interrupt for one finds it.
+    pub fn resume_waiting<H: Handler>(
+        &self,
+        handler: &Arc<H>,
+        rt: &tokio::runtime::Handle,
+        pending: Vec<PendingRequest>,
+    ) {
+        for p in pending {
+            let (Some(chan), Some(req)) = (self.chans.get(p.channel), Request::from_bytes(&p.bytes)) else {
+                tracing::warn!(
+                    unique = p.unique,
+                    channel = p.channel,
+                    "a handed-over request names no channel of this session"
+                );
+                continue;
+            };
+            let reply = Replier {
+                unique: p.unique,
+                chan: chan.clone(),
+                interrupts: Some(self.interrupts.clone()),
+                _active: None,
+            };
+            let mut g = self.interrupts.lock();
+            let task = rt.spawn(handler.clone().handle(req, reply));
+            g.waiting.insert(p.unique, Waiting { task: task.abort_handle(), channel: p.channel, bytes: p.bytes });
+        }
+    }
 }
 
-fn reader_loop<H: Handler>(
-    chan: Arc<Channel>,
-    handler: Arc<H>,
-    rt: tokio::runtime::Handle,
-    inflight: Inflight,
+/// One reader thread's share of the session.
+struct Reader {
+    index: usize,
+    chans: Arc<Vec<Arc<Channel>>>,
+    interrupts: Arc<Mutex<Interrupts>>,
+    active: Arc<Active>,
+    stop: Arc<Stop>,
     params: InitParams,
-) -> std::io::Result<()> {
-    let mut bufs = ReadBuffers::new(&params);
-    crate::blocking::allow_on_this_thread();
-    loop {
-        let Some(n) = bufs.read(&chan)? else { return Ok(()) };
-        let Some(req) = bufs.request(n) else {
-            tracing::warn!(bytes = n, "a FUSE request shorter than its header");
-            continue;
-        };
-        let header = req.header;
-        match header.opcode {
-            opcode::FORGET | opcode::BATCH_FORGET => handler.forget(&req),
-            opcode::INTERRUPT => {
-                let Some(target) = abi::InterruptIn::read(req.body()) else { continue };
-                let entry = inflight.lock().remove(&target.unique);
-                if let Some((task, target_chan)) = entry {
-                    task.abort();
-                    // We took the registration, so this is the one reply the kernel gets.
-                    let _ = target_chan.send(target.unique, -libc::EINTR, &[]);
-                    tracing::debug!(unique = target.unique, "interrupted");
-                }
-                // Otherwise the request already finished, or is not interruptible: it will be
-                // answered normally.
-            }
-            opcode::DESTROY => {
-                let _ = chan.send(header.unique, 0, &[]);
+    #[cfg(test)]
+    hook: Option<Arc<dyn Fn(Hook) + Send + Sync>>,
+}
+
+impl Reader {
+    #[cfg(test)]
+    fn hook(&self, h: Hook) {
+        if let Some(f) = &self.hook {
+            f(h)
+        }
+    }
+
+    #[cfg(not(test))]
+    fn hook(&self, _: Hook) {}
+
+    fn run<H: Handler>(self, handler: Arc<H>, rt: tokio::runtime::Handle) -> std::io::Result<()> {
+        let chan = self.chans[self.index].clone();
+        let idle = Idle::new(&chan, &self.stop.event)?;
+        let mut bufs = ReadBuffers::new(&self.params, handler.payload_piece());
+        crate::blocking::allow_on_this_thread();
+        loop {
+            if self.stop.stopping.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            _ => {
-                let unique = header.unique;
-                if handler.interruptible(&header) {
-                    let reply = Replier { unique, chan: chan.clone(), inflight: Some(inflight.clone()) };
-                    // Register before the task can run, so its reply finds the registration.
-                    let mut map = inflight.lock();
-                    let task = rt.spawn(handler.clone().handle(req, reply));
-                    map.insert(unique, (task.abort_handle(), chan.clone()));
-                } else {
-                    let reply = Replier { unique, chan: chan.clone(), inflight: None };
-                    run_inline_first(&rt, handler.clone().handle(req, reply));
+            let n = match bufs.read(&chan)? {
+                Read::Request(n) => n,
+                Read::Unmounted => return Ok(()),
+                Read::Idle => {
+                    idle.wait()?;
+                    continue;
+                }
+            };
+            let Some(req) = bufs.request(n) else {
+                tracing::warn!(bytes = n, "a FUSE request shorter than its header");
+                continue;
+            };
+            let header = req.header;
+            match header.opcode {
+                opcode::FORGET | opcode::BATCH_FORGET => handler.forget(&req),
+                opcode::INTERRUPT => {
+                    let Some(target) = abi::InterruptIn::read(req.body()) else { continue };
+                    self.interrupt(target.unique);
+                    self.hook(Hook::AfterInterrupt(target.unique));
+                }
+                opcode::DESTROY => {
+                    let _ = chan.send(header.unique, 0, &[]);
+                    return Ok(());
+                }
+                _ => {
+                    let unique = header.unique;
+                    if handler.interruptible(&header) {
+                        self.hook(Hook::BeforeRegister(unique));
+                        let reply = Replier {
+                            unique,
+                            chan: chan.clone(),
+                            interrupts: Some(self.interrupts.clone()),
+                            _active: None,
+                        };
+                        // Register before the task can run, so its reply finds the registration.
+                        let mut g = self.interrupts.lock();
+                        if g.early.remove(&unique).is_some() {
+                            drop(g);
+                            // Interrupted before it was registered: nothing was done yet.
+                            let _ = chan.send(unique, -libc::EINTR, &[]);
+                            tracing::debug!(unique, "interrupted before it started");
+                            continue;
+                        }
+                        let bytes = req.to_bytes();
+                        let task = rt.spawn(handler.clone().handle(req, reply));
+                        g.waiting.insert(unique, Waiting { task: task.abort_handle(), channel: self.index, bytes });
+                    } else {
+                        let reply = Replier {
+                            unique,
+                            chan: chan.clone(),
+                            interrupts: None,
+                            _active: Some(ActiveGuard::new(&self.active)),
+                        };
+                        run_inline_first(&rt, handler.clone().handle(req, reply));
+                    }
                 }
             }
+        }
+    }
+
+    /// FUSE_INTERRUPT for request `target`.
+    fn interrupt(&self, target: u64) {
+        let mut g = self.interrupts.lock();
+        match g.waiting.remove(&target) {
+            Some(w) => {
+                drop(g);
+                w.task.abort();
+                // We took the registration, so this is the one reply the kernel gets.
+                let _ = self.chans[w.channel].send(target, -libc::EINTR, &[]);
+                tracing::debug!(unique = target, "interrupted");
+            }
+            // The request finished, is not interruptible (it will be answered normally), or its
+            // reader has not registered it yet: kept for that case.
+            None => g.keep_early(target),
         }
     }
 }
@@ -434,11 +767,121 @@ fn run_inline_first(rt: &tokio::runtime::Handle, task: impl Future<Output = ()> 
 
 /// Opens `/dev/fuse`.
 pub fn open_dev_fuse() -> std::io::Result<OwnedFd> {
-    // SAFETY: open(2) with a static C string; the fd is owned from here on.
-    let fd = unsafe { libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+    Ok(nix::fcntl::open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::Barrier;
+
+    /// A handler whose lock waits never end by themselves.
+    struct Waits;
+
+    impl Handler for Waits {
+        async fn handle(self: Arc<Self>, req: Request, reply: Replier) {
+            if req.header.opcode == opcode::SETLKW {
+                std::future::pending::<()>().await;
+            }
+            reply.ok(&[]);
+        }
+
+        fn interruptible(&self, h: &InHeader) -> bool {
+            h.opcode == opcode::SETLKW
+        }
     }
-    // SAFETY: fd is a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+
+    fn request(opcode: u32, unique: u64, body: &[u8]) -> Vec<u8> {
+        let len = (std::mem::size_of::<InHeader>() + body.len()) as u32;
+        let h = InHeader { len, opcode, unique, nodeid: 1, ..Default::default() };
+        [h.bytes(), body].concat()
+    }
+
+    /// A reply read from the kernel's side of a channel, within 5 s.
+    fn reply(k: &UnixDatagram) -> Option<OutHeader> {
+        k.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 256];
+        let n = k.recv(&mut buf).ok()?;
+        OutHeader::read(&buf[..n])
+    }
+
+    fn params() -> InitParams {
+        InitParams { minor: 31, flags: 0, max_write: 128 * 1024, max_readahead: 0, max_pages: 32 }
+    }
+
+    #[test]
+    fn an_interrupt_read_before_its_request_is_registered_still_interrupts_it() {
+        // Two channels, as two fds of one connection: the lock wait is read on A; its interrupt
+        // is read on B while A's reader is held between reading the wait and registering it.
+        let (a, ka) = UnixDatagram::pair().unwrap();
+        let (b, kb) = UnixDatagram::pair().unwrap();
+        let chans = vec![Channel::from_fd(a.into()), Channel::from_fd(b.into())];
+        let mut session = Session::new(chans, params()).unwrap();
+        let read = Arc::new(Barrier::new(2));
+        let interrupted = Arc::new(Barrier::new(2));
+        let (r, i) = (read.clone(), interrupted.clone());
+        session.set_hook(move |h| match h {
+            Hook::BeforeRegister(10) => {
+                r.wait();
+                i.wait();
+            }
+            Hook::AfterInterrupt(10) => {
+                i.wait();
+            }
+            _ => {}
+        });
+        let session = Arc::new(session);
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let s = session.clone();
+        let handle = rt.handle().clone();
+        let serving = std::thread::spawn(move || s.run(Arc::new(Waits), handle));
+        ka.send(&request(opcode::SETLKW, 10, &[0; std::mem::size_of::<abi::LkIn>()])).unwrap();
+        read.wait();
+        kb.send(&request(opcode::INTERRUPT, 11, abi::InterruptIn { unique: 10 }.bytes())).unwrap();
+        let r = reply(&ka).expect("the lock wait is answered on the channel it was read from");
+        assert_eq!((r.unique, r.error), (10, -libc::EINTR));
+        assert!(session.interrupts.lock().waiting.is_empty(), "nothing is left registered");
+        // A later request is served as usual, and the stop ends the readers.
+        ka.send(&request(opcode::GETATTR, 12, &[0; 16])).unwrap();
+        assert_eq!(reply(&ka).map(|r| (r.unique, r.error)), Some((12, 0)));
+        session.stop();
+        serving.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_stop_answers_what_was_read_and_hands_lock_waits_over() {
+        let (a, ka) = UnixDatagram::pair().unwrap();
+        let session = Arc::new(Session::new(vec![Channel::from_fd(a.into())], params()).unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let (s, handle) = (session.clone(), rt.handle().clone());
+        let serving = std::thread::spawn(move || s.run(Arc::new(Waits), handle));
+        let wait = request(opcode::SETLKW, 20, &[7; std::mem::size_of::<abi::LkIn>()]);
+        ka.send(&wait).unwrap();
+        ka.send(&request(opcode::GETATTR, 21, &[0; 16])).unwrap();
+        assert_eq!(reply(&ka).map(|r| r.unique), Some(21));
+        std::thread::sleep(Duration::from_millis(50));
+        session.stop();
+        serving.join().unwrap().unwrap();
+        // Queued after the stop: nobody reads it.
+        ka.send(&request(opcode::GETATTR, 22, &[0; 16])).unwrap();
+        rt.block_on(session.drained());
+        let pending = session.take_waiting();
+        assert_eq!(pending, vec![PendingRequest { unique: 20, channel: 0, bytes: wait.clone() }]);
+        ka.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        assert!(ka.recv(&mut [0u8; 64]).is_err(), "neither the wait nor the queued request is answered");
+        // A successor serves the queued request and resumes the wait, which its interrupt ends.
+        let next =
+            Arc::new(Session::new(vec![Channel::from_fd(session.dup_fds().unwrap().remove(0))], params()).unwrap());
+        drop(session);
+        let handler = Arc::new(Waits);
+        next.resume_waiting(&handler, rt.handle(), pending);
+        let (s, handle) = (next.clone(), rt.handle().clone());
+        let serving = std::thread::spawn(move || s.run(handler, handle));
+        assert_eq!(reply(&ka).map(|r| r.unique), Some(22));
+        ka.send(&request(opcode::INTERRUPT, 23, abi::InterruptIn { unique: 20 }.bytes())).unwrap();
+        assert_eq!(reply(&ka).map(|r| (r.unique, r.error)), Some((20, -libc::EINTR)));
+        next.stop();
+        serving.join().unwrap().unwrap();
+    }
 }

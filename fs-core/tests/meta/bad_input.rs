@@ -1,6 +1,6 @@
 //! Bad input gets a precise error and changes nothing.
 
-use fs_core::proto::pb;
+use fs_core::testkit::pb;
 
 use crate::fs::errno;
 use crate::setup;
@@ -58,7 +58,7 @@ async fn oversized_messages_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_of_an_unknown_schema_is_refused_with_a_message() {
-    use fs_core::meta::schema::{META, SCHEMA_VERSION};
+    use fs_core::testkit::{META, SCHEMA_VERSION};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.redb");
     {
@@ -68,7 +68,7 @@ async fn a_database_of_an_unknown_schema_is_refused_with_a_message() {
         txn.open_table(META).unwrap().insert("kind", b"volume".as_slice()).unwrap();
         txn.commit().unwrap();
     }
-    let err = fs_core::meta::volume::VolumeDb::open_db(&path, false).err().unwrap().to_string();
+    let err = fs_core::testkit::VolumeDb::open_db(&path, false).err().unwrap().to_string();
     assert!(
         err.contains(&format!("schema version {}", SCHEMA_VERSION + 1)) && err.contains("newer stratusfs"),
         "{err}"

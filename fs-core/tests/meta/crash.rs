@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fs_core::meta::client::{Session, admin_client, connect};
-use fs_core::meta::writer::DURABLE_WITHIN;
-use fs_core::proto::pb;
+use fs_core::testkit::DURABLE_WITHIN;
+use fs_core::testkit::pb;
+use fs_core::testkit::{Session, connect};
 use fs_core::tls::ClientTrust;
 use rand::Rng;
 
@@ -204,11 +204,12 @@ fn acknowledged_changes_survive_kill_9_and_the_database_stays_consistent() {
     let mut blocks_before: u64 = 0;
 
     let token = rt.block_on(async {
-        let mut admin = admin_client(
+        let mut admin = fs_core::AdminClient::new(
             connect(&server.addr, &server.trust(), std::time::Duration::ZERO).await.unwrap(),
             &admin_token,
         )
-        .unwrap();
+        .unwrap()
+        .raw();
         admin
             .create_volume(pb::CreateVolumeRequest {
                 name: "v".into(),
@@ -340,12 +341,16 @@ fn acknowledged_changes_survive_kill_9_and_the_database_stays_consistent() {
                     return Err(format!("trial {trial}: inode {ino} has nlink {nlink} but {seen} entries"));
                 }
             }
-            let usage = admin_client(connect(&addr, &trust, std::time::Duration::ZERO).await.unwrap(), &admin_token)
-                .unwrap()
-                .usage(pb::VolumeRef { volume: "v".into() })
-                .await
-                .unwrap()
-                .into_inner();
+            let usage = fs_core::AdminClient::new(
+                connect(&addr, &trust, std::time::Duration::ZERO).await.unwrap(),
+                &admin_token,
+            )
+            .unwrap()
+            .raw()
+            .usage(pb::VolumeRef { volume: "v".into() })
+            .await
+            .unwrap()
+            .into_inner();
             let reachable = reachable_before + links.len() as u64;
             if usage.used_inodes != reachable || usage.stored_blocks != blocks_before + blocks {
                 return Err(format!(

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use fs_core::meta::testkit::TestServer;
-use fs_core::proto::pb;
+use fs_core::testkit::TestServer;
+use fs_core::testkit::pb;
 
 use crate::fs::{Fs, errno};
 
@@ -42,7 +42,7 @@ async fn apply(
 }
 
 fn metric(srv: &TestServer, event: &str) -> u64 {
-    let v = srv.running.server.volume("v").unwrap();
+    let v = srv.server().volume("v").unwrap();
     v.delegations.counts().into_iter().find(|(e, _)| *e == event).map_or(0, |(_, n)| n)
 }
 

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use fs_core::meta::MetaError;
-use fs_core::meta::client::Session;
-use fs_core::proto::pb;
+use fs_core::testkit::MetaError;
+use fs_core::testkit::Session;
+use fs_core::testkit::pb;
 
 pub type Res<T> = Result<T, i32>;
 

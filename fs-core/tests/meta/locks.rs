@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use fs_core::meta::testkit::TestServer;
-use fs_core::proto::pb;
+use fs_core::testkit::TestServer;
+use fs_core::testkit::pb;
 
 use crate::fs::{Fs, errno};
 
@@ -21,7 +21,7 @@ fn lock(
 }
 
 fn metric(srv: &TestServer, line_start: &str) -> u64 {
-    let text = srv.running.server.metrics.encode();
+    let text = srv.server().metrics.encode();
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())

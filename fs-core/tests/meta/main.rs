@@ -1,6 +1,7 @@
 //! Metadata server tests: a real server in this process, reached over TLS on loopback by real
 //! gRPC clients (the same the mounts use).
 
+mod admin;
 mod bad_input;
 mod crash;
 mod delegations;
@@ -14,7 +15,7 @@ mod server_ops;
 mod tokens;
 
 use fs::Fs;
-use fs_core::meta::testkit::TestServer;
+use fs_core::testkit::TestServer;
 
 /// A server with one volume "v" and a root session on it.
 pub async fn setup() -> (TestServer, Fs) {

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 use crate::fs::{Fs, Res};
-use fs_core::proto::pb;
+use fs_core::testkit::pb;
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
 const RENAME_NOREPLACE: u32 = 1;

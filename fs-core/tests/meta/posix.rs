@@ -1,7 +1,7 @@
 //! POSIX namespace semantics, one behaviour per test.
 
-use fs_core::acl;
-use fs_core::proto::pb;
+use fs_core::testkit::acl;
+use fs_core::testkit::pb;
 
 use crate::setup;
 

@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
-use fs_core::blockstore::{BackendSpec, layout, open_backend};
-use fs_core::meta::testkit::TestServer;
-use fs_core::proto::pb;
+use fs_core::BackendSpec;
+use fs_core::blockstore::open_backend;
+use fs_core::testkit::TestServer;
+use fs_core::testkit::layout;
+use fs_core::testkit::pb;
 use object_store::{ObjectStoreExt, PutPayload};
 
 use crate::fs::{Fs, block};
@@ -77,7 +79,7 @@ async fn reservations_for_unflushed_writes_count_against_the_quota() {
                 .clone()
                 .reserve(pb::ReserveRequest { ctx: fs.ctx(), ino, bytes })
                 .await
-                .map_err(|s| fs_core::meta::MetaError::from_status(&s).errno())
+                .map_err(|s| fs_core::testkit::MetaError::from_status(&s).errno())
         }
     };
     reserve(&a, fa.ino, 6000).await.unwrap();

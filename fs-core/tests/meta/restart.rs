@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use fs_core::meta::testkit::TestServer;
-use fs_core::proto::pb;
+use fs_core::testkit::TestServer;
+use fs_core::testkit::pb;
 
 use crate::fs::{Fs, errno};
 

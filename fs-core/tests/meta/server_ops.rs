@@ -4,9 +4,9 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use fs_core::meta::client::{Session, connect};
-use fs_core::meta::testkit::TestServer;
-use fs_core::proto::pb;
+use fs_core::testkit::TestServer;
+use fs_core::testkit::pb;
+use fs_core::testkit::{Session, connect};
 use fs_core::tls::{ClientTrust, self_signed};
 
 use crate::fs::Fs;
@@ -63,7 +63,7 @@ async fn the_server_collects_garbage_on_its_schedule() {
         assert!(start.elapsed() < Duration::from_secs(5), "the scheduled collector did not run: {r:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let m = srv.running.server.metrics.encode();
+    let m = srv.server().metrics.encode();
     assert!(m.contains("stratusfs_meta_gc_deleted_blocks_total 3"), "{m}");
 }
 
@@ -75,7 +75,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     std::fs::write(&c, &cert).unwrap();
     std::fs::write(&k, &key).unwrap();
     let (cc, kk) = (c.clone(), k.clone());
-    let srv = TestServer::start(move |cfg| cfg.tls_cert = Some((cc, kk))).await;
+    let srv = TestServer::start(move |cfg| cfg.tls_cert = Some(fs_core::server::TlsFiles { cert: cc, key: kk })).await;
     let old = ClientTrust { ca_file: Some(c.clone()), fingerprint: None };
     let old_copy = dir.path().join("old.crt");
     std::fs::copy(&c, &old_copy).unwrap();

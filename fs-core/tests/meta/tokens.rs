@@ -1,7 +1,7 @@
 //! What a token allows is enforced by the server, whatever a raw client sends.
 
-use fs_core::meta::client::Session;
-use fs_core::proto::{PROTOCOL_VERSION, pb};
+use fs_core::testkit::Session;
+use fs_core::testkit::{PROTOCOL_VERSION, pb};
 
 use crate::fs::{Fs, errno};
 use crate::setup;
@@ -142,6 +142,6 @@ async fn unknown_tokens_and_future_protocols_are_refused_clearly() {
     // Admin calls without or with a wrong account token.
     let err = pb::admin_client::AdminClient::new(srv.channel().await).list_volumes(pb::Empty {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    let mut wrong = fs_core::meta::client::admin_client(srv.channel().await, "wrong").unwrap();
+    let mut wrong = fs_core::AdminClient::new(srv.channel().await, "wrong").unwrap().raw();
     assert_eq!(wrong.list_volumes(pb::Empty {}).await.unwrap_err().code(), tonic::Code::Unauthenticated);
 }

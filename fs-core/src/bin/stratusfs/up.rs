@@ -1,0 +1,143 @@
+//! `stratusfs up` (glue over the library's face): a working mount with one command and no configuration. A metadata server
+//! with its data in the data dir, a folder there as the block store, a default volume and token
+//! made on the first run and reused after, the volume mounted in this process; Ctrl-C (SIGINT or
+//! SIGTERM) unmounts and stops everything.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use fs_core::admin::{Compression, TokenScope, VolumeSpec};
+use fs_core::{
+    AdminClient, BackendSpec, ClientTrust, Credentials, Mount, MountOptions, MountSpec, ServerConfig, Source,
+};
+
+/// The volume `up` makes and mounts.
+pub const VOLUME: &str = "default";
+
+pub struct UpConfig {
+    pub mountpoint: PathBuf,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// For the volume made on the first run.
+    pub compression: Compression,
+    pub block_size: u32,
+    pub retention_secs: Option<i64>,
+    /// How often the server collects garbage.
+    pub gc_interval: std::time::Duration,
+    pub options: MountOptions,
+}
+
+/// The data dir when none is given: `$XDG_DATA_HOME/stratusfs`, else `~/.local/share/stratusfs`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("stratusfs");
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/share/stratusfs"),
+        None => PathBuf::from("/var/lib/stratusfs"),
+    }
+}
+
+/// A secret kept in a file of the data dir, if it is there.
+fn read_secret(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// Keeps a secret in a file only its owner can read.
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut f, format!("{secret}\n").as_bytes())?;
+    Ok(())
+}
+
+pub async fn up(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let dir = &cfg.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the data dir {}", dir.display()))?;
+    std::fs::create_dir_all(&cfg.mountpoint)
+        .with_context(|| format!("creating the mount point {}", cfg.mountpoint.display()))?;
+    let admin_file = dir.join("admin.token");
+    let admin_token = match read_secret(&admin_file) {
+        Some(t) => t,
+        None => {
+            let t = uuid::Uuid::new_v4().to_string();
+            write_secret(&admin_file, &t)?;
+            t
+        }
+    };
+    let mut server_cfg = ServerConfig::new(dir.join("meta"));
+    server_cfg.listen = cfg.listen;
+    server_cfg.http_listen = cfg.http_listen;
+    server_cfg.admin_token_file = Some(admin_file.clone());
+    server_cfg.gc_interval = cfg.gc_interval;
+    let running = fs_core::server::start(server_cfg).await.with_context(|| {
+        format!(
+            "starting the metadata server on {} (another `stratusfs up` running? give --listen and --http-listen)",
+            cfg.listen
+        )
+    })?;
+    let addr = running.grpc_addr.to_string();
+    let trust = ClientTrust { ca_file: None, fingerprint: Some(running.fingerprint.clone()) };
+    let result = async {
+        let mut admin = AdminClient::connect(&addr, &trust, &admin_token).await?;
+        let exists = admin.volume(VOLUME).await?.is_some();
+        let blocks = dir.join("blocks");
+        if !exists {
+            std::fs::create_dir_all(&blocks)?;
+            let spec = VolumeSpec {
+                block_size: Some(cfg.block_size),
+                compression: cfg.compression,
+                retention_secs: cfg.retention_secs,
+                ..VolumeSpec::new(VOLUME, BackendSpec::Local { path: blocks.clone(), prefix: String::new() })
+            };
+            admin.create_volume(&spec).await.context("creating the default volume")?;
+        }
+        let token_file = dir.join(format!("{VOLUME}.token"));
+        let token = match read_secret(&token_file) {
+            Some(t) => t,
+            None => {
+                // Only the token's hash is on the server: a lost token file means a new token.
+                let scope = TokenScope { comment: "stratusfs up".into(), ..Default::default() };
+                let t = admin.create_token(VOLUME, &scope).await.context("creating a token for the default volume")?.token;
+                write_secret(&token_file, &t)?;
+                t
+            }
+        };
+        let source = Source { server: addr.clone(), volume: VOLUME.into(), subpath: String::new() };
+        let spec = MountSpec {
+            source: source.clone(),
+            mountpoint: cfg.mountpoint.clone(),
+            credentials: Credentials { token, trust: trust.clone() },
+            options: cfg.options.clone(),
+        };
+        let fingerprint = running.fingerprint.clone();
+        let (mountpoint, data_dir) = (cfg.mountpoint.display().to_string(), dir.display().to_string());
+        let mount = Mount::start(spec).await?;
+        {
+            println!("stratusfs up: {}", if exists { "reusing the data of an earlier run" } else { "first run: made the default volume and its token" });
+            println!("  data        {data_dir} (metadata in meta/, blocks in blocks/)");
+            println!("  metadata    {addr} (TLS, fingerprint {fingerprint}); metrics on http://{}/metrics", running.http_addr);
+            println!("  volume      {source} mounted on {mountpoint}");
+            println!(
+                "  mount again stratusfs mount {source} DIR --token-file {} --fingerprint {fingerprint}",
+                token_file.display()
+            );
+            println!("  admin       STRATUSFS_ACCOUNT_TOKEN_FILE={} stratusfs admin --server {addr} --fingerprint {fingerprint} usage {VOLUME}", admin_file.display());
+            println!("Ctrl-C unmounts and stops.");
+        }
+        Ok::<_, anyhow::Error>(mount.serve_until(shutdown).await?)
+    }
+    .await;
+    running.stop().await;
+    println!("stratusfs up: unmounted {} and stopped the metadata server", cfg.mountpoint.display());
+    result
+}

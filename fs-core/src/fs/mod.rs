@@ -1,0 +1,211 @@
+//! The filesystem a mount serves, independent of FUSE: namespace calls go to the metadata server
+//! over the session; file data is read and written as blocks in the block store ([`data`]).
+//!
+//! Every method takes the caller's credentials ([`Ctx`]) and the filesystem's own small types
+//! ([`types`]) and returns `Result<_, i32>` (errno), so the FUSE adapter only translates. Inodes
+//! are the server's inode numbers (the adapter maps FUSE's root node to [`StratusFs::root`]);
+//! open file handles are the server's open ids. Both make the mount state transferable: a
+//! process that adopts a live FUSE connection needs the session and the open handles
+//! ([`StratusFs::handles`]), nothing else (docs/library.md, "Handover").
+//!
+//! - [`namespace`]: lookups, attributes, names, directories, xattrs;
+//! - [`files`]: opens, reads, writes, fsync, locks;
+//! - [`data`]: a file's blocks in this mount (write buffers, the block map, commits);
+//! - [`deleg`]: directory delegations (creates written back).
+
+pub mod data;
+pub mod deleg;
+mod files;
+pub mod handover;
+mod namespace;
+pub mod types;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use parking_lot::Mutex;
+
+use crate::blockstore::BackendSpec;
+use crate::metaclient::Session;
+use crate::wire::error::MetaError;
+use crate::wire::pb;
+use data::OpenFile;
+pub use data::WriteData;
+pub use types::{Ctx, FsConfig, LockSpec, NewNode, Opened, SetAttr, TimeSet};
+
+pub(crate) use crate::FsResult;
+
+/// The one mapping from a metadata-server error to an errno (logged when it is the server's or
+/// the network's fault).
+pub fn errno_of(s: tonic::Status) -> i32 {
+    let e = MetaError::from_status(&s);
+    let errno = e.errno();
+    if matches!(e, MetaError::Internal(_)) || errno == libc::EIO {
+        tracing::warn!(error = %e, "metadata request failed");
+    } else {
+        tracing::debug!(error = %e, errno, "metadata request refused");
+    }
+    errno
+}
+
+/// Files whose state a mount keeps after their last close (to keep the kernel's page cache
+/// when they did not change); past this, closed files are forgotten.
+const MAX_IDLE_FILES: usize = 100_000;
+
+/// Longest name on a plain volume (encrypted volumes check the plaintext against the same limit).
+pub const NAME_MAX: usize = 255;
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX { Err(libc::ENAMETOOLONG) } else { Ok(()) }
+}
+
+/// What the server answered to an open or create.
+struct OpenedReply<'a> {
+    open_id: u64,
+    attr: &'a pb::Attr,
+    quota_limited: bool,
+    /// The open created the file.
+    created: bool,
+}
+
+/// An open file handle: its inode, and which POSIX lock owners used it (their locks go when it
+/// is released).
+#[derive(Default)]
+struct Handle {
+    ino: u64,
+    lock_owners: HashSet<u64>,
+}
+
+pub struct StratusFs {
+    pub session: Arc<Session>,
+    pub volume: pb::VolumeInfo,
+    pub cfg: FsConfig,
+    root: u64,
+    data: data::DataPath,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    /// Inodes without a security.capability xattr, and when the server said so.
+    no_capability: Mutex<HashMap<u64, std::time::Instant>>,
+    /// Directories this session holds and files created under them ([`deleg`]).
+    deleg: Mutex<deleg::State>,
+    /// One Apply at a time.
+    applying: tokio::sync::Mutex<()>,
+}
+
+impl StratusFs {
+    pub fn new(session: Arc<Session>, cfg: FsConfig) -> Result<StratusFs, String> {
+        let volume = session.reply.volume.clone().ok_or("the server sent no volume description")?;
+        let spec: BackendSpec = serde_json::from_str(&volume.backend_json)
+            .map_err(|e| format!("the volume's block-store spec does not parse: {e}"))?;
+        let data = data::DataPath::new(session.clone(), &volume, &spec, &cfg)?;
+        Ok(StratusFs {
+            root: session.root_ino(),
+            cfg,
+            volume,
+            data,
+            session,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            no_capability: Mutex::new(HashMap::new()),
+            deleg: Mutex::new(deleg::State::default()),
+            applying: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Makes `path` (relative to the session's root) the mount's root.
+    pub async fn set_root_path(&mut self, path: &str) -> Result<(), String> {
+        let mut ino = self.root;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            let req = pb::NameRequest { ctx: self.ctx(Ctx::default()), parent: ino, name: part.as_bytes().to_vec() };
+            let r = self.rpc().lookup(req).await;
+            let a = r.map_err(|s| MetaError::from_status(&s).to_string())?.into_inner().attr.unwrap_or_default();
+            if a.kind() != pb::FileKind::Directory {
+                return Err(format!("{part:?} is not a directory"));
+            }
+            ino = a.ino;
+        }
+        self.root = ino;
+        Ok(())
+    }
+
+    /// The inode the mount shows as its root.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    /// Makes inode `ino` the mount's root (an adopted mount keeps its root even if its path was
+    /// renamed meanwhile).
+    pub fn set_root(&mut self, ino: u64) {
+        self.root = ino;
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.volume.block_size as u64
+    }
+
+    /// L1 cache counters: (hits, fetches).
+    pub fn cache_stats(&self) -> (u64, u64) {
+        self.data.cache_stats()
+    }
+
+    fn ctx(&self, c: Ctx) -> Option<pb::Context> {
+        Some(self.session.ctx(c.uid, c.gid, c.pid))
+    }
+
+    fn rpc(&self) -> pb::meta_client::MetaClient<tonic::transport::Channel> {
+        self.session.rpc.clone()
+    }
+
+    /// The data state of an inode (created on first use).
+    fn file(&self, ino: u64) -> Arc<OpenFile> {
+        self.files.lock().entry(ino).or_insert_with(|| Arc::new(OpenFile::new(ino))).clone()
+    }
+
+    fn existing_file(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.files.lock().get(&ino).cloned()
+    }
+
+    /// Voids every remembered attribute (see [`data::DataPath::recent_attr`]): called after every
+    /// change whose reply does not say what it did to each inode it touched. With `before` (the
+    /// epoch read before the change was sent): the new epoch if no other change voided them
+    /// meanwhile, so what the reply says may be remembered under it.
+    fn changed_outside_data_path(&self, before: u64) -> Option<u64> {
+        let prev = self.data.epoch.fetch_add(1, Ordering::SeqCst);
+        (prev == before).then_some(prev + 1)
+    }
+
+    /// [`Self::changed_outside_data_path`] for a change whose reply is not remembered at all
+    /// (setattr, xattrs, fallocate).
+    fn void_remembered_attrs(&self) {
+        self.data.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// After unlink, rmdir or rename (sent in epoch `before`): the removed or moved inode's
+    /// remembered attributes are void (its link count or ctime changed), the directories the reply
+    /// reports are remembered.
+    fn removed_or_renamed(
+        &self,
+        before: u64,
+        r: Result<tonic::Response<pb::ParentsReply>, tonic::Status>,
+    ) -> FsResult<pb::ParentsReply> {
+        let after = self.changed_outside_data_path(before);
+        let r = r.map_err(errno_of)?.into_inner();
+        if let Some(e) = after {
+            self.data.remember_attrs(r.parent, e);
+            self.data.remember_attrs(r.new_parent, e);
+        }
+        Ok(r)
+    }
+
+    /// Attributes as this mount sees them: the server's, with the size raised by unflushed writes.
+    async fn local_attr(&self, mut a: pb::Attr) -> pb::Attr {
+        if let Some(f) = self.existing_file(a.ino) {
+            a.size = f.local_size(&a).await;
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests;

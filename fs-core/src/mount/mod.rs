@@ -1,0 +1,443 @@
+//! A mount: a volume served on a directory through FUSE, as a handle ([`Mount`]) that a program
+//! starts, waits on, unmounts, or hands live to a successor process ([`Mount::quiesce`],
+//! [`Quiesced::handover`], [`Mount::adopt`]).
+//!
+//! The source is `stratusfs://HOST:PORT/VOLUME[/SUBPATH]` ([`Source`]). SUBPATH, if given,
+//! becomes the mount's root (the token's own subtree, if it has one, is the limit the server
+//! enforces). Options travel in one value ([`MountOptions`], parsed by [`MountOptions::parse`]).
+//! Several mounts may live in one process: each has its own caches, threads and switches.
+
+pub mod handover;
+pub mod options;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::fs::StratusFs;
+use crate::fs::handover::FsHandover;
+use crate::fuse::abi::init;
+use crate::fuse::adapter::Adapter;
+use crate::fuse::mount::{mount, unmount};
+use crate::fuse::session::{Channel, InitWanted, PendingRequest, Session as FuseSession, handshake};
+use crate::metaclient::{ClientError, Session, connect};
+use crate::tls::ClientTrust;
+use handover::{HANDOVER_VERSION, Handover, HandoverError, HandoverState};
+pub use options::{BadSource, META_WAIT, MountOptions, OptionError, Source};
+
+/// How a mount proves it may use the volume: the volume token, and how to trust the server.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub token: String,
+    pub trust: ClientTrust,
+}
+
+/// What to mount where.
+#[derive(Clone, Debug)]
+pub struct MountSpec {
+    pub source: Source,
+    pub mountpoint: PathBuf,
+    pub options: MountOptions,
+    pub credentials: Credentials,
+}
+
+/// What can stop a mount from starting, serving or going away. Each message says what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(transparent)]
+    Options(#[from] OptionError),
+    #[error(transparent)]
+    Source(#[from] BadSource),
+    #[error("{0}")]
+    Connect(#[source] ClientError),
+    #[error("opening a session on volume {volume:?} at {server}: {source}")]
+    Session { volume: String, server: String, source: ClientError },
+    #[error("the volume's data path: {0}")]
+    DataPath(String),
+    #[error("resolving the subpath {path:?}: {why}")]
+    Subpath { path: String, why: String },
+    #[error("mounting on {}: {source}", mountpoint.display())]
+    Kernel { mountpoint: PathBuf, source: std::io::Error },
+    #[error("the FUSE session on {} ended: {source}", mountpoint.display())]
+    Fuse { mountpoint: PathBuf, source: std::io::Error },
+    #[error("unmounting {}: {source}", mountpoint.display())]
+    Unmount { mountpoint: PathBuf, source: std::io::Error },
+    #[error("remounting {} {what}: {source}", mountpoint.display())]
+    Remount { mountpoint: PathBuf, what: &'static str, source: std::io::Error },
+    #[error("quiescing the mount on {}: {why}; it goes on serving", mountpoint.display())]
+    Quiesce { mountpoint: PathBuf, why: String },
+    #[error("adopting the mount on {}: {why}", mountpoint.display())]
+    Adopt { mountpoint: PathBuf, why: String },
+    #[error(transparent)]
+    Handover(#[from] HandoverError),
+}
+
+/// The capabilities a stratusfs mount asks the kernel for. Not ATOMIC_O_TRUNC: with it the
+/// kernel sends an open's O_TRUNC to the filesystem before it checks ETXTBSY, and a running
+/// program's file was truncated (docs/library.md, "open(O_TRUNC) of a running program").
+pub const WANTED_FLAGS: u64 = init::ASYNC_READ
+    | init::POSIX_LOCKS
+    | init::BIG_WRITES
+    | init::FLOCK_LOCKS
+    | init::DO_READDIRPLUS
+    | init::READDIRPLUS_AUTO
+    | init::PARALLEL_DIROPS
+    | init::MAX_PAGES
+    | init::CACHE_SYMLINKS
+    | init::POSIX_ACL
+    // The umask is applied by us: not where a default ACL is inherited.
+    | init::DONT_MASK
+    | init::SETXATTR_EXT;
+
+/// The largest write the kernel sends (and read it asks for).
+pub const MAX_WRITE: u32 = 1 << 20;
+
+/// Kernel read-ahead of a sequential reader on this mount.
+pub const READAHEAD_KB: u32 = 4 * MAX_WRITE / 1024;
+
+/// Counters of a live mount.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MountStats {
+    /// Reads of decoded chunks answered from L1, and fetches from the block store.
+    pub l1_hits: u64,
+    pub l1_fetches: u64,
+    /// FUSE channels (reader threads).
+    pub channels: usize,
+}
+
+/// The parts of a mount that outlive a quiesce.
+struct Parts {
+    spec: MountSpec,
+    session: Arc<Session>,
+    fs: Arc<StratusFs>,
+    fuse: Arc<FuseSession>,
+    adapter: Arc<Adapter>,
+}
+
+/// What runs while a mount serves.
+struct Serving {
+    done: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+    heartbeat: tokio::task::JoinHandle<()>,
+    delegations: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A live mount. Dropping it without [`Mount::unmount`] or a handover closes its FUSE fds, which
+/// ends the mount (the kernel answers ENOTCONN).
+pub struct Mount {
+    parts: Parts,
+    serving: Serving,
+}
+
+/// A mount that stopped reading requests: everything it read is answered (lock waits apart,
+/// which travel on), its data is committed, its delegations are given back, and its server session
+/// stays open. Hand it over ([`Quiesced::handover`]) or go on serving ([`Quiesced::resume`]).
+pub struct Quiesced {
+    parts: Parts,
+    pending: Vec<PendingRequest>,
+    handles: FsHandover,
+}
+
+fn client_name(mountpoint: &Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", host.trim(), mountpoint.display())
+}
+
+impl Mount {
+    /// Connects, opens a session, mounts and serves; the kernel is initialised when this returns.
+    pub async fn start(spec: MountSpec) -> Result<Mount, MountError> {
+        let MountSpec { source, mountpoint, options, credentials } = &spec;
+        let channel =
+            connect(&source.server, &credentials.trust, options.meta_wait).await.map_err(MountError::Connect)?;
+        let session =
+            Session::open(channel, &source.volume, &credentials.token, &client_name(mountpoint)).await.map_err(
+                |e| MountError::Session { volume: source.volume.clone(), server: source.server.clone(), source: e },
+            )?;
+        let mut fs = StratusFs::new(session.clone(), options.fs.clone()).map_err(MountError::DataPath)?;
+        if !source.subpath.is_empty() {
+            fs.set_root_path(&source.subpath)
+                .await
+                .map_err(|why| MountError::Subpath { path: source.subpath.clone(), why })?;
+        }
+        let mut kernel = options.kernel.clone();
+        kernel.max_read = MAX_WRITE;
+        // A read-only token: the kernel refuses changes before they reach the server.
+        kernel.read_only |= session.reply.read_only;
+        let kernel_err = |e| MountError::Kernel { mountpoint: mountpoint.clone(), source: e };
+        let fd = mount(mountpoint, &source.to_string(), "stratusfs", &kernel).map_err(kernel_err)?;
+        let chan = Channel::from_fd(fd);
+        let wanted = InitWanted { flags: WANTED_FLAGS, max_write: MAX_WRITE, max_readahead: MAX_WRITE };
+        let (chan, params) = tokio::task::spawn_blocking(move || handshake(&chan, wanted).map(|p| (chan, p)))
+            .await
+            .map_err(|e| kernel_err(std::io::Error::other(e)))?
+            .map_err(kernel_err)?;
+        let mut chans = vec![];
+        for _ in 1..options.threads.max(1) {
+            chans.push(chan.clone_channel().map_err(kernel_err)?);
+        }
+        chans.insert(0, chan);
+        let fuse = Arc::new(FuseSession::new(chans, params).map_err(kernel_err)?);
+        let mp = mountpoint.clone();
+        tokio::task::spawn_blocking(move || raise_readahead(&mp));
+        let m = Mount::serve(Parts::new(spec, session, fs, fuse), Vec::new());
+        tracing::info!(mountpoint = %m.parts.spec.mountpoint.display(), source = %m.parts.spec.source, "mounted");
+        Ok(m)
+    }
+
+    /// Goes on serving a mount a predecessor handed over ([`Quiesced::handover`]): resumes its
+    /// server session (open handles and locks live there), takes its root by inode, serves what
+    /// the kernel queued meanwhile and the lock waits it had read.
+    pub async fn adopt(h: Handover) -> Result<Mount, MountError> {
+        let Handover { state, fds } = h;
+        let adopt_err = |why: String| MountError::Adopt { mountpoint: state.mountpoint.clone(), why };
+        if state.version != HANDOVER_VERSION {
+            return Err(HandoverError::Version { found: state.version }.into());
+        }
+        if fds.len() != state.fds || fds.is_empty() {
+            return Err(HandoverError::Fds { expected: state.fds, got: fds.len() }.into());
+        }
+        let id = hex::decode(&state.session).map_err(|_| adopt_err(format!("bad session id {:?}", state.session)))?;
+        let channel =
+            connect(&state.source.server, &state.trust, state.options.meta_wait).await.map_err(MountError::Connect)?;
+        let session =
+            Session::resume_id(channel, &state.source.volume, &state.token, &client_name(&state.mountpoint), &id)
+                .await
+                .map_err(|e| adopt_err(format!("resuming the server session: {e}")))?;
+        let mut fs = StratusFs::new(session.clone(), state.options.fs.clone()).map_err(MountError::DataPath)?;
+        fs.set_root(state.root);
+        fs.adopt_handles(&state.fs).await;
+        let chans = fds.into_iter().map(Channel::from_fd).collect();
+        let fuse = Arc::new(FuseSession::new(chans, state.init).map_err(|e| adopt_err(e.to_string()))?);
+        let spec = MountSpec {
+            source: state.source,
+            mountpoint: state.mountpoint,
+            options: state.options,
+            credentials: Credentials { token: state.token, trust: state.trust },
+        };
+        let m = Mount::serve(Parts::new(spec, session, fs, fuse), state.pending);
+        tracing::info!(mountpoint = %m.parts.spec.mountpoint.display(), source = %m.parts.spec.source, "adopted a live mount");
+        Ok(m)
+    }
+
+    /// Starts the readers (after registering lock waits a predecessor read), the heartbeat and
+    /// the delegations' timer.
+    fn serve(parts: Parts, pending: Vec<PendingRequest>) -> Mount {
+        let rt = tokio::runtime::Handle::current();
+        parts.fuse.resume_waiting(&parts.adapter, &rt, pending);
+        let heartbeat = parts.session.spawn_heartbeat();
+        let delegations = parts.fs.start_delegations();
+        let (fuse, adapter) = (parts.fuse.clone(), parts.adapter.clone());
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name("fuse-session".into()).spawn(move || {
+            let _ = done_tx.send(fuse.run(adapter, rt));
+        });
+        if let Err(e) = spawned {
+            // The receiver reports it: the sender is gone.
+            tracing::error!(error = %e, "starting the FUSE session thread failed");
+        }
+        Mount { parts, serving: Serving { done, heartbeat, delegations } }
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.parts.spec.mountpoint
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.parts.spec.source
+    }
+
+    /// The server session's id (hex), as `stratusfs admin usage` lists it.
+    pub fn session_id(&self) -> String {
+        self.parts.session.id_hex()
+    }
+
+    pub fn stats(&self) -> MountStats {
+        let (l1_hits, l1_fetches) = self.parts.fs.cache_stats();
+        MountStats { l1_hits, l1_fetches, channels: self.parts.fuse.channels() }
+    }
+
+    /// Waits until the mount ends from outside (umount, `fusermount -u`, the connection
+    /// aborted); then gives its delegations back and closes its session.
+    pub async fn wait(self) -> Result<(), MountError> {
+        self.serve_until(std::future::pending()).await
+    }
+
+    /// Serves until `shutdown` resolves (then unmounts, as [`Mount::unmount`]) or the mount ends
+    /// from outside (as [`Mount::wait`]).
+    pub async fn serve_until(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), MountError> {
+        let ended = tokio::select! {
+            _ = shutdown => None,
+            r = &mut self.serving.done => Some(r),
+        };
+        let Some(r) = ended else { return self.unmount().await };
+        tracing::info!(mountpoint = %self.mountpoint().display(), "unmounted from outside");
+        self.finish().await;
+        match r {
+            Ok(Err(e)) => Err(MountError::Fuse { mountpoint: self.parts.spec.mountpoint.clone(), source: e }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Unmounts (lazily when busy: open files keep working until closed), waits for the
+    /// session to end and closes the server session.
+    pub async fn unmount(mut self) -> Result<(), MountError> {
+        let mp = self.parts.spec.mountpoint.clone();
+        tracing::info!(mountpoint = %mp.display(), "unmounting");
+        if let Err(e) = unmount(&mp, false) {
+            tracing::warn!(error = %e, "unmount failed (busy?); detaching lazily");
+            unmount(&mp, true).map_err(|source| MountError::Unmount { mountpoint: mp.clone(), source })?;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.serving.done).await;
+        self.finish().await;
+        Ok(())
+    }
+
+    async fn finish(&self) {
+        if let Some(d) = &self.serving.delegations {
+            d.abort();
+        }
+        self.parts.fs.give_back_all().await;
+        self.serving.heartbeat.abort();
+        if let Err(e) = self.parts.session.close().await {
+            tracing::warn!(error = %e, "closing the session failed (it ends with its lease)");
+        }
+    }
+
+    /// Stops reading requests and brings the mount to a state a successor can take over (see
+    /// [`Quiesced`]). Requests the kernel queues meanwhile wait for whoever serves next. When
+    /// the requests already read are not answered within `timeout`, or the data cannot be
+    /// committed, the mount goes on serving and comes back with the error.
+    pub async fn quiesce(self, timeout: Duration) -> Result<Quiesced, (Mount, MountError)> {
+        let Mount { parts, serving } = self;
+        let mountpoint = parts.spec.mountpoint.clone();
+        let fail = |parts: Parts, pending, why: String| {
+            let m = Mount::serve(parts, pending);
+            (m, MountError::Quiesce { mountpoint: mountpoint.clone(), why })
+        };
+        parts.fuse.stop();
+        // The readers leave as soon as the request each is handling has been polled once.
+        let stopped = serving.done.await;
+        serving.heartbeat.abort();
+        if let Some(d) = &serving.delegations {
+            d.abort();
+        }
+        match stopped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(fail(parts, Vec::new(), format!("the FUSE session failed: {e}"))),
+            Err(_) => return Err(fail(parts, Vec::new(), "the FUSE session thread is gone".into())),
+        }
+        if tokio::time::timeout(timeout, parts.fuse.drained()).await.is_err() {
+            let pending = parts.fuse.take_waiting();
+            return Err(fail(
+                parts,
+                pending,
+                format!("requests read before the stop were not answered within {timeout:?}"),
+            ));
+        }
+        let pending = parts.fuse.take_waiting();
+        if let Err(errno) = parts.fs.quiesce().await {
+            let why = format!("committing its data failed ({})", std::io::Error::from_raw_os_error(errno));
+            return Err(fail(parts, pending, why));
+        }
+        let handles = parts.fs.handles().await;
+        tracing::info!(mountpoint = %mountpoint.display(), lock_waits = pending.len(), handles = handles.handles.len(), "quiesced for a handover");
+        Ok(Quiesced { parts, pending, handles })
+    }
+}
+
+impl Parts {
+    fn new(spec: MountSpec, session: Arc<Session>, fs: StratusFs, fuse: Arc<FuseSession>) -> Parts {
+        let fs = Arc::new(fs);
+        let adapter = Arc::new(Adapter { fs: fs.clone(), params: fuse.params, notifier: fuse.notifier() });
+        Parts { spec, session, fs, fuse, adapter }
+    }
+}
+
+impl Quiesced {
+    /// Lock waits read and not answered (they travel with the handover).
+    pub fn pending_lock_waits(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The handover value and duplicates of the FUSE fds. This process then holds nothing of the
+    /// mount: no reader, no heartbeat; the server session stays open for the successor (it
+    /// expires with its lease if no one resumes it).
+    pub fn handover(self) -> Result<Handover, MountError> {
+        let Quiesced { parts, pending, handles } = self;
+        let fds = parts.fuse.dup_fds().map_err(|e| MountError::Quiesce {
+            mountpoint: parts.spec.mountpoint.clone(),
+            why: format!("duplicating the FUSE fds: {e}"),
+        })?;
+        let spec = &parts.spec;
+        let state = HandoverState {
+            version: HANDOVER_VERSION,
+            source: spec.source.clone(),
+            mountpoint: spec.mountpoint.clone(),
+            options: spec.options.clone(),
+            token: spec.credentials.token.clone(),
+            trust: spec.credentials.trust.clone(),
+            init: parts.fuse.params,
+            root: parts.fs.root(),
+            session: parts.session.id_hex(),
+            fs: handles,
+            pending,
+            fds: fds.len(),
+        };
+        Ok(Handover { state, fds })
+    }
+
+    /// Goes on serving here (the successor failed or never came).
+    pub fn resume(self) -> Mount {
+        tracing::info!(mountpoint = %self.parts.spec.mountpoint.display(), "serving again after a quiesce");
+        Mount::serve(self.parts, self.pending)
+    }
+}
+
+/// The kernel starts FUSE mounts with 128 KiB of read-ahead (the smaller of its default and what
+/// INIT negotiated): sequential reads then arrive in 128 KiB requests. Raising the mount's
+/// backing-device read-ahead lets them arrive as 1 MiB requests, several in flight. Best effort.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(mountpoint) else { return };
+    let dev = md.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    match std::fs::write(&path, READAHEAD_KB.to_string()) {
+        Ok(()) => tracing::debug!(path, kb = READAHEAD_KB, "raised the mount's read-ahead"),
+        Err(e) => tracing::debug!(path, error = %e, "could not raise the mount's read-ahead"),
+    }
+}
+
+/// Process-wide: lets freed block buffers be reused from the heap instead of returned to the
+/// kernel. glibc serves allocations of 128 KiB and more (every block buffer) with a fresh mmap
+/// and unmaps them on free, so each block written or read paid page faults and the kernel's
+/// zeroing of 4 MiB (a fifth of a mount's CPU in a sequential write). The heap then keeps its
+/// high-water mark, which the mounts' dirty limits and L1 sizes bound. A process that runs mounts
+/// calls this once (the `stratusfs` command does for `mount` and `up`); it is not a mount's
+/// business to change its host process's allocator.
+pub fn keep_freed_buffers() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes glibc's allocation thresholds; any value is valid.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}
+
+/// `mount -o remount,...`: changes the flags (ro/rw, noexec, ...) of an existing mount.
+///
+/// The kernel releases FUSE files asynchronously: for a moment after close(2) an unlinked file
+/// still counts as in use, and a read-only remount fails with EBUSY. That is retried for up to
+/// 3 s; files really open for writing keep it failing.
+pub fn remount(mountpoint: &Path, o: &MountOptions) -> Result<(), MountError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut r = crate::fuse::mount::remount(mountpoint, &o.kernel);
+    while matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EBUSY)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        r = crate::fuse::mount::remount(mountpoint, &o.kernel);
+    }
+    r.map_err(|source| MountError::Remount {
+        mountpoint: mountpoint.to_path_buf(),
+        what: if o.kernel.read_only { "read-only" } else { "read-write" },
+        source,
+    })
+}
