@@ -77,12 +77,21 @@ impl Mountd {
         m
     }
 
-    /// Lets a [`Mountd::successor`] take the mount over; returns once it serves.
-    pub fn adopt(&mut self) {
+    /// A successor that refuses what it is handed (see [`Mountd::successor`]); [`Mountd::adopt`]
+    /// then expects `refused`.
+    pub fn refusing_successor(socket: &Path) -> Mountd {
+        let mut m = Mountd::spawn(&["adopt", &socket.to_string_lossy(), "refuse"]);
+        assert_eq!(m.line(), "ready");
+        m
+    }
+
+    /// Lets a successor go: it connects and takes (or refuses) the mount; its answer
+    /// (`adopted`, `refused`).
+    pub fn adopt(&mut self) -> String {
         let stdin = self.child.stdin.as_mut().expect("piped");
         stdin.write_all(b"go\n").expect("writing to mountd");
         stdin.flush().expect("writing to mountd");
-        assert_eq!(self.line(), "adopted");
+        self.line()
     }
 
     /// The next line it prints.

@@ -7,9 +7,11 @@
 //!     stays frozen at that point, reading nothing from the kernel. A connection that sends
 //!     `handover` gets the handover (the value and the FUSE fds, SCM_RIGHTS), quiescing first if
 //!     needed; the process then exits 0. `resume` serves again after a quiesce. SIGTERM unmounts.
-//! mountd adopt SOCKET
+//! mountd adopt SOCKET [refuse]
 //!     prints `ready` and waits for a line on stdin; then connects to SOCKET, sends `handover`,
-//!     adopts what arrives, prints `adopted`, and serves until SIGTERM (then unmounts).
+//!     adopts what arrives, prints `adopted`, and serves until SIGTERM (then unmounts). With
+//!     `refuse` it takes the value, refuses it, prints `refused` and exits: the predecessor goes
+//!     on serving (its `handover` falls back to serving when the successor refuses).
 
 use std::io::Write;
 use std::time::Duration;
@@ -77,12 +79,18 @@ async fn serve(args: &[String]) -> anyhow::Result<()> {
                     State::Quiesced(q) => q,
                     State::Serving(m) => m.quiesce(Duration::from_secs(30)).await.map_err(|(_, e)| e)?,
                 };
-                let h = q.handover()?;
                 let std = conn.into_inner().into_std()?;
                 std.set_nonblocking(false)?;
-                h.send(&std)?;
-                say("handed over");
-                return Ok(());
+                match tokio::task::block_in_place(|| q.send_to(&std, Duration::from_secs(60))) {
+                    Ok(()) => {
+                        say("handed over");
+                        return Ok(());
+                    }
+                    Err((m, e)) => {
+                        eprintln!("mountd: {e}");
+                        State::Serving(m)
+                    }
+                }
             }
             (other, s) => {
                 conn.get_mut().write_all(format!("unknown or out of turn: {other}\n").as_bytes()).await?;
@@ -98,7 +106,11 @@ async fn serve(args: &[String]) -> anyhow::Result<()> {
 }
 
 async fn adopt(args: &[String]) -> anyhow::Result<()> {
-    let [socket] = args else { bail!("usage: mountd adopt SOCKET") };
+    let (socket, refuse) = match args {
+        [socket] => (socket, false),
+        [socket, r] if r == "refuse" => (socket, true),
+        _ => bail!("usage: mountd adopt SOCKET [refuse]"),
+    };
     // Started early (a process started while the mount is frozen would hang in exec, closing
     // the files on the mount it inherited), it waits for the word.
     say("ready");
@@ -106,9 +118,16 @@ async fn adopt(args: &[String]) -> anyhow::Result<()> {
     std::io::stdin().read_line(&mut go)?;
     let std = std::os::unix::net::UnixStream::connect(socket).with_context(|| format!("connecting to {socket}"))?;
     (&std).write_all(b"handover\n")?;
-    let h = Handover::receive(&std)?;
+    if refuse {
+        // A successor that takes the value and declines it (as one that cannot read its version
+        // would): the predecessor must go on serving.
+        drop(Handover::receive(&std)?);
+        (&std).write_all(b"refused by request\n")?;
+        say("refused");
+        return Ok(());
+    }
     fs_core::mount::keep_freed_buffers();
-    let m = Mount::adopt(h).await?;
+    let m = Mount::adopt_from(&std).await?;
     say("adopted");
     m.serve_until(terminated()).await?;
     Ok(())

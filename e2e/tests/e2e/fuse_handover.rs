@@ -114,24 +114,38 @@ async fn a_mount_handed_to_another_process_keeps_files_locks_and_waiters() {
     // A failure while the holder is frozen must not leave this process closing files on it.
     let _abort = AbortOnPanic(mp.clone());
     let user = User::start(&mp);
+    // Successors are started before the holder freezes (see `Mountd::successor`).
+    let mut refuser = Mountd::refusing_successor(&socket);
     let mut successor = Mountd::successor(&socket);
     // Freeze the holder at the quiesce point: one lock wait (the waiter's) travels on.
     assert_eq!(control(&socket, "quiesce"), "quiesced 1");
-    // A create and a stat made now wait: nobody reads the kernel's queue.
+    // A create and a readdir made now wait: nobody reads the kernel's queue.
     let (created, listed) = (mp.join("made-meanwhile"), mp.clone());
     let create = in_thread(move || std::fs::write(&created, b"queued"));
     let stat = in_thread(move || std::fs::read_dir(&listed).map(|d| d.count()));
     std::thread::sleep(Duration::from_millis(200));
     assert!(create.try_recv().is_err(), "a create was answered while the holder was frozen");
     assert!(stat.try_recv().is_err(), "a readdir was answered while the holder was frozen");
-    // The mount's root directory is renamed meanwhile (another mount): the successor keeps it.
+    // A successor that refuses the value leaves the holder serving: the waiting requests are
+    // answered by it.
+    assert_eq!(refuser.adopt(), "refused");
+    create.recv_timeout(Duration::from_secs(10)).expect("the holder did not serve again").unwrap();
+    stat.recv_timeout(Duration::from_secs(10)).expect("the holder did not serve again").unwrap();
+    // Frozen again, with a request waiting; the mount's root directory is renamed meanwhile
+    // (through another mount): the successor keeps it.
+    assert_eq!(control(&socket, "quiesce"), "quiesced 1");
+    let created = mp.join("made-while-frozen");
+    let create = in_thread(move || std::fs::write(&created, b"queued"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(create.try_recv().is_err(), "a create was answered while the holder was frozen");
     std::fs::rename(other.path.join("team"), other.path.join("team-renamed")).unwrap();
-    successor.adopt();
+    assert_eq!(successor.adopt(), "adopted");
     assert!(holder.exited(Duration::from_secs(10)).is_some_and(|s| s.success()), "the holder did not exit cleanly");
     create.recv_timeout(Duration::from_secs(10)).expect("the queued create was not answered").unwrap();
-    stat.recv_timeout(Duration::from_secs(10)).expect("the queued readdir was not answered").unwrap();
     user.finish(&other.path.join("team-renamed"));
-    assert_eq!(std::fs::read(other.path.join("team-renamed/made-meanwhile")).unwrap(), b"queued");
+    for f in ["made-meanwhile", "made-while-frozen"] {
+        assert_eq!(std::fs::read(other.path.join("team-renamed").join(f)).unwrap(), b"queued", "{f}");
+    }
     assert_eq!(std::fs::read(other.path.join("team-renamed/held")).unwrap(), b"before after");
     assert!(successor.terminate().success());
     assert!(!e2e::stratusfs::is_mounted(&mp), "the successor's SIGTERM left the mount behind");

@@ -185,7 +185,7 @@ impl StratusFs {
                         stream = None;
                         retry_at = Instant::now() + Duration::from_secs(1);
                         fs.deleg.lock().watching = false;
-                        fs.give_back_all().await;
+                        let _ = fs.give_back_all().await;
                     }
                     None => fs.tick().await,
                 }
@@ -237,12 +237,18 @@ impl StratusFs {
         }
     }
 
-    /// Applies every delegation's creates and gives them all back (unmount, lost stream).
-    pub async fn give_back_all(&self) {
+    /// Applies every delegation's creates and gives them all back (unmount, lost stream, a
+    /// handover); the first error, after trying every directory.
+    pub async fn give_back_all(&self) -> FsResult<()> {
         let dirs: Vec<u64> = self.deleg.lock().dirs.keys().copied().collect();
+        let mut result = Ok(());
         for dir in dirs {
-            let _ = self.apply_dir(dir, true, false).await;
+            let r = self.apply_dir(dir, true, false).await;
+            if result.is_ok() {
+                result = r;
+            }
         }
+        result
     }
 
     /// The reply to a change of this mount that adds `name` to `dir`. Made: the name is noted in
@@ -321,7 +327,22 @@ impl StratusFs {
     /// Sends `dir`'s pending creates in one Apply (with `give_back`, ending the delegation),
     /// then commits the data of those already closed. Creates the server refuses are lost: they
     /// were never fsynced; the error says so in the log.
+    ///
+    /// Runs to its end even if the caller is cancelled (an interrupted lock wait that settles a
+    /// directory, the delegations' timer stopped by a handover): it takes the creates out of the
+    /// directory before the Apply, so a cancellation half way would lose them. It runs as a task
+    /// of its own, which the caller awaits.
     pub(super) async fn apply_dir(&self, dir: u64, give_back: bool, durable: bool) -> FsResult<()> {
+        match self.me.get().and_then(std::sync::Weak::upgrade) {
+            Some(me) => tokio::spawn(async move { me.apply_dir_now(dir, give_back, durable).await })
+                .await
+                .unwrap_or(Err(libc::EIO)),
+            // Not in an Arc (the filesystem's own unit tests): nothing cancels it there.
+            None => self.apply_dir_now(dir, give_back, durable).await,
+        }
+    }
+
+    async fn apply_dir_now(&self, dir: u64, give_back: bool, durable: bool) -> FsResult<()> {
         let _one = self.applying.lock().await;
         let (epoch, creates, inos) = {
             let mut st = self.deleg.lock();
@@ -360,7 +381,7 @@ impl StratusFs {
         // whoever recalled it must find the bytes.
         let end_now = give_back && creates.is_empty();
         let req = pb::ApplyRequest { ctx: Some(self.session.root()), dir, epoch, creates, give_back: end_now, durable };
-        let before = self.data.epoch();
+        let before = self.data.attrs.epoch();
         let r = self.rpc().apply(req).await;
         let mut result = Ok(());
         let applied = match r {
@@ -370,7 +391,7 @@ impl StratusFs {
                     if let Some(d) = self.deleg.lock().dirs.get_mut(&dir) {
                         d.attr = Some(a);
                     }
-                    self.data.remember_attrs(Some(a), before);
+                    self.data.attrs.remember(Some(a), before);
                 }
                 true
             }

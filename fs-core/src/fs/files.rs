@@ -62,10 +62,10 @@ impl StratusFs {
             exclusive: flags as i32 & libc::O_EXCL != 0,
             ..Default::default()
         };
-        let before = self.data.epoch();
+        let before = self.data.attrs.epoch();
         let r = self.rpc().create(req).await;
         let r = self.named_in(parent, name, r).await?;
-        self.data.remember_attrs(r.parent, before);
+        self.data.attrs.remember(r.parent, before);
         let attr = r.attr.unwrap_or_default();
         if r.created {
             self.created_without_capability(attr.ino);

@@ -36,10 +36,11 @@ pub struct FsHandover {
 impl StratusFs {
     /// Makes what this mount holds the server's, for a successor that resumes its session:
     /// creates under delegations are applied and the delegations given back, every file's
-    /// unflushed writes are committed durably, and quota reserved for writes is given back.
+    /// unflushed writes are committed, quota reserved for writes is given back, and then every
+    /// change this session made is made durable.
     /// Call it once no request is being served.
     pub async fn quiesce(&self) -> FsResult<()> {
-        self.give_back_all().await;
+        self.give_back_all().await?;
         if !self.deleg.lock().dirs.is_empty() {
             tracing::error!("a delegation is still held after giving them all back");
             return Err(libc::EIO);
@@ -48,10 +49,11 @@ impl StratusFs {
         let c = Ctx::default();
         for f in files {
             let mut st = f.lock().await;
-            self.data.commit(c, &mut st, true).await?;
+            self.data.commit(c, &mut st, false).await?;
             self.data.idle(c, &mut st).await;
         }
-        Ok(())
+        // Every change of this session durable at once (commits at close, applied creates).
+        self.sync_all(c).await
     }
 
     /// The open handles and the files they are open on (see [`FsHandover`]).

@@ -91,6 +91,9 @@ pub struct StratusFs {
     deleg: Mutex<deleg::State>,
     /// One Apply at a time.
     applying: tokio::sync::Mutex<()>,
+    /// This filesystem, once it is shared ([`StratusFs::into_arc`]): work that must not be
+    /// cancelled half way runs as a task of its own.
+    me: std::sync::OnceLock<std::sync::Weak<StratusFs>>,
 }
 
 impl StratusFs {
@@ -110,6 +113,7 @@ impl StratusFs {
             no_capability: Mutex::new(HashMap::new()),
             deleg: Mutex::new(deleg::State::default()),
             applying: tokio::sync::Mutex::new(()),
+            me: std::sync::OnceLock::new(),
         })
     }
 
@@ -129,6 +133,13 @@ impl StratusFs {
         Ok(())
     }
 
+    /// Shares the filesystem (what a mount does with it).
+    pub fn into_arc(self) -> Arc<StratusFs> {
+        let fs = Arc::new(self);
+        let _ = fs.me.set(Arc::downgrade(&fs));
+        fs
+    }
+
     /// The inode the mount shows as its root.
     pub fn root(&self) -> u64 {
         self.root
@@ -138,6 +149,12 @@ impl StratusFs {
     /// renamed meanwhile).
     pub fn set_root(&mut self, ino: u64) {
         self.root = ino;
+    }
+
+    /// The size of the pieces a write's bytes are best handed over in: the block store's chunk,
+    /// so aligned pieces become the file's chunks without a copy ([`WriteData::pieces`]).
+    pub fn write_piece(&self) -> usize {
+        data::dirty::CS
     }
 
     pub fn block_size(&self) -> u64 {
@@ -166,19 +183,19 @@ impl StratusFs {
         self.files.lock().get(&ino).cloned()
     }
 
-    /// Voids every remembered attribute (see [`data::DataPath::recent_attr`]): called after every
+    /// Voids every remembered attribute (see [`data::RecentAttrs::get`]): called after every
     /// change whose reply does not say what it did to each inode it touched. With `before` (the
     /// epoch read before the change was sent): the new epoch if no other change voided them
     /// meanwhile, so what the reply says may be remembered under it.
     fn changed_outside_data_path(&self, before: u64) -> Option<u64> {
-        let prev = self.data.epoch.fetch_add(1, Ordering::SeqCst);
+        let prev = self.data.attrs.bump();
         (prev == before).then_some(prev + 1)
     }
 
     /// [`Self::changed_outside_data_path`] for a change whose reply is not remembered at all
     /// (setattr, xattrs, fallocate).
     fn void_remembered_attrs(&self) {
-        self.data.epoch.fetch_add(1, Ordering::SeqCst);
+        self.data.attrs.bump();
     }
 
     /// After unlink, rmdir or rename (sent in epoch `before`): the removed or moved inode's
@@ -192,8 +209,8 @@ impl StratusFs {
         let after = self.changed_outside_data_path(before);
         let r = r.map_err(errno_of)?.into_inner();
         if let Some(e) = after {
-            self.data.remember_attrs(r.parent, e);
-            self.data.remember_attrs(r.new_parent, e);
+            self.data.attrs.remember(r.parent, e);
+            self.data.attrs.remember(r.new_parent, e);
         }
         Ok(r)
     }

@@ -22,7 +22,7 @@ impl StratusFs {
         }
         self.settle(&[ino]).await?;
         // Right after this mount committed the file or changed the directory, the reply is the answer.
-        if let Some(a) = self.data.recent_attr(ino) {
+        if let Some(a) = self.data.attrs.get(ino) {
             return Ok(a);
         }
         let r = self.rpc().get_attr(pb::InodeRequest { ctx: self.ctx(c), ino }).await;
@@ -69,10 +69,10 @@ impl StratusFs {
         let dir = node.kind == pb::FileKind::Directory;
         self.settle(&[req.parent]).await?;
         let (parent, name) = (req.parent, req.name.clone());
-        let before = self.data.epoch();
+        let before = self.data.attrs.epoch();
         let r = if dir { self.rpc().mk_dir(req).await } else { self.rpc().mk_nod(req).await };
         let r = self.named_in(parent, &name, r).await?;
-        self.data.remember_attrs(r.parent, before);
+        self.data.attrs.remember(r.parent, before);
         Ok(r.attr.unwrap_or_default())
     }
 
@@ -80,10 +80,10 @@ impl StratusFs {
         check_name(name)?;
         let req = pb::SymlinkRequest { ctx: self.ctx(c), parent, name: name.to_vec(), target: target.to_vec() };
         self.settle(&[req.parent]).await?;
-        let before = self.data.epoch();
+        let before = self.data.attrs.epoch();
         let r = self.rpc().symlink(req).await;
         let r = self.named_in(parent, name, r).await?;
-        self.data.remember_attrs(r.parent, before);
+        self.data.attrs.remember(r.parent, before);
         Ok(r.attr.unwrap_or_default())
     }
 
@@ -99,7 +99,7 @@ impl StratusFs {
         }
         self.settle(&[parent]).await?;
         let req = pb::NameRequest { ctx: self.ctx(c), parent, name: name.to_vec() };
-        let before = self.data.epoch();
+        let before = self.data.attrs.epoch();
         let r = self.rpc().unlink(req).await;
         let r = self.removed_or_renamed(before, r)?;
         self.deleg.lock().noted(parent, None, Some(name), r.parent);
@@ -111,7 +111,7 @@ impl StratusFs {
         // The directory removed may be one this mount holds: what is pending there goes first.
         self.settle_all().await?;
         let req = pb::NameRequest { ctx: self.ctx(c), parent, name: name.to_vec() };
-        let before = self.data.epoch();
+        let before = self.data.attrs.epoch();
         let r = self.rpc().rm_dir(req).await;
         let r = self.removed_or_renamed(before, r)?;
         self.deleg.lock().noted(parent, None, Some(name), r.parent);
@@ -139,7 +139,7 @@ impl StratusFs {
         };
         // The entry replaced may be a directory this mount holds: what is pending there goes first.
         self.settle_all().await?;
-        let before = self.data.epoch();
+        let before = self.data.attrs.epoch();
         let (p, np) = (req.parent, req.new_parent);
         let r = self.rpc().rename(req).await;
         if let Err(s) = &r {
@@ -158,12 +158,12 @@ impl StratusFs {
         let req = pb::LinkRequest { ctx: self.ctx(c), ino, new_parent, new_name: new_name.to_vec() };
         self.settle(&[req.ino, req.new_parent]).await?;
         let np = req.new_parent;
-        let before = self.data.epoch();
+        let before = self.data.attrs.epoch();
         let r = self.rpc().link(req).await;
         let after = self.changed_outside_data_path(before);
         let r = self.named_in(np, new_name, r).await?;
         if let Some(e) = after {
-            self.data.remember_attrs(r.parent, e);
+            self.data.attrs.remember(r.parent, e);
         }
         Ok(self.local_attr(r.attr.unwrap_or_default()).await)
     }

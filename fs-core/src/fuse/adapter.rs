@@ -414,6 +414,6 @@ impl Handler for Adapter {
     /// A WRITE's payload arrives in the block store's chunks, so aligned pieces become the
     /// file's chunks without a copy (docs/decisions.md, "Writes without a copy").
     fn payload_piece(&self) -> usize {
-        crate::blockstore::codec::CHUNK_SIZE
+        self.fs.write_piece()
     }
 }

@@ -362,9 +362,31 @@ pub struct Replier {
     chan: Arc<Channel>,
     interrupts: Option<Arc<Mutex<Interrupts>>>,
     _active: Option<ActiveGuard>,
+    replied: bool,
+}
+
+impl Drop for Replier {
+    /// A request whose handler ended without answering (it panicked, or its task was dropped
+    /// with the runtime) gets EIO, unless an interrupt or a stop took the reply: the kernel must
+    /// never wait for an answer no one will send.
+    fn drop(&mut self) {
+        if !self.replied && self.take() {
+            tracing::error!(unique = self.unique, "a request ended without a reply; answering EIO");
+            self.send(-libc::EIO, &[]);
+        }
+    }
 }
 
 impl Replier {
+    fn new(
+        unique: u64,
+        chan: Arc<Channel>,
+        interrupts: Option<Arc<Mutex<Interrupts>>>,
+        active: Option<ActiveGuard>,
+    ) -> Replier {
+        Replier { unique, chan, interrupts, _active: active, replied: false }
+    }
+
     /// Whether this replier still owns the reply (an interrupt or a stop may have taken it).
     fn take(&self) -> bool {
         match &self.interrupts {
@@ -374,17 +396,24 @@ impl Replier {
     }
 
     /// Sends `parts` as the reply.
-    pub fn ok(self, parts: &[&[u8]]) {
+    pub fn ok(mut self, parts: &[&[u8]]) {
+        self.replied = true;
         if self.take() {
             self.send(0, parts);
         }
     }
 
     /// Sends an error reply (`errno` positive).
-    pub fn err(self, errno: i32) {
+    pub fn err(mut self, errno: i32) {
+        self.replied = true;
         if self.take() {
             self.send(-errno.abs(), &[]);
         }
+    }
+
+    /// The reply was sent without this replier (an interrupt before the task started).
+    fn replied_elsewhere(mut self) {
+        self.replied = true;
     }
 
     fn send(&self, error: i32, parts: &[&[u8]]) {
@@ -483,6 +512,21 @@ struct Stop {
     event: EventFd,
 }
 
+impl Stop {
+    fn new() -> std::io::Result<Stop> {
+        Ok(Stop { stopping: AtomicBool::new(false), event: EventFd::from_flags(EfdFlags::EFD_CLOEXEC)? })
+    }
+}
+
+/// Why [`Session::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// [`Session::stop`]: the connection lives on for whoever reads it next.
+    Stopped,
+    /// The filesystem was unmounted (or the kernel sent DESTROY).
+    Unmounted,
+}
+
 /// Points where a test can hold a reader (to order what two readers do).
 #[cfg_attr(not(test), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -500,7 +544,8 @@ pub struct Session {
     chans: Arc<Vec<Arc<Channel>>>,
     interrupts: Arc<Mutex<Interrupts>>,
     active: Arc<Active>,
-    stop: Mutex<Option<Arc<Stop>>>,
+    /// The switch of the next (or running) [`Session::run`].
+    stop: Mutex<Arc<Stop>>,
     #[cfg(test)]
     hook: Option<Arc<dyn Fn(Hook) + Send + Sync>>,
 }
@@ -521,7 +566,7 @@ impl Session {
             chans: Arc::new(chans.into_iter().map(Arc::new).collect()),
             interrupts: Default::default(),
             active: Default::default(),
-            stop: Mutex::new(None),
+            stop: Mutex::new(Arc::new(Stop::new()?)),
             #[cfg(test)]
             hook: None,
         })
@@ -547,10 +592,8 @@ impl Session {
 
     /// Serves requests, one reader thread per channel, until the filesystem is unmounted (or
     /// DESTROY), or [`Session::stop`]. Blocks the calling thread; tasks run on `rt`.
-    pub fn run<H: Handler>(&self, handler: Arc<H>, rt: tokio::runtime::Handle) -> std::io::Result<()> {
-        let stop =
-            Arc::new(Stop { stopping: AtomicBool::new(false), event: EventFd::from_flags(EfdFlags::EFD_CLOEXEC)? });
-        *self.stop.lock() = Some(stop.clone());
+    pub fn run<H: Handler>(&self, handler: Arc<H>, rt: tokio::runtime::Handle) -> std::io::Result<Ended> {
+        let stop = self.stop.lock().clone();
         let mut readers = Vec::new();
         for i in 0..self.chans.len() {
             let reader = Reader {
@@ -572,25 +615,31 @@ impl Session {
                 result = Err(e);
             }
         }
-        result
+        result?;
+        Ok(if stop.stopping.load(Ordering::SeqCst) { Ended::Stopped } else { Ended::Unmounted })
     }
 
-    /// Makes the readers of the running [`Session::run`] leave without reading another request
-    /// (it returns once they have). Requests already read go on and are answered.
+    /// A fresh stop switch for the next [`Session::run`] (after a stop, to serve again). Call it
+    /// before starting `run`, so that a [`Session::stop`] right after cannot miss the readers.
+    pub fn arm(&self) -> std::io::Result<()> {
+        *self.stop.lock() = Arc::new(Stop::new()?);
+        Ok(())
+    }
+
+    /// Makes the readers of the running (or next) [`Session::run`] leave without reading another
+    /// request (it returns once they have). Requests already read go on and are answered.
     pub fn stop(&self) {
-        if let Some(s) = self.stop.lock().as_ref() {
-            s.stopping.store(true, Ordering::SeqCst);
-            let _ = s.event.write(1);
-        }
+        let s = self.stop.lock().clone();
+        s.stopping.store(true, Ordering::SeqCst);
+        let _ = s.event.write(1);
     }
 
     /// After a stop: the interruptible requests still waiting, taken from their tasks (aborted,
     /// never answered here) so that whoever serves the connection next answers them.
     pub fn take_waiting(&self) -> Vec<PendingRequest> {
-        let mut g = self.interrupts.lock();
-        let mut out: Vec<PendingRequest> = g
-            .waiting
-            .drain()
+        let taken: Vec<(u64, Waiting)> = self.interrupts.lock().waiting.drain().collect();
+        let mut out: Vec<PendingRequest> = taken
+            .into_iter()
             .map(|(unique, w)| {
                 w.task.abort();
                 PendingRequest { unique, channel: w.channel, bytes: w.bytes }
@@ -628,12 +677,7 @@ impl Session {
                 );
                 continue;
             };
-            let reply = Replier {
-                unique: p.unique,
-                chan: chan.clone(),
-                interrupts: Some(self.interrupts.clone()),
-                _active: None,
-            };
+            let reply = Replier::new(p.unique, chan.clone(), Some(self.interrupts.clone()), None);
             let mut g = self.interrupts.lock();
             let task = rt.spawn(handler.clone().handle(req, reply));
             g.waiting.insert(p.unique, Waiting { task: task.abort_handle(), channel: p.channel, bytes: p.bytes });
@@ -701,16 +745,12 @@ impl Reader {
                     let unique = header.unique;
                     if handler.interruptible(&header) {
                         self.hook(Hook::BeforeRegister(unique));
-                        let reply = Replier {
-                            unique,
-                            chan: chan.clone(),
-                            interrupts: Some(self.interrupts.clone()),
-                            _active: None,
-                        };
+                        let reply = Replier::new(unique, chan.clone(), Some(self.interrupts.clone()), None);
                         // Register before the task can run, so its reply finds the registration.
                         let mut g = self.interrupts.lock();
                         if g.early.remove(&unique).is_some() {
                             drop(g);
+                            reply.replied_elsewhere();
                             // Interrupted before it was registered: nothing was done yet.
                             let _ = chan.send(unique, -libc::EINTR, &[]);
                             tracing::debug!(unique, "interrupted before it started");
@@ -720,12 +760,7 @@ impl Reader {
                         let task = rt.spawn(handler.clone().handle(req, reply));
                         g.waiting.insert(unique, Waiting { task: task.abort_handle(), channel: self.index, bytes });
                     } else {
-                        let reply = Replier {
-                            unique,
-                            chan: chan.clone(),
-                            interrupts: None,
-                            _active: Some(ActiveGuard::new(&self.active)),
-                        };
+                        let reply = Replier::new(unique, chan.clone(), None, Some(ActiveGuard::new(&self.active)));
                         run_inline_first(&rt, handler.clone().handle(req, reply));
                     }
                 }
@@ -846,7 +881,7 @@ mod tests {
         ka.send(&request(opcode::GETATTR, 12, &[0; 16])).unwrap();
         assert_eq!(reply(&ka).map(|r| (r.unique, r.error)), Some((12, 0)));
         session.stop();
-        serving.join().unwrap().unwrap();
+        assert_eq!(serving.join().unwrap().unwrap(), Ended::Stopped);
     }
 
     #[test]
@@ -862,7 +897,7 @@ mod tests {
         assert_eq!(reply(&ka).map(|r| r.unique), Some(21));
         std::thread::sleep(Duration::from_millis(50));
         session.stop();
-        serving.join().unwrap().unwrap();
+        assert_eq!(serving.join().unwrap().unwrap(), Ended::Stopped);
         // Queued after the stop: nobody reads it.
         ka.send(&request(opcode::GETATTR, 22, &[0; 16])).unwrap();
         rt.block_on(session.drained());
@@ -882,6 +917,6 @@ mod tests {
         ka.send(&request(opcode::INTERRUPT, 23, abi::InterruptIn { unique: 20 }.bytes())).unwrap();
         assert_eq!(reply(&ka).map(|r| (r.unique, r.error)), Some((20, -libc::EINTR)));
         next.stop();
-        serving.join().unwrap().unwrap();
+        assert_eq!(serving.join().unwrap().unwrap(), Ended::Stopped);
     }
 }

@@ -23,8 +23,13 @@ use crate::tls::ClientTrust;
 /// The version of [`HandoverState`] this build writes and reads.
 pub const HANDOVER_VERSION: u32 = 1;
 
-/// The most fds a handover passes (one per FUSE reader thread; `threads` is at most 64).
-const MAX_FDS: usize = 64;
+/// Room for the most fds one SCM_RIGHTS message can carry (the kernel's SCM_MAX_FD), so a
+/// message is never cut short with fds installed that no one would close. A handover passes one
+/// per FUSE reader thread (`threads` is at most 64).
+const MAX_FDS: usize = 253;
+
+/// The largest handover value read (its handles and lock waits; far more than a mount holds).
+const MAX_VALUE: usize = 64 << 20;
 
 /// A handover that cannot be made, read or passed.
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +47,9 @@ pub enum HandoverError {
     Io(#[from] std::io::Error),
 }
 
-/// What a successor needs besides the fds (serialisable; see [`Handover`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// What a successor needs besides the fds (serialisable; see [`Handover`]). Its `Debug` leaves
+/// the token out.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct HandoverState {
     pub version: u32,
     pub source: Source,
@@ -64,6 +70,24 @@ pub struct HandoverState {
     pub pending: Vec<PendingRequest>,
     /// How many fds travel with the value: the FUSE channels, in order.
     pub fds: usize,
+}
+
+impl std::fmt::Debug for HandoverState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandoverState")
+            .field("version", &self.version)
+            .field("source", &self.source)
+            .field("mountpoint", &self.mountpoint)
+            .field("options", &self.options)
+            .field("token", &"(hidden)")
+            .field("init", &self.init)
+            .field("root", &self.root)
+            .field("session", &self.session)
+            .field("fs", &self.fs)
+            .field("pending", &self.pending)
+            .field("fds", &self.fds)
+            .finish()
+    }
 }
 
 /// A mount handed over: the state and the `/dev/fuse` fds (one per channel, the mount's own fd
@@ -121,6 +145,9 @@ impl Handover {
             let mut iov = [IoSliceMut::new(&mut len)];
             let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
                 .map_err(std::io::Error::from)?;
+            if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                return Err(HandoverError::Parse("the fds arrived cut short (more than a message can carry)".into()));
+            }
             let mut fds = Vec::new();
             for c in msg.cmsgs().map_err(std::io::Error::from)? {
                 if let ControlMessageOwned::ScmRights(raw) = c {
@@ -135,7 +162,11 @@ impl Handover {
             return Err(HandoverError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
         (&*sock).read_exact(&mut len[got..])?;
-        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+        let n = u32::from_le_bytes(len) as usize;
+        if n > MAX_VALUE {
+            return Err(HandoverError::Parse(format!("a value of {n} bytes (at most {MAX_VALUE})")));
+        }
+        let mut body = vec![0u8; n];
         (&*sock).read_exact(&mut body)?;
         let state = HandoverState::from_bytes(&body)?;
         if state.fds != fds.len() || fds.is_empty() {

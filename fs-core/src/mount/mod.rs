@@ -10,6 +10,8 @@
 pub mod handover;
 pub mod options;
 
+use std::io::{BufRead, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use crate::fs::handover::FsHandover;
 use crate::fuse::abi::init;
 use crate::fuse::adapter::Adapter;
 use crate::fuse::mount::{mount, unmount};
-use crate::fuse::session::{Channel, InitWanted, PendingRequest, Session as FuseSession, handshake};
+use crate::fuse::session::{Channel, Ended, InitWanted, PendingRequest, Session as FuseSession, handshake};
 use crate::metaclient::{ClientError, Session, connect};
 use crate::tls::ClientTrust;
 use handover::{HANDOVER_VERSION, Handover, HandoverError, HandoverState};
@@ -49,9 +51,9 @@ pub enum MountError {
     #[error(transparent)]
     Source(#[from] BadSource),
     #[error("{0}")]
-    Connect(#[source] ClientError),
+    Connect(#[source] Box<ClientError>),
     #[error("opening a session on volume {volume:?} at {server}: {source}")]
-    Session { volume: String, server: String, source: ClientError },
+    Session { volume: String, server: String, source: Box<ClientError> },
     #[error("the volume's data path: {0}")]
     DataPath(String),
     #[error("resolving the subpath {path:?}: {why}")]
@@ -116,15 +118,17 @@ struct Parts {
 
 /// What runs while a mount serves.
 struct Serving {
-    done: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+    done: tokio::sync::oneshot::Receiver<std::io::Result<Ended>>,
     heartbeat: tokio::task::JoinHandle<()>,
     delegations: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// A live mount. Dropping it without [`Mount::unmount`] or a handover closes its FUSE fds, which
-/// ends the mount (the kernel answers ENOTCONN).
+/// A live mount. End it with [`Mount::unmount`], [`Mount::wait`] / [`Mount::serve_until`], or a
+/// handover; a `Mount` that is dropped is detached: its threads go on serving until the
+/// filesystem is unmounted from outside.
 pub struct Mount {
-    parts: Parts,
+    /// Boxed: a mount travels back in errors (a quiesce or handover that failed still serves).
+    parts: Box<Parts>,
     serving: Serving,
 }
 
@@ -132,9 +136,11 @@ pub struct Mount {
 /// which travel on), its data is committed, its delegations are given back, and its server session
 /// stays open. Hand it over ([`Quiesced::handover`]) or go on serving ([`Quiesced::resume`]).
 pub struct Quiesced {
-    parts: Parts,
+    parts: Box<Parts>,
     pending: Vec<PendingRequest>,
     handles: FsHandover,
+    /// The session's heartbeat runs until a successor has it.
+    heartbeat: tokio::task::JoinHandle<()>,
 }
 
 fn client_name(mountpoint: &Path) -> String {
@@ -146,12 +152,16 @@ impl Mount {
     /// Connects, opens a session, mounts and serves; the kernel is initialised when this returns.
     pub async fn start(spec: MountSpec) -> Result<Mount, MountError> {
         let MountSpec { source, mountpoint, options, credentials } = &spec;
-        let channel =
-            connect(&source.server, &credentials.trust, options.meta_wait).await.map_err(MountError::Connect)?;
-        let session =
-            Session::open(channel, &source.volume, &credentials.token, &client_name(mountpoint)).await.map_err(
-                |e| MountError::Session { volume: source.volume.clone(), server: source.server.clone(), source: e },
-            )?;
+        let channel = connect(&source.server, &credentials.trust, options.meta_wait)
+            .await
+            .map_err(|e| MountError::Connect(Box::new(e)))?;
+        let session = Session::open(channel, &source.volume, &credentials.token, &client_name(mountpoint))
+            .await
+            .map_err(|e| MountError::Session {
+                volume: source.volume.clone(),
+                server: source.server.clone(),
+                source: Box::new(e),
+            })?;
         let mut fs = StratusFs::new(session.clone(), options.fs.clone()).map_err(MountError::DataPath)?;
         if !source.subpath.is_empty() {
             fs.set_root_path(&source.subpath)
@@ -196,8 +206,9 @@ impl Mount {
             return Err(HandoverError::Fds { expected: state.fds, got: fds.len() }.into());
         }
         let id = hex::decode(&state.session).map_err(|_| adopt_err(format!("bad session id {:?}", state.session)))?;
-        let channel =
-            connect(&state.source.server, &state.trust, state.options.meta_wait).await.map_err(MountError::Connect)?;
+        let channel = connect(&state.source.server, &state.trust, state.options.meta_wait)
+            .await
+            .map_err(|e| MountError::Connect(Box::new(e)))?;
         let session =
             Session::resume_id(channel, &state.source.volume, &state.token, &client_name(&state.mountpoint), &id)
                 .await
@@ -220,8 +231,12 @@ impl Mount {
 
     /// Starts the readers (after registering lock waits a predecessor read), the heartbeat and
     /// the delegations' timer.
-    fn serve(parts: Parts, pending: Vec<PendingRequest>) -> Mount {
+    fn serve(parts: Box<Parts>, pending: Vec<PendingRequest>) -> Mount {
         let rt = tokio::runtime::Handle::current();
+        // A fresh stop switch before the readers start: a quiesce right after must reach them.
+        if let Err(e) = parts.fuse.arm() {
+            tracing::error!(error = %e, "arming the FUSE session's stop switch failed");
+        }
         parts.fuse.resume_waiting(&parts.adapter, &rt, pending);
         let heartbeat = parts.session.spawn_heartbeat();
         let delegations = parts.fs.start_delegations();
@@ -295,7 +310,9 @@ impl Mount {
         if let Some(d) = &self.serving.delegations {
             d.abort();
         }
-        self.parts.fs.give_back_all().await;
+        if let Err(errno) = self.parts.fs.give_back_all().await {
+            tracing::error!(errno, "giving the delegations back failed; files created under them may be lost");
+        }
         self.serving.heartbeat.abort();
         if let Err(e) = self.parts.session.close().await {
             tracing::warn!(error = %e, "closing the session failed (it ends with its lease)");
@@ -306,32 +323,35 @@ impl Mount {
     /// [`Quiesced`]). Requests the kernel queues meanwhile wait for whoever serves next. When
     /// the requests already read are not answered within `timeout`, or the data cannot be
     /// committed, the mount goes on serving and comes back with the error.
+    ///
+    /// A request that waits for the kernel itself while being answered can hold the drain up
+    /// until the timeout: an open that drops the kernel's cached pages of a file waits for page
+    /// locks, which a read-ahead still queued (unread) holds. The mount then goes on serving.
     pub async fn quiesce(self, timeout: Duration) -> Result<Quiesced, (Mount, MountError)> {
         let Mount { parts, serving } = self;
+        let Serving { done, heartbeat, delegations } = serving;
         let mountpoint = parts.spec.mountpoint.clone();
-        let fail = |parts: Parts, pending, why: String| {
+        let fail = |parts: Box<Parts>, pending, why: String| {
+            heartbeat.abort();
             let m = Mount::serve(parts, pending);
             (m, MountError::Quiesce { mountpoint: mountpoint.clone(), why })
         };
         parts.fuse.stop();
         // The readers leave as soon as the request each is handling has been polled once.
-        let stopped = serving.done.await;
-        serving.heartbeat.abort();
-        if let Some(d) = &serving.delegations {
+        let stopped = done.await;
+        if let Some(d) = &delegations {
             d.abort();
         }
         match stopped {
-            Ok(Ok(())) => {}
+            Ok(Ok(Ended::Stopped)) => {}
+            Ok(Ok(Ended::Unmounted)) => return Err(fail(parts, Vec::new(), "it was unmounted meanwhile".into())),
             Ok(Err(e)) => return Err(fail(parts, Vec::new(), format!("the FUSE session failed: {e}"))),
             Err(_) => return Err(fail(parts, Vec::new(), "the FUSE session thread is gone".into())),
         }
         if tokio::time::timeout(timeout, parts.fuse.drained()).await.is_err() {
-            let pending = parts.fuse.take_waiting();
-            return Err(fail(
-                parts,
-                pending,
-                format!("requests read before the stop were not answered within {timeout:?}"),
-            ));
+            // The lock waits stay registered with their tasks: serving again takes them as they are.
+            let why = format!("requests read before the stop were not answered within {timeout:?}");
+            return Err(fail(parts, Vec::new(), why));
         }
         let pending = parts.fuse.take_waiting();
         if let Err(errno) = parts.fs.quiesce().await {
@@ -340,15 +360,33 @@ impl Mount {
         }
         let handles = parts.fs.handles().await;
         tracing::info!(mountpoint = %mountpoint.display(), lock_waits = pending.len(), handles = handles.handles.len(), "quiesced for a handover");
-        Ok(Quiesced { parts, pending, handles })
+        Ok(Quiesced { parts, pending, handles, heartbeat })
+    }
+
+    /// Receives a mount handed over on `sock` ([`Quiesced::send_to`]), adopts it
+    /// ([`Mount::adopt`]) and tells the predecessor whether it did: on a refusal (an unknown
+    /// version, a session the server no longer has, ...) the predecessor goes on serving.
+    pub async fn adopt_from(sock: &UnixStream) -> Result<Mount, MountError> {
+        let adopted = match Handover::receive(sock) {
+            Ok(h) => Mount::adopt(h).await,
+            Err(e) => Err(e.into()),
+        };
+        let answer = match &adopted {
+            Ok(_) => "adopted\n".to_string(),
+            Err(e) => format!("refused {}\n", e.to_string().replace('\n', " ")),
+        };
+        if let Err(e) = (&*sock).write_all(answer.as_bytes()) {
+            tracing::warn!(error = %e, "telling the predecessor the handover's outcome failed");
+        }
+        adopted
     }
 }
 
 impl Parts {
-    fn new(spec: MountSpec, session: Arc<Session>, fs: StratusFs, fuse: Arc<FuseSession>) -> Parts {
-        let fs = Arc::new(fs);
+    fn new(spec: MountSpec, session: Arc<Session>, fs: StratusFs, fuse: Arc<FuseSession>) -> Box<Parts> {
+        let fs = fs.into_arc();
         let adapter = Arc::new(Adapter { fs: fs.clone(), params: fuse.params, notifier: fuse.notifier() });
-        Parts { spec, session, fs, fuse, adapter }
+        Box::new(Parts { spec, session, fs, fuse, adapter })
     }
 }
 
@@ -358,11 +396,9 @@ impl Quiesced {
         self.pending.len()
     }
 
-    /// The handover value and duplicates of the FUSE fds. This process then holds nothing of the
-    /// mount: no reader, no heartbeat; the server session stays open for the successor (it
-    /// expires with its lease if no one resumes it).
-    pub fn handover(self) -> Result<Handover, MountError> {
-        let Quiesced { parts, pending, handles } = self;
+    /// The handover value and duplicates of the FUSE fds (the parts stay here).
+    fn value(&self) -> Result<Handover, MountError> {
+        let parts = &self.parts;
         let fds = parts.fuse.dup_fds().map_err(|e| MountError::Quiesce {
             mountpoint: parts.spec.mountpoint.clone(),
             why: format!("duplicating the FUSE fds: {e}"),
@@ -378,16 +414,60 @@ impl Quiesced {
             init: parts.fuse.params,
             root: parts.fs.root(),
             session: parts.session.id_hex(),
-            fs: handles,
-            pending,
+            fs: self.handles.clone(),
+            pending: self.pending.clone(),
             fds: fds.len(),
         };
         Ok(Handover { state, fds })
     }
 
+    /// The handover value and duplicates of the FUSE fds, for a successor in this process or one
+    /// reached by other means than [`Quiesced::send_to`]. This process then holds nothing of the
+    /// mount: no reader, no heartbeat; the server session stays open for the successor (it
+    /// expires with its lease if no one resumes it).
+    pub fn handover(self) -> Result<Handover, MountError> {
+        let h = self.value()?;
+        self.heartbeat.abort();
+        Ok(h)
+    }
+
+    /// Hands the mount to the successor on `sock` ([`Mount::adopt_from`]) and waits up to
+    /// `timeout` for its answer. Adopted: this process holds nothing of the mount any more. Refused,
+    /// or no answer: the mount goes on serving here and comes back with the error.
+    pub fn send_to(self, sock: &UnixStream, timeout: Duration) -> Result<(), (Mount, MountError)> {
+        let mountpoint = self.parts.spec.mountpoint.clone();
+        let refused =
+            |q: Quiesced, why: String| (q.resume(), MountError::Quiesce { mountpoint: mountpoint.clone(), why });
+        let h = match self.value() {
+            Ok(h) => h,
+            Err(e) => return Err((self.resume(), e)),
+        };
+        if let Err(e) = h.send(sock) {
+            return Err(refused(self, format!("sending the handover failed: {e}")));
+        }
+        drop(h);
+        let mut answer = String::new();
+        let read =
+            sock.set_read_timeout(Some(timeout)).and_then(|()| std::io::BufReader::new(sock).read_line(&mut answer));
+        match (read, answer.trim()) {
+            (Ok(_), "adopted") => {
+                tracing::info!(mountpoint = %mountpoint.display(), "handed over; the successor serves the mount");
+                self.heartbeat.abort();
+                Ok(())
+            }
+            (Ok(_), a) if a.starts_with("refused") => {
+                let why = format!("the successor {a}");
+                Err(refused(self, why))
+            }
+            (Ok(_), a) => Err(refused(self, format!("the successor closed the socket without adopting ({a:?})"))),
+            (Err(e), _) => Err(refused(self, format!("no answer from the successor within {timeout:?}: {e}"))),
+        }
+    }
+
     /// Goes on serving here (the successor failed or never came).
     pub fn resume(self) -> Mount {
         tracing::info!(mountpoint = %self.parts.spec.mountpoint.display(), "serving again after a quiesce");
+        self.heartbeat.abort();
         Mount::serve(self.parts, self.pending)
     }
 }
