@@ -182,3 +182,41 @@ async fn a_mount_handed_over_within_a_process_keeps_files_locks_and_waiters() {
     assert_eq!(std::fs::read(other.path.join("team-renamed/made-meanwhile")).unwrap(), b"queued");
     m.unmount().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_mounts_in_one_process_keep_their_own_caches_and_threads() {
+    let (meta, token, other) = world().await;
+    let mount = |mp: PathBuf, opts: &str| fs_core::MountSpec {
+        source: format!("stratusfs://{}/v", meta.addr).parse().unwrap(),
+        mountpoint: mp,
+        options: fs_core::MountOptions::parse(&[opts.into()]).unwrap(),
+        credentials: fs_core::Credentials { token: token.clone(), trust: meta.trust() },
+    };
+    let ((_da, a_mp), (_db, b_mp)) = (mountpoint(), mountpoint());
+    let a = fs_core::Mount::start(mount(a_mp.clone(), "threads=1,cache_mib=16")).await.unwrap();
+    let _abort_a = AbortOnPanic(a_mp.clone());
+    let b = fs_core::Mount::start(mount(b_mp.clone(), "threads=3,cache_mib=64,dirty_mib=8")).await.unwrap();
+    let _abort_b = AbortOnPanic(b_mp.clone());
+    assert_eq!((a.stats().channels, b.stats().channels), (1, 3), "each mount has the readers its options ask for");
+    assert_ne!(a.session_id(), b.session_id());
+    let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 253) as u8).collect();
+    std::fs::write(other.path.join("shared"), &data).unwrap();
+    let (pa, want) = (a_mp.join("shared"), data.clone());
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..3 {
+            assert_eq!(std::fs::read(&pa).unwrap(), want);
+            // Past the kernel's page cache: the next read asks the mount again.
+            std::fs::File::open(&pa).unwrap().sync_all().unwrap();
+            std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(sa.l1_fetches > 0 && sa.l1_hits > 0, "A read through its own cache: {sa:?}");
+    assert_eq!((sb.l1_fetches, sb.l1_hits), (0, 0), "B's cache saw none of A's reads: {sb:?}");
+    a.unmount().await.unwrap();
+    // B serves on after A is gone.
+    assert_eq!(tokio::task::spawn_blocking(move || std::fs::read(b_mp.join("shared")).unwrap()).await.unwrap(), data);
+    b.unmount().await.unwrap();
+}
