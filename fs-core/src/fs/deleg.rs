@@ -567,13 +567,13 @@ impl StratusFs {
                 );
                 return None;
             }
-            if d.attr.is_none() {
+            let Some(dattr) = d.attr else {
                 tracing::trace!(parent, "create not served under the delegation: directory attributes unknown");
-            }
+                return None;
+            };
             let ino = d.inos.next().expect("not empty");
             let fh = d.open_ids.next().expect("not empty");
             let t = now_timespec();
-            let dattr = d.attr?;
             let gid = if dattr.perm & S_ISGID != 0 { dattr.gid } else { c.gid };
             let attr = pb::Attr {
                 ino,

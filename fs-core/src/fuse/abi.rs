@@ -165,6 +165,7 @@ pub const FSYNC_FDATASYNC: u32 = 1 << 0;
 pub mod notify {
     pub const INVAL_INODE: i32 = 2;
     pub const INVAL_ENTRY: i32 = 3;
+    pub const RETRIEVE: i32 = 5;
 }
 
 #[repr(C)]
@@ -558,6 +559,18 @@ pub struct NotifyInvalEntryOut {
     pub flags: u32,
 }
 
+/// Asks the kernel for cached pages of `nodeid`; it answers with a FUSE_NOTIFY_REPLY request
+/// whose `unique` is `notify_unique` (queued behind the requests already pending).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NotifyRetrieveOut {
+    pub notify_unique: u64,
+    pub nodeid: u64,
+    pub offset: u64,
+    pub size: u32,
+    pub padding: u32,
+}
+
 wire!(
     InHeader,
     OutHeader,
@@ -600,6 +613,7 @@ wire!(
     LseekOut,
     NotifyInvalInodeOut,
     NotifyInvalEntryOut,
+    NotifyRetrieveOut,
 );
 
 /// Directory entries are padded to 8 bytes.
@@ -648,6 +662,7 @@ mod tests {
         assert_eq!(size_of::<LseekIn>(), 24);
         assert_eq!(size_of::<NotifyInvalInodeOut>(), 24);
         assert_eq!(size_of::<NotifyInvalEntryOut>(), 16);
+        assert_eq!(size_of::<NotifyRetrieveOut>(), 32);
     }
 
     #[test]

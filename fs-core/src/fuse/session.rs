@@ -19,23 +19,23 @@
 //! and another reader may read it before the reader that read the request has registered it: such
 //! an interrupt is kept (`early`) and the request is answered EINTR when it registers.
 //!
-//! Stopping ([`Session::stop`]): the channels are non-blocking and an idle reader waits in
-//! epoll on its channel and on the session's stop event, so readers leave without reading another
-//! request; what the kernel queues meanwhile stays queued for whoever reads the fds next. All
-//! channels share the kernel's one queue, so each reader watches its channel with EPOLLEXCLUSIVE:
-//! a request wakes one idle reader, not all of them (as an exclusive wait in read(2) did).
+//! Stopping ([`Session::stop`]): readers wait in a blocking read(2), where the kernel hands each
+//! request to the reader that has waited longest (so work spreads over the threads). To make them
+//! leave, the stop asks the kernel, once per reader, to retrieve zero bytes of the root
+//! (FUSE_NOTIFY_RETRIEVE); the kernel answers each with a FUSE_NOTIFY_REPLY request carrying the
+//! stop's nonce, queued behind the requests already pending. A reader that reads one leaves, so
+//! each reader reads at most up to its token: what the kernel queues behind the tokens stays queued
+//! for whoever reads the fds next (a token left over by a reader that had already gone is ignored
+//! there, its nonce being another's). docs/decisions.md tells why not epoll.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -137,7 +137,6 @@ impl ReadBuffers {
             match e.raw_os_error() {
                 // ENOENT: the request was interrupted before we read it.
                 Some(libc::EINTR) | Some(libc::ENOENT) => continue,
-                Some(libc::EAGAIN) => return Ok(Read::Idle),
                 Some(libc::ENODEV) => return Ok(Read::Unmounted),
                 _ => return Err(e),
             }
@@ -172,8 +171,6 @@ impl ReadBuffers {
 /// What one read brought.
 enum Read {
     Request(usize),
-    /// Nothing queued (the channel is non-blocking).
-    Idle,
     /// The filesystem was unmounted (ENODEV).
     Unmounted,
 }
@@ -211,9 +208,13 @@ impl Channel {
         self.fd.try_clone()
     }
 
-    fn set_nonblocking(&self) -> std::io::Result<()> {
+    /// Makes reads wait for a request. The flag belongs to the open file, which a predecessor
+    /// shares with us after a handover, so it is set rather than assumed.
+    fn set_blocking(&self) -> std::io::Result<()> {
         let flags = OFlag::from_bits_retain(fcntl(&self.fd, FcntlArg::F_GETFL)?);
-        fcntl(&self.fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        if flags.contains(OFlag::O_NONBLOCK) {
+            fcntl(&self.fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+        }
         Ok(())
     }
 
@@ -224,7 +225,6 @@ impl Channel {
                 Ok(n) => return Ok(Some(n)),
                 // ENOENT: the request was interrupted before we read it.
                 Err(nix::Error::EINTR | nix::Error::ENOENT) => continue,
-                Err(nix::Error::EAGAIN) => wait_readable(self.fd.as_fd())?,
                 Err(nix::Error::ENODEV) => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
@@ -248,45 +248,6 @@ impl Channel {
         all.push(h.bytes());
         all.extend_from_slice(parts);
         self.write_parts(&all)
-    }
-}
-
-/// Waits until `fd` is readable.
-fn wait_readable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    loop {
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => return Ok(()),
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// What an idle reader waits on: its channel (exclusively: one reader wakes per request) and the
-/// session's stop event (every reader wakes).
-struct Idle {
-    epoll: Epoll,
-}
-
-impl Idle {
-    fn new(chan: &Channel, stop: &EventFd) -> std::io::Result<Idle> {
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        epoll.add(&chan.fd, EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, 0))?;
-        epoll.add(stop, EpollEvent::new(EpollFlags::EPOLLIN, 1))?;
-        Ok(Idle { epoll })
-    }
-
-    /// Waits until the channel may have a request or the session stops.
-    fn wait(&self) -> std::io::Result<()> {
-        let mut events = [EpollEvent::empty(); 2];
-        loop {
-            match self.epoll.wait(&mut events, EpollTimeout::NONE) {
-                Ok(_) => return Ok(()),
-                Err(nix::Error::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
     }
 }
 
@@ -509,12 +470,34 @@ pub fn handshake(chan: &Channel, wanted: InitWanted) -> std::io::Result<InitPara
 /// The readers' stop switch for one [`Session::run`].
 struct Stop {
     stopping: AtomicBool,
-    event: EventFd,
+    /// The `unique` of the FUSE_NOTIFY_REPLY requests that make this run's readers leave: random,
+    /// so that a token another run (or process) left queued is told apart.
+    nonce: u64,
 }
 
 impl Stop {
-    fn new() -> std::io::Result<Stop> {
-        Ok(Stop { stopping: AtomicBool::new(false), event: EventFd::from_flags(EfdFlags::EFD_CLOEXEC)? })
+    fn new() -> Stop {
+        Stop { stopping: AtomicBool::new(false), nonce: rand::random() }
+    }
+
+    /// Whether a request is one of this run's stop tokens.
+    fn is_token(&self, h: &InHeader) -> bool {
+        h.opcode == opcode::NOTIFY_REPLY && h.unique == self.nonce
+    }
+
+    /// Sets the switch and queues one token per reader (once; later calls do nothing).
+    fn set(&self, chans: &[Arc<Channel>]) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let retrieve = abi::NotifyRetrieveOut { notify_unique: self.nonce, nodeid: abi::ROOT_ID, ..Default::default() };
+        for _ in 0..chans.len() {
+            if let Err(e) = chans[0].send(0, abi::notify::RETRIEVE, &[retrieve.bytes()]) {
+                // Unmounted: the readers leave on ENODEV.
+                tracing::debug!(error = %e, "stop token not queued");
+                return;
+            }
+        }
     }
 }
 
@@ -559,14 +542,14 @@ impl Session {
             return Err(std::io::Error::other("a FUSE session needs at least one channel"));
         }
         for c in &chans {
-            c.set_nonblocking()?;
+            c.set_blocking()?;
         }
         Ok(Session {
             params,
             chans: Arc::new(chans.into_iter().map(Arc::new).collect()),
             interrupts: Default::default(),
             active: Default::default(),
-            stop: Mutex::new(Arc::new(Stop::new()?)),
+            stop: Mutex::new(Arc::new(Stop::new())),
             #[cfg(test)]
             hook: None,
         })
@@ -621,17 +604,16 @@ impl Session {
 
     /// A fresh stop switch for the next [`Session::run`] (after a stop, to serve again). Call it
     /// before starting `run`, so that a [`Session::stop`] right after cannot miss the readers.
-    pub fn arm(&self) -> std::io::Result<()> {
-        *self.stop.lock() = Arc::new(Stop::new()?);
-        Ok(())
+    pub fn arm(&self) {
+        *self.stop.lock() = Arc::new(Stop::new());
     }
 
-    /// Makes the readers of the running (or next) [`Session::run`] leave without reading another
-    /// request (it returns once they have). Requests already read go on and are answered.
+    /// Makes the readers of the running (or next) [`Session::run`] leave (it returns once they
+    /// have): each reads at most the requests the kernel queued before this call. Requests
+    /// already read go on and are answered.
     pub fn stop(&self) {
         let s = self.stop.lock().clone();
-        s.stopping.store(true, Ordering::SeqCst);
-        let _ = s.event.write(1);
+        s.set(&self.chans);
     }
 
     /// After a stop: the interruptible requests still waiting, taken from their tasks (aborted,
@@ -710,7 +692,6 @@ impl Reader {
 
     fn run<H: Handler>(self, handler: Arc<H>, rt: tokio::runtime::Handle) -> std::io::Result<()> {
         let chan = self.chans[self.index].clone();
-        let idle = Idle::new(&chan, &self.stop.event)?;
         let mut bufs = ReadBuffers::new(&self.params, handler.payload_piece());
         crate::blocking::allow_on_this_thread();
         loop {
@@ -720,10 +701,6 @@ impl Reader {
             let n = match bufs.read(&chan)? {
                 Read::Request(n) => n,
                 Read::Unmounted => return Ok(()),
-                Read::Idle => {
-                    idle.wait()?;
-                    continue;
-                }
             };
             let Some(req) = bufs.request(n) else {
                 tracing::warn!(bytes = n, "a FUSE request shorter than its header");
@@ -736,6 +713,13 @@ impl Reader {
                     let Some(target) = abi::InterruptIn::read(req.body()) else { continue };
                     self.interrupt(target.unique);
                     self.hook(Hook::AfterInterrupt(target.unique));
+                }
+                opcode::NOTIFY_REPLY => {
+                    if self.stop.is_token(&header) {
+                        return Ok(());
+                    }
+                    // Another run's token, or a retrieval nobody here asked for.
+                    tracing::trace!(unique = header.unique, "FUSE_NOTIFY_REPLY ignored");
                 }
                 opcode::DESTROY => {
                     let _ = chan.send(header.unique, 0, &[]);
@@ -841,6 +825,21 @@ mod tests {
         OutHeader::read(&buf[..n])
     }
 
+    /// Plays the kernel's part of a stop: reads the retrievals a stop wrote on `notified`, checks
+    /// them, and answers each with a FUSE_NOTIFY_REPLY request on one reader's channel.
+    fn answer_stop(notified: &UnixDatagram, readers: &[&UnixDatagram]) {
+        for k in readers {
+            notified.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 256];
+            let n = notified.recv(&mut buf).expect("a stop asks the kernel for one token per reader");
+            let h = OutHeader::read(&buf[..n]).unwrap();
+            assert_eq!((h.unique, h.error), (0, abi::notify::RETRIEVE), "a notification, not a reply");
+            let r = abi::NotifyRetrieveOut::read(&buf[std::mem::size_of::<OutHeader>()..n]).unwrap();
+            assert_eq!((r.nodeid, r.size), (abi::ROOT_ID, 0), "zero bytes of the root");
+            k.send(&request(opcode::NOTIFY_REPLY, r.notify_unique, &[0; 40])).unwrap();
+        }
+    }
+
     fn params() -> InitParams {
         InitParams { minor: 31, flags: 0, max_write: 128 * 1024, max_readahead: 0, max_pages: 32 }
     }
@@ -880,7 +879,10 @@ mod tests {
         // A later request is served as usual, and the stop ends the readers.
         ka.send(&request(opcode::GETATTR, 12, &[0; 16])).unwrap();
         assert_eq!(reply(&ka).map(|r| (r.unique, r.error)), Some((12, 0)));
+        // Another run's token is ignored.
+        kb.send(&request(opcode::NOTIFY_REPLY, 1, &[0; 40])).unwrap();
         session.stop();
+        answer_stop(&ka, &[&ka, &kb]);
         assert_eq!(serving.join().unwrap().unwrap(), Ended::Stopped);
     }
 
@@ -897,9 +899,10 @@ mod tests {
         assert_eq!(reply(&ka).map(|r| r.unique), Some(21));
         std::thread::sleep(Duration::from_millis(50));
         session.stop();
-        assert_eq!(serving.join().unwrap().unwrap(), Ended::Stopped);
-        // Queued after the stop: nobody reads it.
+        answer_stop(&ka, &[&ka]);
+        // Queued after the stop's token: nobody reads it.
         ka.send(&request(opcode::GETATTR, 22, &[0; 16])).unwrap();
+        assert_eq!(serving.join().unwrap().unwrap(), Ended::Stopped);
         rt.block_on(session.drained());
         let pending = session.take_waiting();
         assert_eq!(pending, vec![PendingRequest { unique: 20, channel: 0, bytes: wait.clone() }]);
@@ -917,6 +920,7 @@ mod tests {
         ka.send(&request(opcode::INTERRUPT, 23, abi::InterruptIn { unique: 20 }.bytes())).unwrap();
         assert_eq!(reply(&ka).map(|r| (r.unique, r.error)), Some((20, -libc::EINTR)));
         next.stop();
+        answer_stop(&ka, &[&ka]);
         assert_eq!(serving.join().unwrap().unwrap(), Ended::Stopped);
     }
 }

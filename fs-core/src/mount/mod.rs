@@ -234,9 +234,7 @@ impl Mount {
     fn serve(parts: Box<Parts>, pending: Vec<PendingRequest>) -> Mount {
         let rt = tokio::runtime::Handle::current();
         // A fresh stop switch before the readers start: a quiesce right after must reach them.
-        if let Err(e) = parts.fuse.arm() {
-            tracing::error!(error = %e, "arming the FUSE session's stop switch failed");
-        }
+        parts.fuse.arm();
         parts.fuse.resume_waiting(&parts.adapter, &rt, pending);
         let heartbeat = parts.session.spawn_heartbeat();
         let delegations = parts.fs.start_delegations();
