@@ -10,9 +10,7 @@ use crate::service::{Service, free_port, http_client};
 use crate::{HarnessError, Result, sign, tools};
 
 /// Azurite's well-known development account and key (public, documented by Microsoft).
-pub const ACCOUNT: &str = "devstoreaccount1";
-pub const ACCOUNT_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub use fs_core::blockstore::{AZURITE_ACCOUNT as ACCOUNT, AZURITE_KEY as ACCOUNT_KEY};
 
 pub struct Azurite {
     /// The account URL, `http://127.0.0.1:PORT/devstoreaccount1`.
@@ -69,6 +67,15 @@ impl Azurite {
             endpoint: Some(self.endpoint.clone()),
             access_key: Some(self.account_key.clone()),
         }
+    }
+
+    /// The environment `--block-store az://CONTAINER/PREFIX` reads for this Azurite.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_STORAGE_ACCOUNT_NAME", self.account.clone()),
+            ("AZURE_STORAGE_ACCOUNT_KEY", self.account_key.clone()),
+            ("AZURE_STORAGE_ENDPOINT", self.endpoint.clone()),
+        ]
     }
 
     pub fn service(&self) -> &Service {

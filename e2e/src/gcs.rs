@@ -67,6 +67,11 @@ impl FakeGcs {
         }
     }
 
+    /// The environment `--block-store gs://BUCKET/PREFIX` reads for this emulator.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![("STORAGE_EMULATOR_HOST", self.endpoint.clone())]
+    }
+
     pub fn service(&self) -> &Service {
         &self.service
     }

@@ -110,7 +110,18 @@ impl Minio {
             access_key_id: Some(self.access_key.clone()),
             secret_access_key: Some(self.secret_key.clone()),
             session_token: None,
+            virtual_hosted_style: false,
         }
+    }
+
+    /// The environment `--block-store s3://BUCKET/PREFIX` reads for this MinIO.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", self.region.clone()),
+        ]
     }
 
     pub fn service(&self) -> &Service {

@@ -55,7 +55,7 @@ pub mod admin {
 }
 
 pub use admin::{AdminClient, ClientError};
-pub use blockstore::{BackendError, BackendSpec};
+pub use blockstore::{BackendError, BackendSpec, check_backend};
 pub use mount::handover::{Handover, HandoverError, HandoverState};
 pub use mount::{Credentials, Mount, MountError, MountOptions, MountSpec, MountStats, Quiesced, Source};
 pub use server::{ServerConfig, ServerError};

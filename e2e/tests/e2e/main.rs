@@ -2,6 +2,7 @@
 //!
 //! Each test starts the real services it needs (see the `e2e` library) and drops them at the end.
 
+mod block_store_url;
 mod fuse_delegations;
 mod fuse_failures;
 mod fuse_handover;

@@ -41,6 +41,10 @@ pub enum BackendSpec {
         access_key_id: Option<String>,
         secret_access_key: Option<String>,
         session_token: Option<String>,
+        /// Address the bucket as `BUCKET.host` rather than `host/BUCKET` (with `endpoint`; AWS
+        /// itself is always addressed by host).
+        #[serde(default)]
+        virtual_hosted_style: bool,
     },
     /// Google Cloud Storage.
     Gcs {
@@ -68,6 +72,18 @@ pub enum BackendSpec {
 /// A block-store spec that cannot be turned into a working client.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    #[error("block store {url}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("block store {url}: no credentials; set {vars}")]
+    Credentials { url: String, vars: &'static str },
+    #[error("block store {url}: the bucket or container does not exist ({detail}); create it first")]
+    NoBucket { url: String, detail: String },
+    #[error("block store {url}: access denied ({detail}); check the keys and their rights on the bucket")]
+    Denied { url: String, detail: String },
+    #[error("block store {url}: cannot reach {endpoint} ({detail}); check the endpoint's address and that it runs")]
+    Unreachable { url: String, endpoint: String, detail: String },
+    #[error("block store {url}: a test object could not be written, read and deleted ({detail})")]
+    Probe { url: String, detail: String },
     #[error("block store directory {path}: {source}; create it or fix the path in the block-store spec")]
     LocalDir { path: PathBuf, source: std::io::Error },
     #[error("block store {backend} endpoint {endpoint:?} is not a URL ({source}); give scheme://host[:port]")]
@@ -88,6 +104,22 @@ impl BackendSpec {
         }
     }
 
+    /// The address requests go to.
+    pub fn endpoint_url(&self) -> String {
+        match self {
+            BackendSpec::Local { path, .. } => format!("file://{}", path.display()),
+            BackendSpec::Memory { .. } => "memory".into(),
+            BackendSpec::S3 { endpoint: Some(e), .. }
+            | BackendSpec::Gcs { endpoint: Some(e), .. }
+            | BackendSpec::Azure { endpoint: Some(e), .. } => e.clone(),
+            BackendSpec::S3 { region, .. } => {
+                format!("https://s3.{}.amazonaws.com", region.as_deref().unwrap_or("us-east-1"))
+            }
+            BackendSpec::Gcs { .. } => "https://storage.googleapis.com".into(),
+            BackendSpec::Azure { account, .. } => format!("https://{account}.blob.core.windows.net"),
+        }
+    }
+
     fn prefix(&self) -> &str {
         match self {
             BackendSpec::Local { prefix, .. }
@@ -99,10 +131,45 @@ impl BackendSpec {
     }
 }
 
+/// How hard a client tries before it reports an error.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    pub retry: object_store::RetryConfig,
+    pub connect_timeout: std::time::Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning { retry: object_store::RetryConfig::default(), connect_timeout: std::time::Duration::from_secs(5) }
+    }
+}
+
+impl Tuning {
+    /// For a check a user waits on: one retry, ten seconds in all.
+    pub fn impatient() -> Tuning {
+        Tuning {
+            retry: object_store::RetryConfig {
+                max_retries: 1,
+                retry_timeout: std::time::Duration::from_secs(10),
+                ..Default::default()
+            },
+            connect_timeout: std::time::Duration::from_secs(3),
+        }
+    }
+}
+
 /// Builds the object-store client a spec describes. Creates nothing remote: a missing bucket shows
-/// up on the first request.
+/// up on the first request ([`check_backend`] asks at once).
 pub fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn ObjectStore>, BackendError> {
+    open_backend_with(spec, &Tuning::default())
+}
+
+/// [`open_backend`] with the retries and timeouts of `tuning`.
+pub fn open_backend_with(spec: &BackendSpec, tuning: &Tuning) -> Result<Arc<dyn ObjectStore>, BackendError> {
     let backend = spec.kind();
+    let options = |http: bool| {
+        object_store::ClientOptions::new().with_allow_http(http).with_connect_timeout(tuning.connect_timeout)
+    };
     let build = |source| BackendError::Build { backend, source };
     let store: Arc<dyn ObjectStore> = match spec {
         BackendSpec::Local { path, .. } => {
@@ -112,15 +179,27 @@ pub fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn ObjectStore>, BackendE
             Arc::new(LocalFileSystem::new_with_prefix(path).map_err(build)?.with_fsync(true))
         }
         BackendSpec::Memory { .. } => Arc::new(InMemory::new()),
-        BackendSpec::S3 { bucket, endpoint, region, access_key_id, secret_access_key, session_token, .. } => {
-            let mut b =
-                AmazonS3Builder::new().with_bucket_name(bucket).with_region(region.as_deref().unwrap_or("us-east-1"));
+        BackendSpec::S3 {
+            bucket,
+            endpoint,
+            region,
+            access_key_id,
+            secret_access_key,
+            session_token,
+            virtual_hosted_style,
+            ..
+        } => {
+            let mut b = AmazonS3Builder::new()
+                .with_bucket_name(bucket)
+                .with_region(region.as_deref().unwrap_or("us-east-1"))
+                .with_retry(tuning.retry.clone())
+                .with_client_options(options(false));
             if let Some(endpoint) = endpoint {
                 let url = check_url(backend, endpoint)?;
                 b = b
                     .with_endpoint(endpoint)
-                    .with_allow_http(url.scheme() == "http")
-                    .with_virtual_hosted_style_request(false);
+                    .with_client_options(options(url.scheme() == "http"))
+                    .with_virtual_hosted_style_request(*virtual_hosted_style);
             }
             if let Some(v) = access_key_id {
                 b = b.with_access_key_id(v);
@@ -134,7 +213,10 @@ pub fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn ObjectStore>, BackendE
             Arc::new(b.build().map_err(build)?)
         }
         BackendSpec::Gcs { bucket, endpoint, service_account_key, .. } => {
-            let mut b = GoogleCloudStorageBuilder::new().with_bucket_name(bucket);
+            let mut b = GoogleCloudStorageBuilder::new()
+                .with_bucket_name(bucket)
+                .with_retry(tuning.retry.clone())
+                .with_client_options(options(false));
             match (endpoint, service_account_key) {
                 (_, Some(key)) => b = b.with_service_account_key(key),
                 // An emulator without credentials: object_store's documented emulator key.
@@ -149,15 +231,21 @@ pub fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn ObjectStore>, BackendE
                 let url = check_url(backend, endpoint)?;
                 b = b
                     .with_base_url(endpoint.trim_end_matches('/'))
-                    .with_client_options(object_store::ClientOptions::new().with_allow_http(url.scheme() == "http"));
+                    .with_client_options(options(url.scheme() == "http"));
             }
             Arc::new(b.build().map_err(build)?)
         }
         BackendSpec::Azure { account, container, endpoint, access_key, .. } => {
-            let mut b = MicrosoftAzureBuilder::new().with_account(account).with_container_name(container);
+            let mut b = MicrosoftAzureBuilder::new()
+                .with_account(account)
+                .with_container_name(container)
+                .with_retry(tuning.retry.clone())
+                .with_client_options(options(false));
             if let Some(endpoint) = endpoint {
                 let url = check_url(backend, endpoint)?;
-                b = b.with_endpoint(endpoint.trim_end_matches('/').to_string()).with_allow_http(url.scheme() == "http");
+                b = b
+                    .with_endpoint(endpoint.trim_end_matches('/').to_string())
+                    .with_client_options(options(url.scheme() == "http"));
             }
             if let Some(key) = access_key {
                 b = b.with_access_key(key);
@@ -206,6 +294,7 @@ mod tests {
             access_key_id: None,
             secret_access_key: None,
             session_token: None,
+            virtual_hosted_style: false,
         };
         let err = open_backend(&spec).err().unwrap().to_string();
         assert!(err.contains("s3") && err.contains("not a url"), "{err}");

@@ -15,7 +15,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use sha2::{Digest, Sha256};
 
 use super::config::ServerConfig;
-use crate::blockstore::{BackendSpec, layout, open_backend};
+use crate::blockstore::{BackendSpec, check_backend, layout, open_backend};
 use crate::server::access::{Caller, SessionId};
 use crate::server::data;
 use crate::server::metrics::Metrics;
@@ -219,7 +219,6 @@ impl MetaServer {
         }
         let spec: BackendSpec = serde_json::from_str(&req.backend_json)
             .map_err(|e| MetaError::fs(libc::EINVAL, format!("block-store spec does not parse: {e}")))?;
-        open_backend(&spec).map_err(|e| MetaError::fs(libc::EINVAL, e.to_string()))?;
         let mut compression = req.compression.unwrap_or_default();
         if compression.kind() == pb::compression::Kind::Unspecified {
             compression.set_kind(pb::compression::Kind::Lz4);
@@ -227,6 +226,9 @@ impl MetaServer {
         if self.names.read().contains_key(&name) {
             return Err(MetaError::fs(libc::EEXIST, format!("a volume named {name:?} exists")));
         }
+        // Nothing is made on a store this server cannot use: a missing bucket, wrong keys or an
+        // endpoint nobody answers on fail here, named.
+        check_backend(&spec).await.map_err(|e| MetaError::fs(libc::EINVAL, e.to_string()))?;
         let info = pb::VolumeInfo {
             uuid: uuid::Uuid::new_v4().to_string(),
             name: name.clone(),

@@ -38,6 +38,23 @@ async fn volumes_tokens_quotas_and_usage_through_the_typed_client() {
     let bad = VolumeSpec { block_size: Some(3000), ..VolumeSpec::new("bad", store.clone()) };
     let e = admin.create_volume(&bad).await.unwrap_err();
     assert!(e.to_string().contains("power of two"), "{e}");
+    // A store the server cannot use is refused before the volume exists, naming why.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let unreachable = BackendSpec::S3 {
+        bucket: "b".into(),
+        prefix: String::new(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: None,
+        access_key_id: Some("k".into()),
+        secret_access_key: Some("s".into()),
+        session_token: None,
+        virtual_hosted_style: false,
+    };
+    let e = admin.create_volume(&VolumeSpec::new("nowhere", unreachable)).await.unwrap_err();
+    let said = e.to_string();
+    assert!(said.contains("cannot reach") && said.contains(&format!("127.0.0.1:{port}")), "{said}");
+    assert_eq!(errno_of(e), libc::EINVAL);
+    assert_eq!(admin.volume("nowhere").await.unwrap(), None, "nothing was made");
     assert_eq!(admin.volume("data").await.unwrap(), Some(v.clone()));
     assert_eq!(admin.volume("nope").await.unwrap(), None);
     let v = admin.update_volume("data", &VolumeUpdate { retention_secs: Some(0), ..Default::default() }).await.unwrap();

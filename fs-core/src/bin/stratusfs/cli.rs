@@ -112,9 +112,25 @@ pub struct UpArgs {
     /// Seconds between garbage collections of block objects nothing needs any more.
     #[arg(long, default_value_t = 3600)]
     pub gc_interval_secs: u64,
+    /// Where the volume made on the first run keeps its blocks: s3://BUCKET/PREFIX,
+    /// gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or file:///DIR (default: blocks/ in the data
+    /// dir). Credentials and endpoints come from the cloud's usual environment variables
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION,
+    /// GOOGLE_APPLICATION_CREDENTIALS, STORAGE_EMULATOR_HOST, AZURE_STORAGE_ACCOUNT_NAME,
+    /// AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_ENDPOINT), read once.
+    #[arg(long)]
+    pub block_store: Option<String>,
     /// Mount options (see `stratusfs mount --help`).
     #[arg(short = 'o')]
     pub options: Vec<String>,
+}
+
+/// A `--block-store` URL with the environment's credentials, checked: the store answered a
+/// write, a read and a delete.
+async fn block_store_from_url(url: &str) -> anyhow::Result<BackendSpec> {
+    let spec = BackendSpec::from_url(url, |k| std::env::var(k).ok())?;
+    fs_core::check_backend(&spec).await?;
+    Ok(spec)
 }
 
 #[derive(Subcommand)]
@@ -221,6 +237,10 @@ pub enum AdminCommand {
     /// Create a volume.
     VolumeCreate {
         name: String,
+        /// Where the blocks go: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or
+        /// file:///DIR, with credentials from the environment (see `stratusfs up --help`).
+        #[arg(long, conflicts_with_all = ["local", "backend_json"])]
+        block_store: Option<String>,
         /// Block-store spec as JSON, e.g. {"backend":"s3","bucket":"b","endpoint":"http://..."}.
         #[arg(long, conflicts_with = "local")]
         backend_json: Option<String>,
@@ -354,6 +374,11 @@ pub async fn run(cli: Cli, ready: Option<crate::daemon::ReadyPipe>) -> anyhow::R
                 retention_secs: u.retention_secs,
                 gc_interval: Duration::from_secs(u.gc_interval_secs),
                 options: MountOptions::parse(&u.options)?,
+                // Checked before anything starts: a bad store fails the command at once.
+                block_store: match &u.block_store {
+                    Some(url) => Some(block_store_from_url(url).await?),
+                    None => None,
+                },
             };
             fs_core::mount::keep_freed_buffers();
             crate::up::up(cfg, shutdown_signal()).await
@@ -381,6 +406,7 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
     match a.command {
         AdminCommand::VolumeCreate {
             name,
+            block_store,
             backend_json,
             local,
             block_size,
@@ -389,10 +415,13 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
             quota_bytes,
             quota_inodes,
         } => {
-            let block_store = match (backend_json, local) {
-                (Some(j), _) => serde_json::from_str(&j).context("--backend-json: not a block-store spec")?,
-                (None, Some(path)) => BackendSpec::Local { path, prefix: String::new() },
-                (None, None) => bail!("give the block store: --local DIR or --backend-json JSON"),
+            let block_store = match (block_store, backend_json, local) {
+                (Some(url), _, _) => block_store_from_url(&url).await?,
+                (None, Some(j), _) => serde_json::from_str(&j).context("--backend-json: not a block-store spec")?,
+                (None, None, Some(path)) => BackendSpec::Local { path, prefix: String::new() },
+                (None, None, None) => {
+                    bail!("give the block store: --block-store URL, --local DIR or --backend-json JSON")
+                }
             };
             let spec = VolumeSpec {
                 block_size: Some(block_size),
