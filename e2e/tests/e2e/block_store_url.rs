@@ -10,30 +10,10 @@ use std::time::{Duration, Instant};
 use e2e::service::free_port;
 use e2e::stratusfs::{binary, is_mounted};
 use e2e::{azurite::Azurite, gcs::FakeGcs, minio::Minio};
-use fs_core::blockstore::open_backend;
+use fs_core::blockstore::{BLOCK_STORE_ENV, open_backend};
 use futures::TryStreamExt;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-/// Every variable `--block-store` reads, so the test's own environment cannot leak in.
-const CLOUD_VARS: &[&str] = &[
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-    "GOOGLE_SERVICE_ACCOUNT_KEY",
-    "GOOGLE_BASE_URL",
-    "STORAGE_EMULATOR_HOST",
-    "AZURE_STORAGE_ACCOUNT_NAME",
-    "AZURE_STORAGE_ACCOUNT_KEY",
-    "AZURE_STORAGE_ENDPOINT",
-    "AZURE_STORAGE_USE_EMULATOR",
-];
 
 fn up_command(dir: &Path, block_store: Option<&str>, env: &[(&str, String)]) -> Command {
     let mut c = Command::new(binary().unwrap());
@@ -46,7 +26,8 @@ fn up_command(dir: &Path, block_store: Option<&str>, env: &[(&str, String)]) -> 
     if let Some(url) = block_store {
         c.args(["--block-store", url]);
     }
-    for v in CLOUD_VARS {
+    // Only what the test gives: nothing of this process's environment leaks in.
+    for v in BLOCK_STORE_ENV {
         c.env_remove(v);
     }
     // Never ask a cloud metadata endpoint for credentials.

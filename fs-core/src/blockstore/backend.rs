@@ -167,8 +167,13 @@ pub fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn ObjectStore>, BackendE
 /// [`open_backend`] with the retries and timeouts of `tuning`.
 pub fn open_backend_with(spec: &BackendSpec, tuning: &Tuning) -> Result<Arc<dyn ObjectStore>, BackendError> {
     let backend = spec.kind();
-    let options = |http: bool| {
-        object_store::ClientOptions::new().with_allow_http(http).with_connect_timeout(tuning.connect_timeout)
+    // Plain http only where the spec's endpoint says so.
+    let options = |endpoint: &Option<String>| -> Result<object_store::ClientOptions, BackendError> {
+        let http = match endpoint {
+            Some(e) => check_url(backend, e)?.scheme() == "http",
+            None => false,
+        };
+        Ok(object_store::ClientOptions::new().with_allow_http(http).with_connect_timeout(tuning.connect_timeout))
     };
     let build = |source| BackendError::Build { backend, source };
     let store: Arc<dyn ObjectStore> = match spec {
@@ -193,13 +198,9 @@ pub fn open_backend_with(spec: &BackendSpec, tuning: &Tuning) -> Result<Arc<dyn 
                 .with_bucket_name(bucket)
                 .with_region(region.as_deref().unwrap_or("us-east-1"))
                 .with_retry(tuning.retry.clone())
-                .with_client_options(options(false));
+                .with_client_options(options(endpoint)?);
             if let Some(endpoint) = endpoint {
-                let url = check_url(backend, endpoint)?;
-                b = b
-                    .with_endpoint(endpoint)
-                    .with_client_options(options(url.scheme() == "http"))
-                    .with_virtual_hosted_style_request(*virtual_hosted_style);
+                b = b.with_endpoint(endpoint).with_virtual_hosted_style_request(*virtual_hosted_style);
             }
             if let Some(v) = access_key_id {
                 b = b.with_access_key_id(v);
@@ -216,7 +217,7 @@ pub fn open_backend_with(spec: &BackendSpec, tuning: &Tuning) -> Result<Arc<dyn 
             let mut b = GoogleCloudStorageBuilder::new()
                 .with_bucket_name(bucket)
                 .with_retry(tuning.retry.clone())
-                .with_client_options(options(false));
+                .with_client_options(options(endpoint)?);
             match (endpoint, service_account_key) {
                 (_, Some(key)) => b = b.with_service_account_key(key),
                 // An emulator without credentials: object_store's documented emulator key.
@@ -228,10 +229,7 @@ pub fn open_backend_with(spec: &BackendSpec, tuning: &Tuning) -> Result<Arc<dyn 
                 (None, None) => {}
             }
             if let Some(endpoint) = endpoint {
-                let url = check_url(backend, endpoint)?;
-                b = b
-                    .with_base_url(endpoint.trim_end_matches('/'))
-                    .with_client_options(options(url.scheme() == "http"));
+                b = b.with_base_url(endpoint.trim_end_matches('/'));
             }
             Arc::new(b.build().map_err(build)?)
         }
@@ -240,12 +238,9 @@ pub fn open_backend_with(spec: &BackendSpec, tuning: &Tuning) -> Result<Arc<dyn 
                 .with_account(account)
                 .with_container_name(container)
                 .with_retry(tuning.retry.clone())
-                .with_client_options(options(false));
+                .with_client_options(options(endpoint)?);
             if let Some(endpoint) = endpoint {
-                let url = check_url(backend, endpoint)?;
-                b = b
-                    .with_endpoint(endpoint.trim_end_matches('/').to_string())
-                    .with_client_options(options(url.scheme() == "http"));
+                b = b.with_endpoint(endpoint.trim_end_matches('/').to_string());
             }
             if let Some(key) = access_key {
                 b = b.with_access_key(key);

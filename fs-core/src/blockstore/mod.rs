@@ -18,4 +18,4 @@ pub(crate) mod url;
 pub use backend::{BackendError, BackendSpec, Tuning, open_backend, open_backend_with};
 pub(crate) use local::LocalFiles;
 pub use probe::check_backend;
-pub use url::{AZURITE_ACCOUNT, AZURITE_KEY};
+pub use url::{AZURITE_ACCOUNT, AZURITE_KEY, BLOCK_STORE_ENV};

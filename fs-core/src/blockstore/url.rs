@@ -12,6 +12,26 @@ pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
 pub const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
+/// Every environment variable [`BackendSpec::from_url`] reads.
+pub const BLOCK_STORE_ENV: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "GOOGLE_BASE_URL",
+    "STORAGE_EMULATOR_HOST",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ENDPOINT",
+    "AZURE_STORAGE_USE_EMULATOR",
+];
+
 impl BackendSpec {
     /// The spec a `--block-store` URL names, with credentials and endpoints from `env` (a lookup
     /// of environment variables; the command passes the process environment):
@@ -28,7 +48,10 @@ impl BackendSpec {
     /// - `file:///DIR`: a local folder (absolute path).
     pub fn from_url(url: &str, env: impl Fn(&str) -> Option<String>) -> Result<BackendSpec, BackendError> {
         let bad = |reason: &str| BackendError::Url { url: url.to_string(), reason: reason.to_string() };
-        let env = |name: &str| env(name).filter(|v| !v.is_empty());
+        let env = |name: &str| {
+            debug_assert!(BLOCK_STORE_ENV.contains(&name), "{name} missing from BLOCK_STORE_ENV");
+            env(name).filter(|v| !v.is_empty())
+        };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
         if scheme == "file" {
             let path = PathBuf::from(rest);

@@ -94,30 +94,28 @@ pub async fn up(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) 
         let mut admin = AdminClient::connect(&addr, &trust, &admin_token).await?;
         let existing = admin.volume(VOLUME).await?;
         let exists = existing.is_some();
-        if let (Some(v), Some(wanted)) = (&existing, &cfg.block_store)
-            && v.block_store.url() != wanted.url()
-        {
-            anyhow::bail!(
+        // The volume's block store: the one it has, else the one asked for, else blocks/ here.
+        let store = match (existing, &cfg.block_store) {
+            (Some(v), Some(wanted)) if v.block_store.url() != wanted.url() => anyhow::bail!(
                 "the volume in {} keeps its blocks in {}, not {}; give that --block-store (or none), or another --data-dir",
                 dir.display(),
                 v.block_store.url(),
                 wanted.url()
-            );
-        }
+            ),
+            (Some(v), _) => v.block_store,
+            (None, Some(wanted)) => wanted.clone(),
+            (None, None) => {
+                let blocks = dir.join("blocks");
+                std::fs::create_dir_all(&blocks)?;
+                BackendSpec::Local { path: blocks, prefix: String::new() }
+            }
+        };
         if !exists {
-            let store = match &cfg.block_store {
-                Some(s) => s.clone(),
-                None => {
-                    let blocks = dir.join("blocks");
-                    std::fs::create_dir_all(&blocks)?;
-                    BackendSpec::Local { path: blocks, prefix: String::new() }
-                }
-            };
             let spec = VolumeSpec {
                 block_size: Some(cfg.block_size),
                 compression: cfg.compression,
                 retention_secs: cfg.retention_secs,
-                ..VolumeSpec::new(VOLUME, store)
+                ..VolumeSpec::new(VOLUME, store.clone())
             };
             admin.create_volume(&spec).await.context("creating the default volume")?;
         }
@@ -140,16 +138,12 @@ pub async fn up(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) 
             options: cfg.options.clone(),
         };
         let fingerprint = running.fingerprint.clone();
-        let blocks_url = match &existing {
-            Some(v) => v.block_store.url(),
-            None => cfg.block_store.as_ref().map(|s| s.url()).unwrap_or_else(|| format!("file://{}/blocks", dir.display())),
-        };
         let (mountpoint, data_dir) = (cfg.mountpoint.display().to_string(), dir.display().to_string());
         let mount = Mount::start(spec).await?;
         {
             println!("stratusfs up: {}", if exists { "reusing the data of an earlier run" } else { "first run: made the default volume and its token" });
             println!("  data        {data_dir} (metadata in meta/)");
-            println!("  blocks      {}", blocks_url);
+            println!("  blocks      {}", store.url());
             println!("  metadata    {addr} (TLS, fingerprint {fingerprint}); metrics on http://{}/metrics", running.http_addr);
             println!("  volume      {source} mounted on {mountpoint}");
             println!(
