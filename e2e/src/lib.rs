@@ -17,6 +17,7 @@ pub mod kube;
 pub mod minio;
 pub mod mountd;
 pub mod probe;
+pub mod proxy;
 pub mod service;
 pub mod sign;
 pub mod stratusfs;

@@ -17,8 +17,10 @@ pub struct Minio {
     pub region: String,
     /// Created at start-up and empty.
     pub bucket: String,
-    service: Service,
-    _dir: TempDir,
+    /// `None` while stopped ([`Minio::stop`]).
+    service: Option<Service>,
+    ports: (u16, u16),
+    dir: TempDir,
 }
 
 impl Minio {
@@ -27,35 +29,52 @@ impl Minio {
             .prefix("stratusfs-minio-")
             .tempdir()
             .map_err(HarnessError::io("creating MinIO's directory"))?;
-        let (port, console) = (free_port()?, free_port()?);
-        let access_key = "stratusfs".to_string();
-        let secret_key = format!("secret-{}", std::process::id());
-        let mut cmd = Command::new(tools::binary("minio")?);
-        cmd.arg("server")
-            .arg(dir.path().join("data"))
-            .args(["--address", &format!("127.0.0.1:{port}")])
-            .args(["--console-address", &format!("127.0.0.1:{console}")])
-            .env("MINIO_ROOT_USER", &access_key)
-            .env("MINIO_ROOT_PASSWORD", &secret_key)
-            .env("MINIO_BROWSER", "off")
-            .env("MINIO_UPDATE", "off")
-            .env("HOME", dir.path());
-        let mut service = Service::spawn("minio", cmd, dir.path())?;
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let http = http_client();
-        let live = format!("{endpoint}/minio/health/ready");
-        service.wait_ready(Duration::from_secs(60), || http_ok(&http, &live)).await?;
-        let minio = Minio {
-            endpoint,
-            access_key,
-            secret_key,
+        let ports = (free_port()?, free_port()?);
+        let mut minio = Minio {
+            endpoint: format!("http://127.0.0.1:{}", ports.0),
+            access_key: "stratusfs".to_string(),
+            secret_key: format!("secret-{}", std::process::id()),
             region: "us-east-1".into(),
             bucket: "stratusfs".into(),
-            service,
-            _dir: dir,
+            service: None,
+            ports,
+            dir,
         };
+        minio.spawn().await?;
         minio.create_bucket(&minio.bucket).await?;
         Ok(minio)
+    }
+
+    /// Starts the server on this fixture's data and ports and waits until it answers.
+    async fn spawn(&mut self) -> Result<()> {
+        let (port, console) = self.ports;
+        let mut cmd = Command::new(tools::binary("minio")?);
+        cmd.arg("server")
+            .arg(self.dir.path().join("data"))
+            .args(["--address", &format!("127.0.0.1:{port}")])
+            .args(["--console-address", &format!("127.0.0.1:{console}")])
+            .env("MINIO_ROOT_USER", &self.access_key)
+            .env("MINIO_ROOT_PASSWORD", &self.secret_key)
+            .env("MINIO_BROWSER", "off")
+            .env("MINIO_UPDATE", "off")
+            .env("HOME", self.dir.path());
+        let mut service = Service::spawn("minio", cmd, self.dir.path())?;
+        let http = http_client();
+        let live = format!("{}/minio/health/ready", self.endpoint);
+        service.wait_ready(Duration::from_secs(60), || http_ok(&http, &live)).await?;
+        self.service = Some(service);
+        Ok(())
+    }
+
+    /// Kills the server (SIGKILL): its port refuses connections until [`Minio::restart`].
+    pub fn stop(&mut self) {
+        self.service = None;
+    }
+
+    /// Starts the server again on the same data and port.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn().await
     }
 
     /// Creates a bucket (S3 CreateBucket, SigV4-signed with the root credentials). MinIO can
@@ -124,7 +143,8 @@ impl Minio {
         ]
     }
 
+    /// The running server (panics while stopped).
     pub fn service(&self) -> &Service {
-        &self.service
+        self.service.as_ref().expect("MinIO is stopped")
     }
 }

@@ -142,7 +142,17 @@ impl MetaServer {
     /// Creates a volume on the local-folder block store (`tweak` sets block size, compression,
     /// quota) and a full-access token; returns the token.
     pub async fn volume(&self, name: &str, tweak: impl FnOnce(&mut VolumeSpec)) -> Result<String> {
-        let mut spec = VolumeSpec::new(name, BackendSpec::Local { path: self.blocks_dir(), prefix: String::new() });
+        self.volume_on(name, BackendSpec::Local { path: self.blocks_dir(), prefix: String::new() }, tweak).await
+    }
+
+    /// [`MetaServer::volume`] on the block store `backend`.
+    pub async fn volume_on(
+        &self,
+        name: &str,
+        backend: BackendSpec,
+        tweak: impl FnOnce(&mut VolumeSpec),
+    ) -> Result<String> {
+        let mut spec = VolumeSpec::new(name, backend);
         tweak(&mut spec);
         let mut admin = self.admin().await?;
         admin.create_volume(&spec).await.map_err(|e| HarnessError::setup("creating a volume", e))?;

@@ -14,4 +14,5 @@ mod fuse_up;
 mod harness;
 mod kubernetes;
 mod object_stores;
+mod store_failures;
 mod suites;

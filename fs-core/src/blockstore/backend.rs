@@ -145,6 +145,15 @@ impl Default for Tuning {
 }
 
 impl Tuning {
+    /// For a mount's block requests: transient failures (5xx, throttling, timeouts, refused or
+    /// reset connections) are retried with exponential backoff and jitter for up to `wait`.
+    pub fn waiting(wait: std::time::Duration) -> Tuning {
+        Tuning {
+            retry: object_store::RetryConfig { max_retries: usize::MAX, retry_timeout: wait, ..Default::default() },
+            ..Default::default()
+        }
+    }
+
     /// For a check a user waits on: one retry, ten seconds in all.
     pub fn impatient() -> Tuning {
         Tuning {

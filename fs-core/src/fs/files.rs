@@ -140,6 +140,12 @@ impl StratusFs {
         let was = f.opens.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
         if was.unwrap_or(0) <= 1 {
             let mut st = f.lock().await;
+            if st.has_dirty() && !st.retrying {
+                // The close could not store the writes (the store or the server is down): they
+                // stay here and are retried until stored.
+                st.retrying = true;
+                self.keep_committing(c, ino);
+            }
             self.data.idle(c, &mut st).await;
             if !st.has_dirty() && st.lock_owners.is_empty() && self.files.lock().len() > MAX_IDLE_FILES {
                 // Forgotten: its next open in this mount counts as changed.
@@ -147,6 +153,61 @@ impl StratusFs {
             }
         }
         r
+    }
+
+    /// Commits file `ino`'s unsaved writes after its last close failed to: again and again, with
+    /// backoff (1 s doubling to 30 s, jittered), until they are stored. A later open, write,
+    /// fsync or close of the file commits them too; the task then finds nothing left to do.
+    fn keep_committing(&self, c: Ctx, ino: u64) {
+        let Some(me) = self.me.get().cloned() else { return };
+        tokio::spawn(async move {
+            let mut pause = std::time::Duration::from_secs(1);
+            for attempt in 1u32.. {
+                let jitter = rand::random_range(0.5..1.0);
+                tokio::time::sleep(pause.mul_f64(jitter)).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+                // A mount that went away takes its unsaved writes with it (unmount logs them).
+                let Some(fs) = me.upgrade() else { return };
+                let Some(f) = fs.existing_file(ino) else { return };
+                let mut st = f.lock().await;
+                if !st.has_dirty() {
+                    st.retrying = false;
+                    return;
+                }
+                match fs.data.commit(c, &mut st, false).await {
+                    Ok(()) => {
+                        tracing::info!(ino, attempt, "writes a close could not store are stored now");
+                        st.retrying = false;
+                        fs.data.idle(c, &mut st).await;
+                        return;
+                    }
+                    Err(errno) => tracing::warn!(
+                        ino,
+                        attempt,
+                        errno,
+                        "writes a close could not store are still unsaved in this mount; retrying"
+                    ),
+                }
+            }
+        });
+    }
+
+    /// At unmount: one last try to store the writes closes could not store. Returns how many
+    /// files still have unsaved writes (each logged as an error: those bytes are lost).
+    pub async fn commit_unsaved(&self) -> usize {
+        let files: Vec<Arc<OpenFile>> = self.files.lock().values().cloned().collect();
+        let mut lost = 0;
+        for f in files {
+            let mut st = f.lock().await;
+            if !st.has_dirty() {
+                continue;
+            }
+            if let Err(errno) = self.data.commit(Ctx::default(), &mut st, false).await {
+                tracing::error!(ino = st.ino, errno, "unmounting with writes the store never took; they are lost");
+                lost += 1;
+            }
+        }
+        lost
     }
 
     pub async fn read(&self, c: Ctx, ino: u64, offset: u64, size: u32) -> FsResult<Vec<bytes::Bytes>> {

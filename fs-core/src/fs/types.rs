@@ -32,6 +32,9 @@ pub struct FsConfig {
     pub readahead_blocks: u64,
     /// Block uploads and downloads in flight at once.
     pub io_concurrency: usize,
+    /// How long a block request retries a store that fails or cannot be reached (with backoff
+    /// and jitter) before the call that waits for it gets EIO; unsaved writes stay in the mount.
+    pub store_wait: Duration,
     /// Permission bits taken away from every new inode (the `umask` mount option).
     pub umask: u32,
     /// Ask for directory delegations where files are created in bursts (`nodelegations` turns
@@ -48,6 +51,7 @@ impl Default for FsConfig {
             dirty_limit: 64 << 20,
             readahead_blocks: 4,
             io_concurrency: 16,
+            store_wait: Duration::from_secs(60),
             umask: 0,
             delegations: true,
         }

@@ -311,6 +311,7 @@ impl Mount {
         if let Err(errno) = self.parts.fs.give_back_all().await {
             tracing::error!(errno, "giving the delegations back failed; files created under them may be lost");
         }
+        self.parts.fs.commit_unsaved().await;
         self.serving.heartbeat.abort();
         if let Err(e) = self.parts.session.close().await {
             tracing::warn!(error = %e, "closing the session failed (it ends with its lease)");

@@ -35,7 +35,7 @@ use tokio::sync::{Mutex, Semaphore};
 
 use crate::blockstore::cache::BlockCache;
 use crate::blockstore::io::{self as blocks, BlockIo};
-use crate::blockstore::{BackendSpec, LocalFiles, open_backend};
+use crate::blockstore::{BackendSpec, LocalFiles, Tuning, open_backend_with};
 use crate::fs::{Ctx, FsConfig, FsResult, errno_of};
 use crate::metaclient::Session;
 use crate::wire::pb;
@@ -76,7 +76,7 @@ impl DataPath {
         Ok(DataPath {
             session,
             blocks: BlockIo {
-                store: open_backend(spec).map_err(|e| e.to_string())?,
+                store: open_backend_with(spec, &Tuning::waiting(cfg.store_wait)).map_err(|e| e.to_string())?,
                 cache: Arc::new(BlockCache::new(cfg.cache_bytes)),
                 io: Arc::new(Semaphore::new(cfg.io_concurrency.max(1))),
                 volume_uuid: volume.uuid.as_str().into(),
@@ -365,16 +365,19 @@ impl DataPath {
             let d = st.dirty.get_mut(&index).expect("listed above");
             self.start_upload(c, index, d).await?;
         }
+        // Every upload is waited for: one that failed is started again by the next call, none is
+        // left to report an old failure then.
+        let mut failed = Ok(());
         for d in st.dirty.values_mut() {
             if let Some(Upload::Running(h)) = d.upload.take() {
                 match h.await {
                     Ok(Ok(b)) => d.upload = Some(Upload::Done(b)),
-                    Ok(Err(e)) => return Err(e),
-                    Err(_) => return Err(libc::EIO),
+                    Ok(Err(e)) => failed = Err(e),
+                    Err(_) => failed = Err(libc::EIO),
                 }
             }
         }
-        Ok(())
+        failed
     }
 
     /// Uploads the dirty blocks and commits them; with `durable` the reply waits for the

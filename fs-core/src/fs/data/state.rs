@@ -34,6 +34,8 @@ pub struct FileState {
     pub(super) readahead_to: u64,
     /// POSIX lock owners that locked this file through this mount (close drops their locks).
     pub lock_owners: HashSet<u64>,
+    /// A task retries the commit its last close could not make ([`crate::fs::StratusFs`]).
+    pub(crate) retrying: bool,
 }
 
 impl FileState {
