@@ -210,6 +210,8 @@ pub fn is_mounted(path: &Path) -> bool {
 pub struct Mount {
     pub path: PathBuf,
     service: Option<Service>,
+    /// The mount's log (kept after it stopped).
+    log: PathBuf,
     _dir: TempDir,
 }
 
@@ -248,15 +250,19 @@ impl Mount {
                 async move { if ok { Ok(()) } else { Err("not mounted yet".to_string()) } }
             })
             .await?;
-        Ok(Mount { path, service: Some(service), _dir: dir })
+        let log = service.log_path().to_path_buf();
+        Ok(Mount { path, service: Some(service), log, _dir: dir })
     }
 
     pub fn pid(&self) -> u32 {
         self.service.as_ref().map_or(0, |s| s.pid())
     }
 
+    /// The last `n` lines of the mount's log (also after it stopped).
     pub fn log_tail(&self, n: usize) -> String {
-        self.service.as_ref().map_or_else(String::new, |s| s.log_tail(n))
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// SIGKILL of the mount process (a crashed client); the dead mount is detached.

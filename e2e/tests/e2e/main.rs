@@ -15,4 +15,5 @@ mod harness;
 mod kubernetes;
 mod object_stores;
 mod store_failures;
+mod store_reads;
 mod suites;

@@ -16,12 +16,12 @@ use fs_core::BackendSpec;
 
 const MIB: usize = 1 << 20;
 
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
+pub(crate) fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u64).wrapping_mul(2654435761).wrapping_add(seed as u64).to_le_bytes()[1]).collect()
 }
 
 /// `spec` with its S3 endpoint replaced by `endpoint`.
-fn through(spec: BackendSpec, endpoint: &str) -> BackendSpec {
+pub(crate) fn through(spec: BackendSpec, endpoint: &str) -> BackendSpec {
     match spec {
         BackendSpec::S3 { bucket, prefix, region, access_key_id, secret_access_key, session_token, .. } => {
             BackendSpec::S3 {
@@ -39,6 +39,23 @@ fn through(spec: BackendSpec, endpoint: &str) -> BackendSpec {
     }
 }
 
+/// A volume on MinIO behind the fault-injecting proxy (`tweak` sets its block size, compression).
+pub(crate) struct Proxied {
+    pub meta: MetaServer,
+    pub proxy: StoreProxy,
+    pub token: String,
+    /// Bind it (not `..`): the store lives as long as the binding.
+    pub _minio: Minio,
+}
+
+pub(crate) async fn proxied(tweak: impl FnOnce(&mut fs_core::admin::VolumeSpec)) -> Proxied {
+    let minio = Minio::start().await.unwrap();
+    let proxy = StoreProxy::start(&minio.endpoint).await.unwrap();
+    let meta = MetaServer::start(&[]).await.unwrap();
+    let token = meta.volume_on("v", through(minio.backend_spec("v"), &proxy.endpoint), tweak).await.unwrap();
+    Proxied { meta, proxy, token, _minio: minio }
+}
+
 /// Runs blocking file work off the runtime (the mount's own process answers it).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
@@ -52,11 +69,7 @@ fn eio(r: std::io::Result<()>, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_store_gives_eio_at_fsync_keeps_the_writes_and_takes_them_when_back() {
     e2e::init();
-    let minio = Minio::start().await.unwrap();
-    let proxy = StoreProxy::start(&minio.endpoint).await.unwrap();
-    let meta = MetaServer::start(&[]).await.unwrap();
-    let backend = through(minio.backend_spec("v"), &proxy.endpoint);
-    let token = meta.volume_on("v", backend, |r| r.block_size = Some(MIB as u32)).await.unwrap();
+    let Proxied { meta, proxy, token, _minio } = proxied(|r| r.block_size = Some(MIB as u32)).await;
     let mut m = Mount::start(&meta, "v", &token, &["store_wait=2"]).await.unwrap();
 
     // Transient failures are retried with backoff: the writer never sees them.

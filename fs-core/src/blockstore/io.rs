@@ -12,6 +12,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::Semaphore;
 
 use crate::blockstore::cache::{BlockCache, TABLE};
+use crate::blockstore::disk::DiskCache;
 use crate::blockstore::{LocalFiles, codec, layout};
 use crate::fs::FsResult;
 use crate::wire::pb;
@@ -20,8 +21,12 @@ use crate::wire::pb;
 /// stores them): a whole-block read costs at most this many more requests.
 pub const MAX_SHARED: usize = 8;
 
-/// A read that needs this many chunks of one block fetches the whole block in one request.
+/// A read that needs this many chunks of one block fetches the whole block.
 const WHOLE_FETCH_CHUNKS: u32 = 8;
+
+/// A whole object larger than this is fetched as ranged GETs of this size, in parallel: one
+/// connection's throughput, not the store's, bounds a single GET of a large object.
+pub const GET_PART: u64 = 1 << 20;
 
 /// `n` zero bytes as reply pieces, without allocating.
 pub fn zeros(out: &mut Vec<Bytes>, mut n: usize) {
@@ -43,6 +48,8 @@ pub struct BlockIo {
     pub local: Option<LocalFiles>,
     /// This mount's permit for a reader thread to write a local object itself.
     pub durable: Arc<crate::blocking::DurableSlot>,
+    /// Stored bytes on local disk (L2), for a store across the network.
+    pub l2: Option<Arc<DiskCache>>,
 }
 
 impl BlockIo {
@@ -68,11 +75,13 @@ impl BlockIo {
                     );
                     return Err(libc::EIO);
                 }
-                if last - first + 1 >= WHOLE_FETCH_CHUNKS
+                let on_disk = self.l2.as_ref().is_some_and(|l2| l2.has_whole(b.id));
+                if (last - first + 1 >= WHOLE_FETCH_CHUNKS || on_disk)
                     && !self.cache.has_all(b.id, std::iter::once(TABLE).chain(first..=last))
                 {
                     // A large read (a sequential reader ahead of its read-ahead): one request for
-                    // the block rather than one per chunk.
+                    // the block rather than one per chunk. A block L2 holds whole is read whole
+                    // from disk into L1 at once.
                     self.whole(b).await?;
                 }
                 let table = self.table(b).await?;
@@ -109,7 +118,7 @@ impl BlockIo {
         self.cache
             .fetch_whole(b.id, async move {
                 let b = owned;
-                let obj = this.get(b.id, None).await?;
+                let obj = this.get_whole(b.id, b.stored_len as u64).await?;
                 // Checking a whole block is CPU work: kept off the runtime's workers.
                 crate::blocking::run(move || {
                     let table = obj.get(..codec::table_len(b.chunks)).unwrap_or(&[]);
@@ -262,7 +271,7 @@ impl BlockIo {
     async fn single(&self, b: &pb::BlockRef) -> FsResult<Bytes> {
         self.cache
             .get_or_fetch((b.id, 0), async {
-                let stored = self.get(b.id, None).await?;
+                let stored = self.get_whole(b.id, b.stored_len as u64).await?;
                 let b = b.clone();
                 crate::blocking::run(move || {
                     codec::decode(stored, b.compression(), b.len as usize, &b.checksum)
@@ -274,8 +283,55 @@ impl BlockIo {
             .await
     }
 
-    /// The block object `id`, or a byte range of it.
+    /// All `size` bytes of block object `id`: in parallel ranged GETs of at most [`GET_PART`]
+    /// (a local folder reads it at once).
+    async fn get_whole(&self, id: u64, size: u64) -> FsResult<Bytes> {
+        if self.local.is_some() || size <= GET_PART {
+            return self.get(id, None).await;
+        }
+        if let Some(d) = self.read_disk(id, None).await {
+            return Ok(d);
+        }
+        // Equal parts (no small last one): each request costs the same.
+        let part = size.div_ceil(size.div_ceil(GET_PART));
+        let parts = (0..size).step_by(part as usize).map(|s| self.fetch(id, Some(s..(s + part).min(size))));
+        let parts = futures::future::try_join_all(parts).await?;
+        let mut out = bytes::BytesMut::with_capacity(size as usize);
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+        let out = out.freeze();
+        self.keep_on_disk(id, None, &out);
+        Ok(out)
+    }
+
+    /// The block object `id`, or a byte range of it: from L2 if it holds them, else from the
+    /// store (and then kept in L2).
     async fn get(&self, id: u64, range: Option<Range<u64>>) -> FsResult<Bytes> {
+        if let Some(d) = self.read_disk(id, range.clone()).await {
+            return Ok(d);
+        }
+        let got = self.fetch(id, range.clone()).await?;
+        self.keep_on_disk(id, range, &got);
+        Ok(got)
+    }
+
+    /// Bytes of object `id` from L2, checked (`None`: not there, or damaged and deleted).
+    async fn read_disk(&self, id: u64, range: Option<Range<u64>>) -> Option<Bytes> {
+        let l2 = self.l2.clone()?;
+        crate::blocking::run(move || l2.read(id, range)).await.flatten()
+    }
+
+    /// Keeps bytes of object `id` in L2, in the background.
+    fn keep_on_disk(&self, id: u64, range: Option<Range<u64>>, data: &Bytes) {
+        if let Some(l2) = self.l2.clone() {
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || l2.insert(id, range, &data));
+        }
+    }
+
+    /// The block object `id`, or a byte range of it, from the store.
+    async fn fetch(&self, id: u64, range: Option<Range<u64>>) -> FsResult<Bytes> {
         let _permit = self.io.acquire().await.map_err(|_| libc::EIO)?;
         let key = layout::block_key(&self.volume_uuid, id);
         let failed = |e: &dyn std::fmt::Display| {
@@ -332,6 +388,7 @@ mod tests {
             volume_uuid: "v".into(),
             local: None,
             durable: Default::default(),
+            l2: None,
         }
     }
 

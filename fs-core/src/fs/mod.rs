@@ -166,6 +166,11 @@ impl StratusFs {
         self.data.cache_stats()
     }
 
+    /// L2 counters: (hits, misses, damaged entries), if the mount has one.
+    pub fn disk_cache_stats(&self) -> Option<(u64, u64, u64)> {
+        self.data.disk_cache_stats()
+    }
+
     fn ctx(&self, c: Ctx) -> Option<pb::Context> {
         Some(self.session.ctx(c.uid, c.gid, c.pid))
     }

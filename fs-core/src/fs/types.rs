@@ -35,6 +35,10 @@ pub struct FsConfig {
     /// How long a block request retries a store that fails or cannot be reached (with backoff
     /// and jitter) before the call that waits for it gets EIO; unsaved writes stay in the mount.
     pub store_wait: Duration,
+    /// Where the L2 disk cache keeps stored bytes of blocks (`disk_cache_dir`; none: no L2).
+    pub disk_cache_dir: Option<std::path::PathBuf>,
+    /// The most bytes L2 keeps (`disk_cache_mib`).
+    pub disk_cache_bytes: u64,
     /// Permission bits taken away from every new inode (the `umask` mount option).
     pub umask: u32,
     /// Ask for directory delegations where files are created in bursts (`nodelegations` turns
@@ -52,6 +56,8 @@ impl Default for FsConfig {
             readahead_blocks: 4,
             io_concurrency: 16,
             store_wait: Duration::from_secs(60),
+            disk_cache_dir: None,
+            disk_cache_bytes: 10 << 30,
             umask: 0,
             delegations: true,
         }

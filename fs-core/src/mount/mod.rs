@@ -105,6 +105,11 @@ pub struct MountStats {
     pub l1_fetches: u64,
     /// FUSE channels (reader threads).
     pub channels: usize,
+    /// L2 (disk cache) reads answered from disk, reads that asked the store, and entries that
+    /// failed their checksum (each refetched): all 0 without `disk_cache_dir`.
+    pub l2_hits: u64,
+    pub l2_misses: u64,
+    pub l2_damaged: u64,
 }
 
 /// The parts of a mount that outlive a quiesce.
@@ -265,7 +270,8 @@ impl Mount {
 
     pub fn stats(&self) -> MountStats {
         let (l1_hits, l1_fetches) = self.parts.fs.cache_stats();
-        MountStats { l1_hits, l1_fetches, channels: self.parts.fuse.channels() }
+        let (l2_hits, l2_misses, l2_damaged) = self.parts.fs.disk_cache_stats().unwrap_or_default();
+        MountStats { l1_hits, l1_fetches, channels: self.parts.fuse.channels(), l2_hits, l2_misses, l2_damaged }
     }
 
     /// Waits until the mount ends from outside (umount, `fusermount -u`, the connection
@@ -312,6 +318,13 @@ impl Mount {
             tracing::error!(errno, "giving the delegations back failed; files created under them may be lost");
         }
         self.parts.fs.commit_unsaved().await;
+        let (l1_hits, l1_fetches) = self.parts.fs.cache_stats();
+        match self.parts.fs.disk_cache_stats() {
+            Some((l2_hits, l2_misses, l2_damaged)) => {
+                tracing::info!(l1_hits, l1_fetches, l2_hits, l2_misses, l2_damaged, "caches at unmount")
+            }
+            None => tracing::info!(l1_hits, l1_fetches, "caches at unmount"),
+        }
         self.serving.heartbeat.abort();
         if let Err(e) = self.parts.session.close().await {
             tracing::warn!(error = %e, "closing the session failed (it ends with its lease)");

@@ -88,7 +88,7 @@ pub const META_WAIT: Duration = Duration::from_secs(60);
 
 /// The options `-o` knows, for the error message.
 const KNOWN: &str = "ro, rw, allow_other, noatime, noexec, nosuid, nodev, umask=OCTAL, attr_ttl=SECS, \
-entry_ttl=SECS, cache_mib=N, dirty_mib=N, threads=N, meta_wait=SECS, store_wait=SECS, nodelegations, token_file=PATH, ca_file=PATH, fingerprint=HEX, \
+entry_ttl=SECS, cache_mib=N, dirty_mib=N, threads=N, meta_wait=SECS, store_wait=SECS, disk_cache_dir=PATH, disk_cache_mib=N, nodelegations, token_file=PATH, ca_file=PATH, fingerprint=HEX, \
 log_file=PATH";
 
 impl MountOptions {
@@ -169,6 +169,8 @@ impl MountOptions {
                 "threads" => o.threads = num(v)?.clamp(1, 64),
                 "meta_wait" => o.meta_wait = secs(v)?,
                 "store_wait" => o.fs.store_wait = secs(v)?,
+                "disk_cache_dir" => o.fs.disk_cache_dir = path(v)?,
+                "disk_cache_mib" => o.fs.disk_cache_bytes = (num(v)? as u64) << 20,
                 "token_file" => o.token_file = path(v)?,
                 "ca_file" => o.ca_file = path(v)?,
                 "fingerprint" => o.fingerprint = Some(v.to_string()),
@@ -202,7 +204,7 @@ mod tests {
         let o = MountOptions::parse(&[
             "ro,allow_other,noatime,umask=027".into(),
             "attr_ttl=60,entry_ttl=0.5,cache_mib=64,dirty_mib=16,threads=8,token_file=/t,fingerprint=ab,defaults,_netdev".into(),
-            "meta_wait=300,store_wait=2.5".into(),
+            "meta_wait=300,store_wait=2.5,disk_cache_dir=/var/cache/l2,disk_cache_mib=512".into(),
         ])
         .unwrap();
         assert!(o.kernel.read_only && o.kernel.allow_other && o.kernel.noatime && o.kernel.nodev);
@@ -214,6 +216,8 @@ mod tests {
         assert_eq!(o.threads, 8);
         assert_eq!(o.meta_wait, Duration::from_secs(300));
         assert_eq!(o.fs.store_wait, Duration::from_millis(2500));
+        assert_eq!(o.fs.disk_cache_dir.as_deref(), Some(Path::new("/var/cache/l2")));
+        assert_eq!(o.fs.disk_cache_bytes, 512 << 20);
         assert_eq!(MountOptions::parse(&[]).unwrap().meta_wait, META_WAIT);
         assert_eq!(o.token_file.as_deref(), Some(Path::new("/t")));
         assert_eq!(o.fingerprint.as_deref(), Some("ab"));

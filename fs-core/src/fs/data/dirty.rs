@@ -362,6 +362,7 @@ mod tests {
             volume_uuid: "v".into(),
             local: None,
             durable: Default::default(),
+            l2: None,
         }
     }
 

@@ -34,6 +34,7 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::blockstore::cache::BlockCache;
+use crate::blockstore::disk::DiskCache;
 use crate::blockstore::io::{self as blocks, BlockIo};
 use crate::blockstore::{BackendSpec, LocalFiles, Tuning, open_backend_with};
 use crate::fs::{Ctx, FsConfig, FsResult, errno_of};
@@ -73,6 +74,17 @@ impl DataPath {
         cfg: &FsConfig,
     ) -> Result<DataPath, String> {
         let bs = volume.block_size as u64;
+        let local = LocalFiles::of(spec);
+        let l2 = match (&cfg.disk_cache_dir, &local) {
+            (Some(dir), None) => {
+                Some(Arc::new(DiskCache::open(dir, &volume.uuid, cfg.disk_cache_bytes).map_err(|e| e.to_string())?))
+            }
+            (Some(dir), Some(_)) => {
+                tracing::info!(dir = %dir.display(), "the volume's blocks are on local disk already: no disk cache");
+                None
+            }
+            (None, _) => None,
+        };
         Ok(DataPath {
             session,
             blocks: BlockIo {
@@ -80,8 +92,9 @@ impl DataPath {
                 cache: Arc::new(BlockCache::new(cfg.cache_bytes)),
                 io: Arc::new(Semaphore::new(cfg.io_concurrency.max(1))),
                 volume_uuid: volume.uuid.as_str().into(),
-                local: LocalFiles::of(spec),
+                local,
                 durable: Default::default(),
+                l2,
             },
             bs,
             dirty_limit: cfg.dirty_limit.max(4 * bs as usize),
@@ -94,6 +107,12 @@ impl DataPath {
 
     pub fn cache_stats(&self) -> (u64, u64) {
         (self.blocks.cache.hits.load(Ordering::Relaxed), self.blocks.cache.fetches.load(Ordering::Relaxed))
+    }
+
+    /// L2 counters: (hits, misses, damaged entries), if the mount has one.
+    pub fn disk_cache_stats(&self) -> Option<(u64, u64, u64)> {
+        let s = &self.blocks.l2.as_ref()?.stats;
+        Some((s.hits.load(Ordering::Relaxed), s.misses.load(Ordering::Relaxed), s.damaged.load(Ordering::Relaxed)))
     }
 
     fn ctx(&self, c: Ctx) -> Option<pb::Context> {
@@ -178,6 +197,7 @@ impl DataPath {
     /// blocks' bytes where they can.
     pub async fn read(&self, c: Ctx, f: &OpenFile, offset: u64, size: u32) -> FsResult<Vec<Bytes>> {
         let mut pieces = Vec::new();
+        let sequential;
         {
             let mut st = f.lock().await;
             self.ensure_loaded(c, &mut st).await?;
@@ -200,11 +220,12 @@ impl DataPath {
                 }
                 pos += len as u64;
             }
-            // Read-ahead for a sequential reader.
-            let sequential = offset == st.next_read || offset == 0;
+            // Read-ahead for a sequential reader: the blocks this read touches are fetched whole
+            // (below), those after them in the background.
+            sequential = (offset == st.next_read || offset == 0) && self.readahead > 0;
             st.next_read = end;
-            if sequential && self.readahead > 0 {
-                let first = (end / bs).max(st.readahead_to);
+            if sequential {
+                let first = ((end - 1) / bs + 1).max(st.readahead_to);
                 let last = end / bs + self.readahead;
                 for index in first..=last {
                     if let Some(b) = st.map.get(&index)
@@ -221,7 +242,15 @@ impl DataPath {
         }
         let fetched = futures::future::try_join_all(pieces.iter().map(|p| async move {
             match p {
-                Piece::Block { block, from, len } => self.blocks.range(block, *from, *len).await,
+                Piece::Block { block, from, len } => {
+                    // One fetch for the block however many readers ask (concurrent ones wait for
+                    // it); if it fails (a damaged chunk elsewhere in the block), the range is
+                    // read piece by piece and only what it touches decides.
+                    if sequential {
+                        let _ = self.blocks.whole(block).await;
+                    }
+                    self.blocks.range(block, *from, *len).await
+                }
                 _ => Ok(Vec::new()),
             }
         }))
