@@ -18,6 +18,33 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// `fsprobe ARGS...` with its output piped.
+    pub fn start(args: &[&str]) -> Probe {
+        let mut child =
+            Command::new(fsprobe()).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Probe { child, out }
+    }
+
+    /// Follows the probe's `WORD N` lines on a thread of its own: the last N is in the counter;
+    /// the thread ends (returning the probe's exit status) when the probe's output ends.
+    pub fn follow(
+        mut self,
+        word: &'static str,
+        last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> std::thread::JoinHandle<std::process::ExitStatus> {
+        std::thread::spawn(move || {
+            let mut l = String::new();
+            while self.out.read_line(&mut l).unwrap_or(0) > 0 {
+                if let Some(n) = l.trim().strip_prefix(word).and_then(|n| n.trim().parse().ok()) {
+                    last.store(n, std::sync::atomic::Ordering::SeqCst);
+                }
+                l.clear();
+            }
+            self.child.wait().expect("waiting for fsprobe")
+        })
+    }
+
     pub fn lock(path: &Path, kind: &str, write: bool, start: u64, len: u64, wait: bool) -> Probe {
         let mut child = Command::new(fsprobe())
             .args(["lock", &path.to_string_lossy(), kind, if write { "write" } else { "read" }])

@@ -313,3 +313,107 @@ async fn serve(client: TcpStream, target: String, state: Arc<State>) {
         }
     }
 }
+
+/// A loopback TCP proxy in front of the metadata server that, when armed, lets a request through
+/// to the server and then breaks the connection instead of passing the reply back: the server
+/// applied the request, the client never heard. Bytes are not parsed (the stream is TLS): an
+/// exchange is bytes from the client followed by bytes from the server; [`CuttingProxy::cut_reply`]
+/// lets `skip` exchanges pass and breaks the next.
+pub struct CuttingProxy {
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    /// Exchanges still to let pass before the cut, plus one; 0: not armed.
+    armed: Arc<AtomicU64>,
+    cuts: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl CuttingProxy {
+    pub async fn start(upstream: &str) -> Result<CuttingProxy> {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").await.map_err(HarnessError::io("binding the cutting proxy's port"))?;
+        let port = listener.local_addr().map_err(HarnessError::io("the cutting proxy's port"))?.port();
+        let armed = Arc::new(AtomicU64::new(0));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let (a, c, target) = (armed.clone(), cuts.clone(), upstream.to_string());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (a, c, target) = (a.clone(), c.clone(), target.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(&target).await else { return };
+                    pump(client, server, a, c).await;
+                });
+            }
+        });
+        Ok(CuttingProxy { addr: format!("127.0.0.1:{port}"), armed, cuts, task })
+    }
+
+    /// Lets `skip` exchanges pass, then breaks the connection that carries the next request
+    /// once its reply comes (the kernel looks a name up before it creates it exclusively or
+    /// renames onto it: `skip` 1 lets that lookup pass).
+    pub fn cut_reply(&self, skip: u64) {
+        self.armed.store(skip + 1, Ordering::SeqCst);
+    }
+
+    /// Connections broken so far.
+    pub fn cuts(&self) -> u64 {
+        self.cuts.load(Ordering::SeqCst)
+    }
+}
+
+async fn pump(client: TcpStream, server: TcpStream, armed: Arc<AtomicU64>, cuts: Arc<AtomicU64>) {
+    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    // Set when this connection carried bytes from the client while armed.
+    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let up = {
+        let (armed, asked) = (armed.clone(), asked.clone());
+        async move {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = cr.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                if armed.load(Ordering::SeqCst) > 0 {
+                    asked.store(true, Ordering::SeqCst);
+                }
+                if sw.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = sr.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            if asked.swap(false, Ordering::SeqCst) {
+                // One exchange more: the last one armed is cut.
+                let was = armed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).unwrap_or(0);
+                if was == 1 {
+                    cuts.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+            }
+            if cw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Whichever side ends first ends the connection (both halves dropped).
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}

@@ -219,6 +219,17 @@ impl Mount {
     /// Mounts `VOLUME[/SUBPATH]` with `token`; `options` are `-o` options (allow_other is
     /// always added: pjdfstest and other users reach the mount).
     pub async fn start(meta: &MetaServer, volume: &str, token: &str, options: &[&str]) -> Result<Mount> {
+        Mount::start_at(meta, &meta.addr, volume, token, options).await
+    }
+
+    /// [`Mount::start`] through `server` (`HOST:PORT`; a proxy in front of `meta`).
+    pub async fn start_at(
+        meta: &MetaServer,
+        server: &str,
+        volume: &str,
+        token: &str,
+        options: &[&str],
+    ) -> Result<Mount> {
         let dir =
             tempfile::Builder::new().prefix("stratusfs-mount-").tempdir().map_err(HarnessError::io("a mount dir"))?;
         // Other users (pjdfstest's, ACL tests') must reach the mount point.
@@ -233,7 +244,7 @@ impl Mount {
         opts.extend(options.iter().map(|s| s.to_string()));
         let mut cmd = Command::new(binary()?);
         cmd.arg("mount")
-            .arg(format!("stratusfs://{}/{volume}", meta.addr))
+            .arg(format!("stratusfs://{server}/{volume}"))
             .arg(&path)
             .arg("--foreground")
             .arg("--token-file")

@@ -69,7 +69,7 @@ pub(crate) type FsResult<T> = Result<T, i32>;
 /// `testkit` feature (the crate's own tests, the e2e crate, the fuzz target).
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit {
-    pub use crate::metaclient::{Session, connect};
+    pub use crate::metaclient::{MetaRpc, Session, connect};
     /// POSIX ACL xattr values as the kernel writes them.
     pub mod acl {
         pub use crate::server::acl::{bytes, entries};

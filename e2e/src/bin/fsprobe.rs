@@ -8,6 +8,10 @@
 //! fsprobe writer PATH RECORD
 //!     appends RECORD-byte records (record i filled with byte i % 251) with fsync after each and
 //!     prints `synced N` after the N-th fsync returned, until killed.
+//! fsprobe reader PATH
+//!     reads PATH whole, prints `ready`, then keeps reading 64 KiB pieces of it through the same
+//!     open file (a piece every 20 ms), checking each against the first read, and prints
+//!     `reads N` after the N-th; exits 1 with the error on a failed or different read.
 //! fsprobe smallfiles DIR COUNT SIZE
 //!     COUNT cycles of create + write SIZE bytes + close, stat, unlink in DIR; prints
 //!     `cycles_per_sec X` (the benchmark's small-file figure).
@@ -99,6 +103,29 @@ fn writer(args: &[String]) {
     }
 }
 
+fn reader(args: &[String]) {
+    let [path] = args else { fail("usage: fsprobe reader PATH") };
+    let f = std::fs::File::open(path).unwrap_or_else(|e| fail(&format!("opening {path}: {e}")));
+    let len = f.metadata().unwrap_or_else(|e| fail(&format!("stat {path}: {e}"))).len() as usize;
+    const PIECE: usize = 64 << 10;
+    if len < 2 * PIECE {
+        fail("the file must hold two pieces of 64 KiB at least");
+    }
+    let mut whole = vec![0u8; len];
+    f.read_exact_at(&mut whole, 0).unwrap_or_else(|e| fail(&format!("reading {path}: {e}")));
+    say("ready");
+    let mut buf = vec![0u8; PIECE];
+    for n in 1u64.. {
+        let at = (n as usize * 7919 * 4096) % (len - PIECE);
+        f.read_exact_at(&mut buf, at as u64).unwrap_or_else(|e| fail(&format!("read {n} at {at}: {e}")));
+        if buf[..] != whole[at..at + PIECE] {
+            fail(&format!("read {n} at {at}: different bytes"));
+        }
+        say(&format!("reads {n}"));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn smallfiles(args: &[String]) {
     let [dir, count, size] = args else { fail("usage: fsprobe smallfiles DIR COUNT SIZE") };
     let count: usize = count.parse().unwrap_or_else(|_| fail("COUNT"));
@@ -122,6 +149,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("lock") => lock(&args[1..]),
         Some("writer") => writer(&args[1..]),
+        Some("reader") => reader(&args[1..]),
         Some("smallfiles") => smallfiles(&args[1..]),
         _ => fail("usage: fsprobe lock ... | fsprobe writer ..."),
     }

@@ -13,6 +13,7 @@ mod fuse_two_mounts;
 mod fuse_up;
 mod harness;
 mod kubernetes;
+mod meta_failures;
 mod object_stores;
 mod store_failures;
 mod store_reads;

@@ -175,7 +175,7 @@ impl StratusFs {
         Some(self.session.ctx(c.uid, c.gid, c.pid))
     }
 
-    fn rpc(&self) -> pb::meta_client::MetaClient<tonic::transport::Channel> {
+    fn rpc(&self) -> crate::metaclient::MetaRpc {
         self.session.rpc.clone()
     }
 

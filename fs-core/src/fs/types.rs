@@ -24,6 +24,9 @@ pub struct FsConfig {
     pub attr_ttl: Duration,
     /// How long the kernel may cache names (lookups).
     pub entry_ttl: Duration,
+    /// How long the kernel may cache that a name does not exist (0: not at all; another mount's
+    /// create of the name is seen only after it).
+    pub negative_ttl: Duration,
     /// Memory for decoded blocks (L1).
     pub cache_bytes: usize,
     /// Unflushed bytes per file before write() commits them (bounds memory).
@@ -51,6 +54,7 @@ impl Default for FsConfig {
         FsConfig {
             attr_ttl: Duration::from_secs(1),
             entry_ttl: Duration::from_secs(1),
+            negative_ttl: Duration::ZERO,
             cache_bytes: 256 << 20,
             dirty_limit: 64 << 20,
             readahead_blocks: 4,

@@ -160,7 +160,15 @@ impl Adapter {
         // The request's inode (FUSE's root node is the mount's root inode).
         let ino = self.ino(h.nodeid);
         match h.opcode {
-            opcode::LOOKUP => Ok(self.entry_out(&fs.lookup(c, ino, name(body)?).await?)),
+            opcode::LOOKUP => match fs.lookup(c, ino, name(body)?).await {
+                // A name that is not there, cached as such by the kernel for `negative_ttl`.
+                Err(libc::ENOENT) if !fs.cfg.negative_ttl.is_zero() => {
+                    let (s, n) = ttl(fs.cfg.negative_ttl);
+                    let out = abi::EntryOut { entry_valid: s, entry_valid_nsec: n, ..abi::EntryOut::default() };
+                    Ok(out.bytes().to_vec())
+                }
+                r => Ok(self.entry_out(&r?)),
+            },
             opcode::GETATTR => Ok(self.attr_out(&fs.getattr(c, ino).await?)),
             opcode::SETATTR => {
                 let (s, _) = arg::<abi::SetattrIn>(body)?;

@@ -107,3 +107,88 @@ pub async fn connect(addr: &str, trust: &ClientTrust, outage: Duration) -> Resul
 
 /// How long one TCP + TLS connection attempt may take.
 const CONNECT_ATTEMPT: Duration = Duration::from_secs(5);
+
+/// A session's channel: a request whose connection broke before its reply came is sent again,
+/// for up to `wait` (the mount's `meta_wait`), once the channel has reconnected. Every request of a
+/// session carries its own number ([`super::Session::ctx`]), so a change the server applied before
+/// the break is answered from the reply it kept, not applied twice (`server::store::replay`); a
+/// read is simply read again. Requests are small unary messages: each is held until answered.
+#[derive(Clone)]
+pub struct MetaChannel {
+    inner: Channel,
+    wait: Duration,
+}
+
+impl MetaChannel {
+    pub fn new(inner: Channel, wait: Duration) -> MetaChannel {
+        MetaChannel { inner, wait }
+    }
+}
+
+impl From<Channel> for MetaChannel {
+    /// No retries: an error at once.
+    fn from(inner: Channel) -> MetaChannel {
+        MetaChannel::new(inner, Duration::ZERO)
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for MetaChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        tower::Service::poll_ready(&mut self.inner, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        // The clone that was made ready serves this call; a fresh clone stays for the next.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let wait = self.wait;
+        Box::pin(async move {
+            use http_body_util::BodyExt;
+            use tower::ServiceExt;
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.map_err(|s| Box::new(s) as BoxError)?.to_bytes();
+            let attempt = |parts: &http::request::Parts| {
+                let mut r = http::Request::new(tonic::body::Body::new(http_body_util::Full::new(body.clone())));
+                *r.method_mut() = parts.method.clone();
+                *r.uri_mut() = parts.uri.clone();
+                *r.version_mut() = parts.version;
+                *r.headers_mut() = parts.headers.clone();
+                r
+            };
+            // One deadline for the whole request: each attempt's reconnect waits as well.
+            let start = std::time::Instant::now();
+            let mut broke = false;
+            let mut pause = Duration::from_millis(50);
+            loop {
+                let sent = match inner.ready().await {
+                    Ok(ready) => ready.call(attempt(&parts)).await,
+                    Err(e) => Err(e),
+                };
+                let error = match sent {
+                    Ok(r) => {
+                        if broke {
+                            tracing::info!(path = %parts.uri.path(), "a request the broken connection took was sent again and answered");
+                        }
+                        return Ok(r);
+                    }
+                    Err(e) => e,
+                };
+                if start.elapsed() + pause > wait {
+                    return Err(error.into());
+                }
+                if !broke {
+                    broke = true;
+                    tracing::warn!(path = %parts.uri.path(), %error, "the connection to the metadata server broke during a request; sending it again once reconnected");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        })
+    }
+}

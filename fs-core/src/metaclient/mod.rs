@@ -7,5 +7,8 @@ pub mod channel;
 pub mod session;
 
 pub use admin::AdminClient;
-pub use channel::{ClientError, connect};
+pub use channel::{ClientError, MetaChannel, connect};
+
+/// A session's client of the `Meta` service.
+pub type MetaRpc = crate::wire::pb::meta_client::MetaClient<MetaChannel>;
 pub use session::Session;

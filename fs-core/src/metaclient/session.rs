@@ -6,15 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use tonic::transport::Channel;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::ClientError;
+use super::{ClientError, MetaChannel, MetaRpc};
 use crate::wire::{MAX_MESSAGE, PROTOCOL_VERSION, pb};
 
 /// A session on one volume.
 pub struct Session {
-    pub rpc: pb::meta_client::MetaClient<Channel>,
+    pub rpc: MetaRpc,
     id: RwLock<Vec<u8>>,
+    /// The number the next request carries (see [`Session::ctx`]).
+    next_request: AtomicU64,
     pub reply: pb::OpenSessionReply,
     volume: String,
     token: String,
@@ -23,14 +25,19 @@ pub struct Session {
 
 impl Session {
     /// Opens a session with a volume token.
-    pub async fn open(channel: Channel, volume: &str, token: &str, client: &str) -> Result<Arc<Session>, ClientError> {
+    pub async fn open(
+        channel: impl Into<MetaChannel>,
+        volume: &str,
+        token: &str,
+        client: &str,
+    ) -> Result<Arc<Session>, ClientError> {
         Self::opening(channel, volume, token, client, Vec::new()).await
     }
 
     /// Resumes session `id`, which another process held (a mount handed over): its open files
     /// and locks are this session's. Fails when the server no longer has it.
     pub async fn resume_id(
-        channel: Channel,
+        channel: impl Into<MetaChannel>,
         volume: &str,
         token: &str,
         client: &str,
@@ -46,13 +53,13 @@ impl Session {
     }
 
     async fn opening(
-        channel: Channel,
+        channel: impl Into<MetaChannel>,
         volume: &str,
         token: &str,
         client: &str,
         resume: Vec<u8>,
     ) -> Result<Arc<Session>, ClientError> {
-        let mut rpc = pb::meta_client::MetaClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+        let mut rpc = pb::meta_client::MetaClient::new(channel.into()).max_decoding_message_size(MAX_MESSAGE);
         let reply = rpc
             .open_session(pb::OpenSessionRequest {
                 protocol_version: PROTOCOL_VERSION as i32,
@@ -66,6 +73,11 @@ impl Session {
         Ok(Arc::new(Session {
             rpc,
             id: RwLock::new(reply.session.clone()),
+            // Numbers only grow, across the processes that hold one session in turn (a handover):
+            // each starts from the clock, in nanoseconds, far past any count before it.
+            next_request: AtomicU64::new(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64),
+            ),
             reply,
             volume: volume.to_string(),
             token: token.to_string(),
@@ -73,9 +85,11 @@ impl Session {
         }))
     }
 
-    /// The context of a request by a process with these credentials.
+    /// The context of a request by a process with these credentials, under a number of its own
+    /// (a retry of the request is recognised by it; [`MetaChannel`]).
     pub fn ctx(&self, uid: u32, gid: u32, pid: u32) -> pb::Context {
-        pb::Context { session: self.id.read().clone(), uid, gid, pid, groups: Vec::new() }
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        pb::Context { session: self.id.read().clone(), uid, gid, pid, groups: Vec::new(), request }
     }
 
     /// A root context (uid 0, gid 0).

@@ -22,7 +22,7 @@ use crate::fuse::abi::init;
 use crate::fuse::adapter::Adapter;
 use crate::fuse::mount::{mount, unmount};
 use crate::fuse::session::{Channel, Ended, InitWanted, PendingRequest, Session as FuseSession, handshake};
-use crate::metaclient::{ClientError, Session, connect};
+use crate::metaclient::{ClientError, MetaChannel, Session, connect};
 use crate::tls::ClientTrust;
 use handover::{HANDOVER_VERSION, Handover, HandoverError, HandoverState};
 pub use options::{BadSource, META_WAIT, MountOptions, OptionError, Source};
@@ -160,6 +160,7 @@ impl Mount {
         let channel = connect(&source.server, &credentials.trust, options.meta_wait)
             .await
             .map_err(|e| MountError::Connect(Box::new(e)))?;
+        let channel = MetaChannel::new(channel, options.meta_wait);
         let session = Session::open(channel, &source.volume, &credentials.token, &client_name(mountpoint))
             .await
             .map_err(|e| MountError::Session {
@@ -214,6 +215,7 @@ impl Mount {
         let channel = connect(&state.source.server, &state.trust, state.options.meta_wait)
             .await
             .map_err(|e| MountError::Connect(Box::new(e)))?;
+        let channel = MetaChannel::new(channel, state.options.meta_wait);
         let session =
             Session::resume_id(channel, &state.source.volume, &state.token, &client_name(&state.mountpoint), &id)
                 .await

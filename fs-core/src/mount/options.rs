@@ -88,7 +88,7 @@ pub const META_WAIT: Duration = Duration::from_secs(60);
 
 /// The options `-o` knows, for the error message.
 const KNOWN: &str = "ro, rw, allow_other, noatime, noexec, nosuid, nodev, umask=OCTAL, attr_ttl=SECS, \
-entry_ttl=SECS, cache_mib=N, dirty_mib=N, threads=N, meta_wait=SECS, store_wait=SECS, disk_cache_dir=PATH, disk_cache_mib=N, nodelegations, token_file=PATH, ca_file=PATH, fingerprint=HEX, \
+entry_ttl=SECS, negative_ttl=SECS, cache_mib=N, dirty_mib=N, threads=N, meta_wait=SECS, store_wait=SECS, disk_cache_dir=PATH, disk_cache_mib=N, nodelegations, token_file=PATH, ca_file=PATH, fingerprint=HEX, \
 log_file=PATH";
 
 impl MountOptions {
@@ -164,6 +164,7 @@ impl MountOptions {
                 }
                 "attr_ttl" => o.fs.attr_ttl = secs(v)?,
                 "entry_ttl" => o.fs.entry_ttl = secs(v)?,
+                "negative_ttl" => o.fs.negative_ttl = secs(v)?,
                 "cache_mib" => o.fs.cache_bytes = num(v)? << 20,
                 "dirty_mib" => o.fs.dirty_limit = (num(v)? << 20).max(1 << 20),
                 "threads" => o.threads = num(v)?.clamp(1, 64),
@@ -203,7 +204,7 @@ mod tests {
     fn mount_options_parse_and_unknown_ones_are_named() {
         let o = MountOptions::parse(&[
             "ro,allow_other,noatime,umask=027".into(),
-            "attr_ttl=60,entry_ttl=0.5,cache_mib=64,dirty_mib=16,threads=8,token_file=/t,fingerprint=ab,defaults,_netdev".into(),
+            "attr_ttl=60,entry_ttl=0.5,negative_ttl=2,cache_mib=64,dirty_mib=16,threads=8,token_file=/t,fingerprint=ab,defaults,_netdev".into(),
             "meta_wait=300,store_wait=2.5,disk_cache_dir=/var/cache/l2,disk_cache_mib=512".into(),
         ])
         .unwrap();
@@ -211,6 +212,7 @@ mod tests {
         assert_eq!(o.fs.umask, 0o027);
         assert_eq!(o.fs.attr_ttl, Duration::from_secs(60));
         assert_eq!(o.fs.entry_ttl, Duration::from_millis(500));
+        assert_eq!(o.fs.negative_ttl, Duration::from_secs(2));
         assert_eq!(o.fs.cache_bytes, 64 << 20);
         assert_eq!(o.fs.dirty_limit, 16 << 20);
         assert_eq!(o.threads, 8);

@@ -24,6 +24,8 @@ pub struct Caller {
     pub gid: u32,
     pub groups: Vec<u32>,
     pub pid: u32,
+    /// The request's number in its session (0: none), for replies kept against retries.
+    pub request: u64,
 }
 
 impl Caller {
@@ -39,6 +41,7 @@ impl Caller {
             gid: 0,
             groups: Vec::new(),
             pid: 0,
+            request: 0,
         }
     }
 

@@ -87,9 +87,21 @@ pub async fn background(server: Arc<MetaServer>, cert: Arc<ServerCert>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_cert = Instant::now();
     let mut last_gc = Instant::now();
+    let mut last_sweep = Instant::now();
     loop {
         tick.tick().await;
         server.expire_sessions().await;
+        if last_sweep.elapsed() > Duration::from_secs(60) {
+            last_sweep = Instant::now();
+            for v in server.volumes() {
+                match v.change(false, crate::server::store::replay::sweep).await {
+                    Ok(n) => {
+                        tracing::debug!(volume = %v.info().name, deleted = n, "old replies kept for retries deleted")
+                    }
+                    Err(e) => tracing::warn!(volume = %v.info().name, error = %e, "deleting old replies failed"),
+                }
+            }
+        }
         if last_cert.elapsed() > Duration::from_secs(2) {
             last_cert = Instant::now();
             cert.reload_if_changed();

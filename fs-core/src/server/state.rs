@@ -50,6 +50,7 @@ impl SessionState {
             gid: ctx.gid,
             groups: ctx.groups.clone(),
             pid: ctx.pid,
+            request: ctx.request,
         }
     }
 }
@@ -547,7 +548,9 @@ impl MetaServer {
             opened: Some(now()),
         };
         let bytes = rec.encode_to_vec();
-        v.change(false, move |w| {
+        // Durable before the reply: a session the server acknowledged survives its crash, so a
+        // mount never finds its session gone after a restart (requests would get EACCES).
+        v.change(true, move |w| {
             w.sessions.insert(id.as_slice(), bytes.as_slice())?;
             Ok(())
         })

@@ -32,7 +32,7 @@ impl Fs {
         Some(self.s.ctx(self.uid, self.gid, 1))
     }
 
-    pub fn rpc(&self) -> pb::meta_client::MetaClient<tonic::transport::Channel> {
+    pub fn rpc(&self) -> fs_core::testkit::MetaRpc {
         self.s.rpc.clone()
     }
 

@@ -66,3 +66,36 @@ async fn sessions_open_files_and_locks_survive_a_restart() {
     );
     drop(srv);
 }
+
+/// A request sent again under its number (a client that lost the reply) is answered with the
+/// reply the server kept, not applied twice, also after a restart; a new number is a new request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_sent_twice_under_one_number_is_applied_once_even_across_a_restart() {
+    let srv = TestServer::start(|_| {}).await;
+    let (_, token) = srv.volume("v", |_| {}).await;
+    let a = Fs::new(srv.session("v", &token).await);
+    let root = a.base;
+    let mkdir = pb::MkNodRequest { ctx: a.ctx(), parent: root, name: b"d".to_vec(), perm: 0o755, ..Default::default() };
+    let first = a.rpc().mk_dir(mkdir.clone()).await.unwrap().into_inner();
+    let again = a.rpc().mk_dir(mkdir.clone()).await.unwrap().into_inner();
+    assert_eq!(first.attr.unwrap().ino, again.attr.unwrap().ino, "the same directory, not a second one");
+    let fresh = pb::MkNodRequest { ctx: a.ctx(), ..mkdir };
+    assert_eq!(errno(a.rpc().mk_dir(fresh).await.unwrap_err()), libc::EEXIST, "a new number is a new request");
+
+    let rename = pb::RenameRequest {
+        ctx: a.ctx(),
+        parent: root,
+        name: b"d".to_vec(),
+        new_parent: root,
+        new_name: b"e".to_vec(),
+        flags: 0,
+    };
+    a.rpc().rename(rename.clone()).await.unwrap();
+    let srv = srv.restart().await;
+    a.s.wait_ready(Duration::from_secs(5)).await.unwrap();
+    a.rpc().rename(rename).await.unwrap_or_else(|s| panic!("the rename sent again after a restart: {s}"));
+    let e = a.lookup(root, b"e").await.unwrap();
+    assert_eq!(e.ino, first.attr.unwrap().ino);
+    assert_eq!(a.lookup(root, b"d").await.unwrap_err(), libc::ENOENT);
+    drop(srv);
+}

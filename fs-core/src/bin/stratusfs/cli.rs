@@ -66,7 +66,7 @@ pub struct MountCliArgs {
     #[arg(long, env = "STRATUSFS_FINGERPRINT")]
     pub fingerprint: Option<String>,
     /// Mount options, comma separated as for mount(8): ro, allow_other, noatime, noexec, nosuid,
-    /// nodev, umask=OCTAL, attr_ttl=SECS, entry_ttl=SECS, cache_mib=N, dirty_mib=N, threads=N, meta_wait=SECS, store_wait=SECS, disk_cache_dir=PATH, disk_cache_mib=N
+    /// nodev, umask=OCTAL, attr_ttl=SECS, entry_ttl=SECS, negative_ttl=SECS, cache_mib=N, dirty_mib=N, threads=N, meta_wait=SECS, store_wait=SECS, disk_cache_dir=PATH, disk_cache_mib=N
     /// (how long requests wait for an unreachable metadata server, default 60), nodelegations
     /// (no write-back creates, docs/write-back-metadata.md), token_file=,
     /// ca_file=, fingerprint=, log_file=.

@@ -50,6 +50,9 @@ pub const OPEN_BY_INO: TableDefinition<(u64, u64), ()> = TableDefinition::new("o
 pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
 /// ino → LockList: granted locks
 pub const LOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("locks");
+/// (session id ++ request number, big-endian) → (applied at, ms since the epoch, little-endian) ++
+/// the change's result: what a retried request is answered with (`store::replay`).
+pub const REPLIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("replies");
 
 // --- the server file -------------------------------------------------------------------------------
 /// sha256(token) → AccountToken

@@ -17,6 +17,7 @@ use crate::server::deleg::{self, Delegations};
 use crate::server::locks::{Lock, LockTable};
 use crate::server::ns::{self, NewNode};
 use crate::server::quota::{self, Reservations};
+use crate::server::store::replay::{self, Replay};
 use crate::server::store::schema::{self, *};
 use crate::server::store::tx::*;
 use crate::server::store::writer::Writer;
@@ -210,9 +211,12 @@ impl VolumeDb {
 
     /// Runs a change after checking, inside the same transaction, that `inos` lie in the subtree
     /// and that none is delegated to another session (recalling it and running again if one is).
+    ///
+    /// A request made under a number ([`replay`]) that was applied before is answered with its
+    /// kept result instead; one applied now keeps its result in the same transaction.
     async fn change_in<R, F>(&self, c: &Caller, inos: Vec<u64>, durable: bool, f: F) -> MetaResult<R>
     where
-        R: Send + 'static,
+        R: Replay + Send + 'static,
         F: FnOnce(&mut W, &Caller) -> MetaResult<R> + Clone + Send + 'static,
     {
         loop {
@@ -222,9 +226,14 @@ impl VolumeDb {
             let (c2, inos2, f2, delegations) = (c.clone(), inos.clone(), f.clone(), self.delegations.clone());
             let r = self
                 .change(durable, move |w| {
+                    if let Some(r) = replay::replayed(w, &c2)? {
+                        return Ok(r);
+                    }
                     Self::check_within(&w.inodes, &c2, &inos2)?;
                     delegations.check(&c2, &inos2)?;
-                    f2(w, &c2)
+                    let r = f2(w, &c2)?;
+                    replay::keep(w, &c2, &r)?;
+                    Ok(r)
                 })
                 .await;
             match r {
