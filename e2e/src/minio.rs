@@ -20,11 +20,27 @@ pub struct Minio {
     /// `None` while stopped ([`Minio::stop`]).
     service: Option<Service>,
     ports: (u16, u16),
+    /// The KMS key the server encrypts with (`MINIO_KMS_SECRET_KEY`), if started with one.
+    kms_key: Option<String>,
     dir: TempDir,
 }
 
+/// The name of the static KMS key [`Minio::start_with_kms`] gives the server.
+pub const KMS_KEY_NAME: &str = "stratusfs-key";
+
 impl Minio {
     pub async fn start() -> Result<Minio> {
+        Minio::start_with(None).await
+    }
+
+    /// A MinIO with a static KMS key named [`KMS_KEY_NAME`], so that it honours SSE-S3 and
+    /// SSE-KMS requests (a MinIO without one refuses them).
+    pub async fn start_with_kms() -> Result<Minio> {
+        // 32 bytes of test key material, base64: "32bytesoftestkeymaterial12345678".
+        Minio::start_with(Some(format!("{KMS_KEY_NAME}:MzJieXRlc29mdGVzdGtleW1hdGVyaWFsMTIzNDU2Nzg="))).await
+    }
+
+    async fn start_with(kms_key: Option<String>) -> Result<Minio> {
         let dir = tempfile::Builder::new()
             .prefix("stratusfs-minio-")
             .tempdir()
@@ -38,6 +54,7 @@ impl Minio {
             bucket: "stratusfs".into(),
             service: None,
             ports,
+            kms_key,
             dir,
         };
         minio.spawn().await?;
@@ -58,6 +75,9 @@ impl Minio {
             .env("MINIO_BROWSER", "off")
             .env("MINIO_UPDATE", "off")
             .env("HOME", self.dir.path());
+        if let Some(key) = &self.kms_key {
+            cmd.env("MINIO_KMS_SECRET_KEY", key);
+        }
         let mut service = Service::spawn("minio", cmd, self.dir.path())?;
         let http = http_client();
         let live = format!("{}/minio/health/ready", self.endpoint);
@@ -95,28 +115,50 @@ impl Minio {
     }
 
     async fn try_create_bucket(&self, bucket: &str) -> Result<()> {
+        let doing = format!("creating MinIO bucket {bucket}");
+        let resp =
+            self.signed("PUT", &format!("/{bucket}")).send().await.map_err(|e| HarnessError::setup(&doing, e))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(HarnessError::setup(doing, format!("{status}: {body}")));
+        }
+        Ok(())
+    }
+
+    /// The headers MinIO answers a HEAD of `key` in the bucket with (what a user's `aws s3api
+    /// head-object` shows: size, ETag, `x-amz-server-side-encryption`, ...).
+    pub async fn head(&self, key: &str) -> Result<reqwest::header::HeaderMap> {
+        let doing = format!("HEAD of {key} in MinIO bucket {}", self.bucket);
+        let resp = self
+            .signed("HEAD", &format!("/{}/{key}", self.bucket))
+            .send()
+            .await
+            .map_err(|e| HarnessError::setup(&doing, e))?;
+        if !resp.status().is_success() {
+            return Err(HarnessError::setup(doing, resp.status()));
+        }
+        Ok(resp.headers().clone())
+    }
+
+    /// A bodiless request to `path` (path-style), SigV4-signed with the root credentials.
+    fn signed(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
         let host = self.endpoint.trim_start_matches("http://");
-        let path = format!("/{bucket}");
         let headers = sign::sigv4_headers(
-            "PUT",
+            method,
             host,
-            &path,
+            path,
             &self.region,
             &self.access_key,
             &self.secret_key,
             chrono::Utc::now(),
         );
-        let mut req = http_client().put(format!("{}{path}", self.endpoint));
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        let mut req = http_client().request(method, format!("{}{path}", self.endpoint));
         for (name, value) in headers {
             req = req.header(name, value);
         }
-        let resp = req.send().await.map_err(|e| HarnessError::setup(format!("creating MinIO bucket {bucket}"), e))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            return Err(HarnessError::setup(format!("creating MinIO bucket {bucket}"), format!("{status}: {body}")));
-        }
-        Ok(())
+        req
     }
 
     /// The block-store spec of this bucket, under `prefix`.
@@ -130,6 +172,7 @@ impl Minio {
             secret_access_key: Some(self.secret_key.clone()),
             session_token: None,
             virtual_hosted_style: false,
+            server_side_encryption: None,
         }
     }
 

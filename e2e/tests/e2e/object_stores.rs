@@ -2,9 +2,13 @@
 //! objects through them, and a second client sees what the first wrote.
 
 use bytes::Bytes;
-use e2e::{azurite::Azurite, gcs::FakeGcs, minio::Minio};
+use e2e::{
+    azurite::Azurite,
+    gcs::FakeGcs,
+    minio::{KMS_KEY_NAME, Minio},
+};
 use fs_core::BackendSpec;
-use fs_core::blockstore::open_backend;
+use fs_core::blockstore::{Sse, check_backend, open_backend};
 use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutPayload, path::Path};
 
@@ -75,4 +79,40 @@ async fn azurite_put_get_list_delete() {
     e2e::init();
     let azurite = Azurite::start().await.unwrap();
     round_trip(azurite.backend_spec("vol-1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minio_encrypts_objects_with_the_server_side_encryption_the_spec_asks() {
+    e2e::init();
+    let minio = Minio::start_with_kms().await.unwrap();
+    for (sse, header) in
+        [(Sse { kms_key_id: None }, "AES256"), (Sse { kms_key_id: Some(KMS_KEY_NAME.into()) }, "aws:kms")]
+    {
+        let prefix = format!("sse-{}", header.replace(':', "-"));
+        let mut spec = minio.backend_spec(&prefix);
+        if let BackendSpec::S3 { server_side_encryption, .. } = &mut spec {
+            *server_side_encryption = Some(sse.clone());
+        }
+        check_backend(&spec).await.unwrap_or_else(|e| panic!("{sse:?}: the check fails: {e}"));
+        let store = open_backend(&spec).unwrap();
+        store.put(&Path::from("blocks/1"), PutPayload::from_static(b"secret bytes")).await.unwrap();
+        let got = store.get(&Path::from("blocks/1")).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&got[..], b"secret bytes", "{sse:?}: read back");
+        let headers = minio.head(&format!("{prefix}/blocks/1")).await.unwrap();
+        let said = headers.get("x-amz-server-side-encryption").and_then(|v| v.to_str().ok());
+        assert_eq!(said, Some(header), "{sse:?}: the store says how the object is encrypted: {headers:?}");
+        if let Some(key) = &sse.kms_key_id {
+            let id = headers.get("x-amz-server-side-encryption-aws-kms-key-id").and_then(|v| v.to_str().ok());
+            assert!(id.is_some_and(|id| id.ends_with(key.as_str())), "SSE-KMS names the key: {headers:?}");
+        }
+    }
+
+    // A store that cannot encrypt refuses the volume at its check, in one line that says why.
+    let plain = Minio::start().await.unwrap();
+    let mut spec = plain.backend_spec("sse");
+    if let BackendSpec::S3 { server_side_encryption, .. } = &mut spec {
+        *server_side_encryption = Some(Sse { kms_key_id: None });
+    }
+    let err = check_backend(&spec).await.unwrap_err().to_string();
+    assert!(!err.contains('\n') && err.contains("block store s3://"), "{err}");
 }

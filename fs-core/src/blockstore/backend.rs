@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
@@ -45,6 +45,9 @@ pub enum BackendSpec {
         /// itself is always addressed by host).
         #[serde(default)]
         virtual_hosted_style: bool,
+        /// Encryption the store applies to every object this volume writes (`x-amz-server-side-encryption`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server_side_encryption: Option<Sse>,
     },
     /// Google Cloud Storage.
     Gcs {
@@ -131,6 +134,15 @@ impl BackendSpec {
     }
 }
 
+/// S3 server-side encryption: no key id is SSE-S3 (`AES256`, keys the store manages), a key id is
+/// SSE-KMS (`aws:kms` with that key). The store encrypts at rest; stratusfs's own end-to-end
+/// encryption is separate (docs/block-stores.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+}
+
 /// How hard a client tries before it reports an error.
 #[derive(Clone, Debug)]
 pub struct Tuning {
@@ -201,6 +213,7 @@ pub fn open_backend_with(spec: &BackendSpec, tuning: &Tuning) -> Result<Arc<dyn 
             secret_access_key,
             session_token,
             virtual_hosted_style,
+            server_side_encryption,
             ..
         } => {
             let mut b = AmazonS3Builder::new()
@@ -219,6 +232,16 @@ pub fn open_backend_with(spec: &BackendSpec, tuning: &Tuning) -> Result<Arc<dyn 
             }
             if let Some(v) = session_token {
                 b = b.with_token(v);
+            }
+            match server_side_encryption {
+                Some(Sse { kms_key_id: Some(key) }) => b = b.with_sse_kms_encryption(key),
+                Some(Sse { kms_key_id: None }) => {
+                    // object_store names SSE-S3 only through its config key (the key's enum is private).
+                    let key: AmazonS3ConfigKey =
+                        "aws_server_side_encryption".parse().expect("object_store's own config key");
+                    b = b.with_config(key, "AES256")
+                }
+                None => {}
             }
             Arc::new(b.build().map_err(build)?)
         }
@@ -299,6 +322,7 @@ mod tests {
             secret_access_key: None,
             session_token: None,
             virtual_hosted_style: false,
+            server_side_encryption: None,
         };
         let err = open_backend(&spec).err().unwrap().to_string();
         assert!(err.contains("s3") && err.contains("not a url"), "{err}");

@@ -16,7 +16,7 @@ pub(crate) mod local;
 pub(crate) mod probe;
 pub(crate) mod url;
 
-pub use backend::{BackendError, BackendSpec, Tuning, open_backend, open_backend_with};
+pub use backend::{BackendError, BackendSpec, Sse, Tuning, open_backend, open_backend_with};
 pub(crate) use local::LocalFiles;
 pub use probe::check_backend;
 pub use url::{AZURITE_ACCOUNT, AZURITE_KEY, BLOCK_STORE_ENV};

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::backend::{BackendError, BackendSpec};
+use super::backend::{BackendError, BackendSpec, Sse};
 
 /// The key and account Azurite (the Azure Storage emulator) documents for every installation.
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
@@ -22,6 +22,8 @@ pub const BLOCK_STORE_ENV: &[&str] = &[
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
+    "AWS_SERVER_SIDE_ENCRYPTION",
+    "AWS_SSE_KMS_KEY_ID",
     "GOOGLE_APPLICATION_CREDENTIALS",
     "GOOGLE_SERVICE_ACCOUNT_KEY",
     "GOOGLE_BASE_URL",
@@ -38,7 +40,8 @@ impl BackendSpec {
     ///
     /// - `s3://`: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (both required),
     ///   `AWS_SESSION_TOKEN`, `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (an S3-compatible store),
-    ///   `AWS_REGION` or `AWS_DEFAULT_REGION`, `AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true`.
+    ///   `AWS_REGION` or `AWS_DEFAULT_REGION`, `AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true`,
+    ///   `AWS_SERVER_SIDE_ENCRYPTION` (`AES256`, or `aws:kms` with `AWS_SSE_KMS_KEY_ID`).
     /// - `gs://`: `GOOGLE_APPLICATION_CREDENTIALS` (a service-account key file) or
     ///   `GOOGLE_SERVICE_ACCOUNT_KEY` (its JSON), required unless an emulator is named by
     ///   `GOOGLE_BASE_URL` or `STORAGE_EMULATOR_HOST`.
@@ -74,6 +77,23 @@ impl BackendSpec {
                 let (Some(key), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) else {
                     return Err(missing("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"));
                 };
+                let kms_key_id = env("AWS_SSE_KMS_KEY_ID");
+                let server_side_encryption = match (env("AWS_SERVER_SIDE_ENCRYPTION").as_deref(), kms_key_id) {
+                    (None, None) => None,
+                    (Some("AES256"), None) => Some(Sse { kms_key_id: None }),
+                    (Some("aws:kms"), Some(key)) => Some(Sse { kms_key_id: Some(key) }),
+                    (Some("aws:kms"), None) => {
+                        return Err(bad("AWS_SERVER_SIDE_ENCRYPTION=aws:kms needs the key in AWS_SSE_KMS_KEY_ID"));
+                    }
+                    (None | Some("AES256"), Some(_)) => {
+                        return Err(bad("AWS_SSE_KMS_KEY_ID is set: set AWS_SERVER_SIDE_ENCRYPTION=aws:kms with it"));
+                    }
+                    (Some(other), _) => {
+                        return Err(bad(&format!(
+                            "AWS_SERVER_SIDE_ENCRYPTION={other} is not one of AES256 (SSE-S3) or aws:kms (SSE-KMS)"
+                        )));
+                    }
+                };
                 Ok(BackendSpec::S3 {
                     bucket,
                     prefix,
@@ -83,6 +103,7 @@ impl BackendSpec {
                     secret_access_key: Some(secret),
                     session_token: env("AWS_SESSION_TOKEN"),
                     virtual_hosted_style: env("AWS_VIRTUAL_HOSTED_STYLE_REQUEST").is_some_and(|v| truthy(&v)),
+                    server_side_encryption,
                 })
             }
             "gs" => {
@@ -172,9 +193,50 @@ mod tests {
                 secret_access_key: Some("secret".into()),
                 session_token: None,
                 virtual_hosted_style: false,
+                server_side_encryption: None,
             }
         );
         assert_eq!(spec.url(), "s3://bucket/team/vol");
+    }
+
+    #[test]
+    fn server_side_encryption_is_sse_s3_or_sse_kms_with_its_key() {
+        let keys = [("AWS_ACCESS_KEY_ID", "id"), ("AWS_SECRET_ACCESS_KEY", "secret")];
+        let sse = |extra: &[(&str, &str)]| {
+            let vars: Vec<_> = keys.iter().chain(extra).copied().collect();
+            from("s3://b", &vars).map(|spec| match spec {
+                BackendSpec::S3 { server_side_encryption, .. } => server_side_encryption,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(sse(&[]).unwrap(), None);
+        assert_eq!(sse(&[("AWS_SERVER_SIDE_ENCRYPTION", "AES256")]).unwrap(), Some(Sse { kms_key_id: None }));
+        assert_eq!(
+            sse(&[("AWS_SERVER_SIDE_ENCRYPTION", "aws:kms"), ("AWS_SSE_KMS_KEY_ID", "k1")]).unwrap(),
+            Some(Sse { kms_key_id: Some("k1".into()) })
+        );
+        for (extra, says) in [
+            (&[("AWS_SERVER_SIDE_ENCRYPTION", "aws:kms")][..], "needs the key in AWS_SSE_KMS_KEY_ID"),
+            (&[("AWS_SSE_KMS_KEY_ID", "k1")][..], "set AWS_SERVER_SIDE_ENCRYPTION=aws:kms"),
+            (&[("AWS_SERVER_SIDE_ENCRYPTION", "sse-c")][..], "sse-c is not one of AES256"),
+        ] {
+            let e = sse(extra).unwrap_err().to_string();
+            assert!(e.contains(says), "{extra:?}: {e}");
+        }
+        let spec = BackendSpec::S3 {
+            bucket: "b".into(),
+            prefix: String::new(),
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            virtual_hosted_style: false,
+            server_side_encryption: Some(Sse { kms_key_id: None }),
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains(r#""server_side_encryption":{}"#), "{json}");
+        assert_eq!(serde_json::from_str::<BackendSpec>(&json).unwrap(), spec);
     }
 
     #[test]

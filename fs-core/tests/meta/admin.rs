@@ -49,6 +49,7 @@ async fn volumes_tokens_quotas_and_usage_through_the_typed_client() {
         secret_access_key: Some("s".into()),
         session_token: None,
         virtual_hosted_style: false,
+        server_side_encryption: None,
     };
     let e = admin.create_volume(&VolumeSpec::new("nowhere", unreachable)).await.unwrap_err();
     let said = e.to_string();
