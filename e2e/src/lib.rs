@@ -20,6 +20,7 @@ pub mod probe;
 pub mod proxy;
 pub mod service;
 pub mod sign;
+pub mod stores;
 pub mod stratusfs;
 pub mod suites;
 pub mod tools;

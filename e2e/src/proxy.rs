@@ -41,6 +41,9 @@ pub struct Request {
 
 #[derive(Default)]
 struct State {
+    /// Send the store its own address as `Host` (for a store that reads the bucket from it and
+    /// checks no signature over it: fake-gcs-server).
+    upstream_host: bool,
     fault: AtomicU8,
     /// Requests still to fail with the fault before it turns back to [`Fault::None`] (0: no limit).
     remaining: AtomicU64,
@@ -61,13 +64,26 @@ impl Drop for StoreProxy {
 }
 
 impl StoreProxy {
-    /// A proxy on a free loopback port that forwards to `upstream` (`http://HOST:PORT`).
+    /// A proxy on a free loopback port that forwards to `upstream` (`http://HOST:PORT[/PATH]`), each
+    /// request byte for byte.
     pub async fn start(upstream: &str) -> Result<StoreProxy> {
-        let target = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
+        StoreProxy::start_with(upstream, false).await
+    }
+
+    /// [`StoreProxy::start`], but the `Host` header the store gets names the store itself: for
+    /// fake-gcs-server, which reads a bucket from any other host name (an S3 store checks the
+    /// host in the request's signature: there it must stay the proxy's).
+    pub async fn start_rewriting_host(upstream: &str) -> Result<StoreProxy> {
+        StoreProxy::start_with(upstream, true).await
+    }
+
+    async fn start_with(upstream: &str, upstream_host: bool) -> Result<StoreProxy> {
+        // HOST:PORT only: an account URL's path (Azurite's `/devstoreaccount1`) stays in the spec.
+        let target = upstream.trim_start_matches("http://").split('/').next().unwrap_or_default().to_string();
         let listener =
             TcpListener::bind("127.0.0.1:0").await.map_err(HarnessError::io("binding the store proxy's port"))?;
         let port = listener.local_addr().map_err(HarnessError::io("the store proxy's port"))?.port();
-        let state = Arc::new(State::default());
+        let state = Arc::new(State { upstream_host, ..State::default() });
         let st = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -136,6 +152,17 @@ struct Head {
 impl Head {
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The head's bytes with its `Host` header set to `host`.
+    fn with_host(&self, host: &str) -> Vec<u8> {
+        let mut out = format!("{}\r\n", self.first);
+        for (k, v) in &self.headers {
+            let v = if k.eq_ignore_ascii_case("host") { host } else { v };
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        out.into_bytes()
     }
 
     fn body(&self) -> Body {
@@ -238,12 +265,13 @@ async fn copy_body<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Serves one client connection: request by request, forwarded on one upstream connection.
+/// Serves one client connection: request by request, each forwarded on a connection of its own
+/// to the store (a store closes idle connections on its own schedule, Azurite after 5 s; a
+/// kept connection would break the client's next request on it).
 async fn serve(client: TcpStream, target: String, state: Arc<State>) {
     let _ = client.set_nodelay(true);
     let (cr, mut cw) = client.into_split();
     let mut cr = BufReader::new(cr);
-    let mut upstream: Option<(BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf)> = None;
     loop {
         let Ok(Some(head)) = read_head(&mut cr).await else { return };
         let mut parts = head.first.split_whitespace();
@@ -278,16 +306,15 @@ async fn serve(client: TcpStream, target: String, state: Arc<State>) {
             }
             Fault::None => {}
         }
-        if upstream.is_none() {
-            // A store that is down: the client's connection breaks as if it had been refused.
-            let Ok(s) = TcpStream::connect(&target).await else { return };
-            let _ = s.set_nodelay(true);
-            let (r, w) = s.into_split();
-            upstream = Some((BufReader::new(r), w));
-        }
-        let (ur, uw) = upstream.as_mut().expect("connected above");
+        // A store that is down: the client's connection breaks as if it had been refused.
+        let Ok(s) = TcpStream::connect(&target).await else { return };
+        let _ = s.set_nodelay(true);
+        let (r, mut uw) = s.into_split();
+        let mut ur = BufReader::new(r);
+        let raw = if state.upstream_host { head.with_host(&target) } else { head.raw.clone() };
+        let (ur, uw) = (&mut ur, &mut uw);
         let forwarded = async {
-            uw.write_all(&head.raw).await?;
+            uw.write_all(&raw).await?;
             copy_body(&mut cr, Some(uw), head.body()).await?;
             // Interim (1xx) answers come before the real one.
             let reply = loop {

@@ -5,8 +5,19 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use e2e::stores::{Backend, Store};
 use e2e::stratusfs::{MetaServer, Mount, install_mount_helpers, is_mounted};
 use fs_core::admin::Quota;
+use fs_core::blockstore::open_backend;
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+
+on_each_backend!(
+    a_full_quota_fails_write_with_edquot_and_keeps_every_earlier_byte,
+    fsynced_data_survives_kill_9_of_the_client_and_of_the_metadata_server,
+    a_corrupted_block_object_reads_as_eio_never_as_wrong_bytes,
+);
 
 const MIB: usize = 1 << 20;
 
@@ -15,12 +26,11 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u64).wrapping_mul(2654435761).wrapping_add(seed as u64).to_le_bytes()[1]).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_quota_fails_write_with_edquot_and_keeps_every_earlier_byte() {
-    e2e::init();
+async fn a_full_quota_fails_write_with_edquot_and_keeps_every_earlier_byte(backend: Backend) {
+    let store = Store::start(backend).await.unwrap();
     let meta = MetaServer::start(&[]).await.unwrap();
     let token = meta
-        .volume("v", |r| {
+        .volume_on("v", store.spec("v"), |r| {
             r.block_size = Some(256 * 1024);
             r.quota = Quota { bytes: 10 * MIB as u64, inodes: 0 };
         })
@@ -114,12 +124,11 @@ fn check_records(path: &std::path::Path, record: usize, synced: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fsynced_data_survives_kill_9_of_the_client_and_of_the_metadata_server() {
-    e2e::init();
+async fn fsynced_data_survives_kill_9_of_the_client_and_of_the_metadata_server(backend: Backend) {
+    let store = Store::start(backend).await.unwrap();
     const RECORD: usize = 40_000;
     let mut meta = MetaServer::start(&[]).await.unwrap();
-    let token = meta.volume("v", |r| r.block_size = Some(256 * 1024)).await.unwrap();
+    let token = meta.volume_on("v", store.spec("v"), |r| r.block_size = Some(256 * 1024)).await.unwrap();
 
     // The client dies mid-write.
     let mut m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
@@ -154,8 +163,10 @@ async fn fsynced_data_survives_kill_9_of_the_client_and_of_the_metadata_server()
     .unwrap();
     meta.kill9();
     let _ = writer.kill();
-    let _ = writer.wait();
+    // The killed writer's exit closes its file, and that close waits for the server (up to
+    // meta_wait for each request): restart the server before reaping it.
     meta.restart().await.unwrap();
+    let _ = tokio::task::spawn_blocking(move || writer.wait()).await;
     // The same mount, without remounting, once its session is back.
     let deadline = Instant::now() + Duration::from_secs(30);
     let path = m.path.join("server-crash");
@@ -207,36 +218,28 @@ async fn requests_wait_for_a_restarting_metadata_server_instead_of_failing() {
     assert!(log.contains("cannot be reached") && log.contains("reachable again"), "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupted_block_object_reads_as_eio_never_as_wrong_bytes() {
-    e2e::init();
+async fn a_corrupted_block_object_reads_as_eio_never_as_wrong_bytes(backend: Backend) {
+    let store = Store::start(backend).await.unwrap();
     let meta = MetaServer::start(&[]).await.unwrap();
-    let token = meta.volume("v", |r| r.block_size = Some(256 * 1024)).await.unwrap();
+    let token = meta.volume_on("v", store.spec("v"), |r| r.block_size = Some(256 * 1024)).await.unwrap();
     let mut m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     let data = pattern(3, 600 * 1024);
     std::fs::write(m.path.join("f"), &data).unwrap();
     m.stop();
-    // The block objects in block order (ids are allocated in ascending order, keys end in the id).
-    let mut objects = Vec::new();
-    let mut stack = vec![meta.blocks_dir()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() { stack.push(p) } else { objects.push(p) }
-        }
-    }
-    objects.sort_by_key(|p| p.file_name().unwrap().to_owned());
-    assert_eq!(objects.len(), 3, "600 KiB in 256 KiB blocks: {objects:?}");
+    // The block objects in block order (ids are allocated in ascending order, keys end in the
+    // id), read and rewritten through the store's own API.
+    let objects = open_backend(&store.spec("v")).unwrap();
+    let mut keys: Vec<ObjectPath> = objects.list(None).map_ok(|o| o.location).try_collect().await.unwrap();
+    keys.sort_by_key(|p| p.filename().unwrap_or_default().to_string());
+    assert_eq!(keys.len(), 3, "600 KiB in 256 KiB blocks: {keys:?}");
     // Block 0: a byte of its chunk table (the object's first bytes). Block 1: a byte of its last
     // chunk. Block 2 stays whole.
-    let flip = |o: &std::path::Path, at: fn(usize) -> usize| {
-        let mut b = std::fs::read(o).unwrap();
-        let i = at(b.len());
+    for (key, from_end) in [(&keys[0], false), (&keys[1], true)] {
+        let mut b = objects.get(key).await.unwrap().bytes().await.unwrap().to_vec();
+        let i = if from_end { b.len() - 100 } else { 10 };
         b[i] ^= 0x40;
-        std::fs::write(o, b).unwrap();
-    };
-    flip(&objects[0], |_| 10);
-    flip(&objects[1], |len| len - 100);
+        objects.put(key, b.into()).await.unwrap();
+    }
     let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     let f = std::fs::File::open(m.path.join("f")).unwrap();
     let pread = |at: usize| {

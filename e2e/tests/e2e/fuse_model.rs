@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use e2e::stores::{Backend, Store};
 use e2e::stratusfs::{MetaServer, Mount};
 
 /// xorshift64*: deterministic per seed, no dependency.
@@ -173,8 +174,16 @@ fn snapshot(root: &Path) -> BTreeMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_file_operations_agree_with_a_local_directory() {
     e2e::init();
+    agree_with_a_local_directory(Backend::Local).await
+}
+
+// The same on each cloud store, in the soak tier.
+on_each_backend!(soak: agree_with_a_local_directory);
+
+async fn agree_with_a_local_directory(backend: Backend) {
+    let store = Store::start(backend).await.unwrap();
     let meta = MetaServer::start_in(Path::new("/dev/shm"), &[]).await.unwrap();
-    let token = meta.volume("v", |r| r.block_size = Some(256 * 1024)).await.unwrap();
+    let token = meta.volume_on("v", store.spec("v"), |r| r.block_size = Some(256 * 1024)).await.unwrap();
     let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     let sequences: u64 = std::env::var("STRATUSFS_MODEL_SEQUENCES").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let root = m.path.clone();

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use e2e::stores::{Backend, Store};
 use e2e::stratusfs::{MetaServer, Mount, install_mount_helpers};
 use fs_core::admin::Compression;
 
@@ -103,6 +104,31 @@ async fn fsx_passes_on_a_mount_with_files_across_blocks() {
         eprintln!("fsx seed {seed}: {ops} operations in {:?}", start.elapsed());
         assert!(run.ok, "fsx seed {seed} failed:\n{}\nmount log:\n{}", run.output, m.log_tail(40));
     }
+}
+
+on_each_backend!(cloud: backend_fsx_one_seed);
+
+/// One fsx seed on a volume whose blocks live in a cloud store's emulator: 20,000 operations in
+/// the test tier, `STRATUSFS_BACKEND_FSX_OPS` more (`e2e/soak` runs 100,000).
+async fn backend_fsx_one_seed(backend: Backend) {
+    let store = Store::start(backend).await.unwrap();
+    let meta = MetaServer::start_in(std::path::Path::new("/dev/shm"), &["--gc-interval-secs", "5"]).await.unwrap();
+    let token = meta
+        .volume_on("v", store.spec("v"), |r| {
+            r.block_size = Some(SMALL_BLOCKS);
+            r.retention_secs = Some(60);
+        })
+        .await
+        .unwrap();
+    let m = Mount::start(&meta, "v", &token, &[]).await.unwrap();
+    let ops = std::env::var("STRATUSFS_BACKEND_FSX_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let artifacts = tempfile::tempdir().unwrap();
+    let (file, a) = (m.path.join("fsx"), artifacts.path().to_path_buf());
+    let start = Instant::now();
+    let run =
+        tokio::task::spawn_blocking(move || e2e::suites::fsx(&file, FSX_STRATUSFS, ops, 1, &a).unwrap()).await.unwrap();
+    eprintln!("fsx seed 1 on {backend:?}: {ops} operations in {:?}", start.elapsed());
+    assert!(run.ok, "fsx on {backend:?} failed:\n{}\nmount log:\n{}", run.output, m.log_tail(40));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

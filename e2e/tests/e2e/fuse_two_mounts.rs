@@ -8,7 +8,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::probe::Probe;
+use e2e::stores::{Backend, Store};
 use e2e::stratusfs::{MetaServer, Mount};
+
+on_each_backend!(
+    an_open_after_a_close_on_another_mount_sees_the_new_content_and_names,
+    fcntl_and_flock_locks_exclude_each_other_across_mounts_and_wake_waiters,
+    two_mounts_writing_their_own_ranges_of_one_block_keep_both,
+);
 
 /// A counter from the metadata server's metrics (0 if absent).
 async fn metric(meta: &MetaServer, name_and_labels: &str) -> f64 {
@@ -20,11 +27,10 @@ async fn metric(meta: &MetaServer, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_after_a_close_on_another_mount_sees_the_new_content_and_names() {
-    e2e::init();
+async fn an_open_after_a_close_on_another_mount_sees_the_new_content_and_names(backend: Backend) {
+    let store = Store::start(backend).await.unwrap();
     let meta = MetaServer::start(&[]).await.unwrap();
-    let token = meta.volume("v", |_| {}).await.unwrap();
+    let token = meta.volume_on("v", store.spec("v"), |_| {}).await.unwrap();
     let a = Mount::start(&meta, "v", &token, &["attr_ttl=60"]).await.unwrap();
     let b = Mount::start(&meta, "v", &token, &["attr_ttl=60"]).await.unwrap();
     std::fs::write(a.path.join("f"), b"first").unwrap();
@@ -55,11 +61,10 @@ async fn an_open_after_a_close_on_another_mount_sees_the_new_content_and_names()
     assert_eq!(std::fs::read_dir(&b.path).unwrap().count(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fcntl_and_flock_locks_exclude_each_other_across_mounts_and_wake_waiters() {
-    e2e::init();
+async fn fcntl_and_flock_locks_exclude_each_other_across_mounts_and_wake_waiters(backend: Backend) {
+    let store = Store::start(backend).await.unwrap();
     let meta = MetaServer::start(&["--lease-secs", "3"]).await.unwrap();
-    let token = meta.volume("v", |_| {}).await.unwrap();
+    let token = meta.volume_on("v", store.spec("v"), |_| {}).await.unwrap();
     let a = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     let mut b = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     std::fs::write(a.path.join("f"), b"lock me").unwrap();
@@ -154,15 +159,15 @@ async fn fcntl_and_flock_locks_exclude_each_other_across_mounts_and_wake_waiters
     drop(on_b);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_mounts_writing_their_own_ranges_of_one_block_keep_both() {
-    e2e::init();
+async fn two_mounts_writing_their_own_ranges_of_one_block_keep_both(backend: Backend) {
+    let store = Store::start(backend).await.unwrap();
     let meta = MetaServer::start_in(Path::new("/dev/shm"), &[]).await.unwrap();
-    let token = meta.volume("v", |r| r.block_size = Some(256 * 1024)).await.unwrap();
+    let token = meta.volume_on("v", store.spec("v"), |r| r.block_size = Some(256 * 1024)).await.unwrap();
     let a = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     let b = Mount::start(&meta, "v", &token, &[]).await.unwrap();
     std::fs::write(a.path.join("f"), vec![0u8; 3 * 4096]).unwrap();
-    const ROUNDS: usize = 1000;
+    // Each round is two block uploads: fewer over HTTP.
+    let rounds: usize = if backend == Backend::Local { 1000 } else { 200 };
     let open = |m: &Mount, start: i64| {
         let f = std::fs::OpenOptions::new().read(true).write(true).open(m.path.join("f")).unwrap();
         // Each writer locks its own 4 KiB range (POSIX, waiting).
@@ -190,7 +195,7 @@ async fn two_mounts_writing_their_own_ranges_of_one_block_keep_both() {
             }
         }
     });
-    for i in 0..ROUNDS {
+    for i in 0..rounds {
         fa.write_all_at(&[(i % 251) as u8 + 1; 4096], 0).unwrap();
         fa.sync_all().unwrap();
         to_b.send(i).unwrap();
@@ -198,8 +203,8 @@ async fn two_mounts_writing_their_own_ranges_of_one_block_keep_both() {
     }
     drop(to_b);
     writer_b.join().unwrap();
-    eprintln!("{ROUNDS} alternating write+fsync rounds on two mounts in {:?}", start.elapsed());
-    let last = ((ROUNDS - 1) % 251) as u8 + 1;
+    eprintln!("{rounds} alternating write+fsync rounds on two mounts in {:?}", start.elapsed());
+    let last = ((rounds - 1) % 251) as u8 + 1;
     for m in [&a, &b] {
         let data = std::fs::read(m.path.join("f")).unwrap();
         assert_eq!(data.len(), 3 * 4096);

@@ -2,8 +2,8 @@
 //! connections) are retried unseen; a store that stays down makes fsync and close return EIO,
 //! never success, while the writes stay in the mount; once the store is back the next fsync
 //! succeeds, writes a failed close left behind are stored by the mount itself, and every byte
-//! reads back through a fresh mount. Through the kernel, on MinIO behind the fault-injecting
-//! proxy and on MinIO stopped and restarted.
+//! reads back through a fresh mount. Through the kernel, on each cloud store's emulator behind
+//! the fault-injecting proxy, and on MinIO stopped and restarted.
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use e2e::minio::Minio;
 use e2e::proxy::{Fault, StoreProxy};
+use e2e::stores::{Backend, Store, through};
 use e2e::stratusfs::{MetaServer, Mount};
-use fs_core::BackendSpec;
+
+on_each_backend!(cloud: a_failing_store_gives_eio_at_fsync_keeps_the_writes_and_takes_them_when_back);
 
 const MIB: usize = 1 << 20;
 
@@ -20,40 +22,26 @@ pub(crate) fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u64).wrapping_mul(2654435761).wrapping_add(seed as u64).to_le_bytes()[1]).collect()
 }
 
-/// `spec` with its S3 endpoint replaced by `endpoint`.
-pub(crate) fn through(spec: BackendSpec, endpoint: &str) -> BackendSpec {
-    match spec {
-        BackendSpec::S3 { bucket, prefix, region, access_key_id, secret_access_key, session_token, .. } => {
-            BackendSpec::S3 {
-                bucket,
-                prefix,
-                endpoint: Some(endpoint.to_string()),
-                region,
-                access_key_id,
-                secret_access_key,
-                session_token,
-                virtual_hosted_style: false,
-            }
-        }
-        other => other,
-    }
-}
-
-/// A volume on MinIO behind the fault-injecting proxy (`tweak` sets its block size, compression).
+/// A volume on a store of `backend` behind the fault-injecting proxy (`tweak` sets its block
+/// size, compression).
 pub(crate) struct Proxied {
     pub meta: MetaServer,
     pub proxy: StoreProxy,
     pub token: String,
     /// Bind it (not `..`): the store lives as long as the binding.
-    pub _minio: Minio,
+    pub _store: Store,
 }
 
-pub(crate) async fn proxied(tweak: impl FnOnce(&mut fs_core::admin::VolumeSpec)) -> Proxied {
-    let minio = Minio::start().await.unwrap();
-    let proxy = StoreProxy::start(&minio.endpoint).await.unwrap();
+pub(crate) async fn proxied(backend: Backend, tweak: impl FnOnce(&mut fs_core::admin::VolumeSpec)) -> Proxied {
+    let store = Store::start(backend).await.unwrap();
+    let endpoint = store.endpoint().expect("a store behind a proxy speaks HTTP");
+    let proxy = match backend {
+        Backend::Gcs => StoreProxy::start_rewriting_host(endpoint).await.unwrap(),
+        _ => StoreProxy::start(endpoint).await.unwrap(),
+    };
     let meta = MetaServer::start(&[]).await.unwrap();
-    let token = meta.volume_on("v", through(minio.backend_spec("v"), &proxy.endpoint), tweak).await.unwrap();
-    Proxied { meta, proxy, token, _minio: minio }
+    let token = meta.volume_on("v", through(store.spec("v"), &proxy.endpoint), tweak).await.unwrap();
+    Proxied { meta, proxy, token, _store: store }
 }
 
 /// Runs blocking file work off the runtime (the mount's own process answers it).
@@ -66,10 +54,8 @@ fn eio(r: std::io::Result<()>, what: &str) {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{what}: {err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_store_gives_eio_at_fsync_keeps_the_writes_and_takes_them_when_back() {
-    e2e::init();
-    let Proxied { meta, proxy, token, _minio } = proxied(|r| r.block_size = Some(MIB as u32)).await;
+async fn a_failing_store_gives_eio_at_fsync_keeps_the_writes_and_takes_them_when_back(backend: Backend) {
+    let Proxied { meta, proxy, token, _store } = proxied(backend, |r| r.block_size = Some(MIB as u32)).await;
     let mut m = Mount::start(&meta, "v", &token, &["store_wait=2"]).await.unwrap();
 
     // Transient failures are retried with backoff: the writer never sees them.
@@ -127,8 +113,11 @@ async fn a_failing_store_gives_eio_at_fsync_keeps_the_writes_and_takes_them_when
     eio(closed, "close");
     // The release that follows the close tries once more (and fails, store_wait later); only
     // then does the store come back, so the mount's own retries have to store the writes.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    assert!(m.log_tail(2000).contains("still unsaved in this mount"), "{}", m.log_tail(40));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !m.log_tail(2000).contains("still unsaved in this mount") {
+        assert!(Instant::now() < deadline, "the mount does not say it keeps the writes:\n{}", m.log_tail(40));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     proxy.set(Fault::None);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !m.log_tail(2000).contains("writes a close could not store are stored now") {

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Barrier};
 
+use e2e::stores::Backend;
 use e2e::stratusfs::Mount;
 use fs_core::admin::Compression;
 
@@ -13,7 +14,7 @@ const MIB: usize = 1 << 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_readers_of_a_cold_block_cost_the_store_what_one_reader_does() {
     e2e::init();
-    let Proxied { meta, proxy, token, _minio } = proxied(|r| {
+    let Proxied { meta, proxy, token, _store } = proxied(Backend::Minio, |r| {
         r.block_size = Some(4 * MIB as u32);
         r.compression = Compression::None;
     })
@@ -95,7 +96,7 @@ fn logged(log: &str, key: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_disk_cache_serves_a_restarted_mount_with_the_store_down_and_never_a_damaged_byte() {
     e2e::init();
-    let Proxied { meta, proxy, token, _minio } = proxied(|r| r.block_size = Some(MIB as u32)).await;
+    let Proxied { meta, proxy, token, _store } = proxied(Backend::Minio, |r| r.block_size = Some(MIB as u32)).await;
     let l2 = tempfile::tempdir().unwrap();
     let cache_opt = format!("disk_cache_dir={}", l2.path().display());
     let opts = [cache_opt.as_str(), "store_wait=1"];

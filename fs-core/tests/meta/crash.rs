@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fs_core::testkit::DURABLE_WITHIN;
@@ -17,6 +18,9 @@ use fs_core::tls::ClientTrust;
 use rand::Rng;
 
 use crate::fs::Fs;
+
+/// The longest a server took to answer /readyz after a start (every trial restarts it).
+static SLOWEST_START_MS: AtomicU64 = AtomicU64::new(0);
 
 struct Server {
     child: Child,
@@ -61,12 +65,15 @@ impl Server {
                 let mut out = String::new();
                 let _ = c.read_to_string(&mut out);
                 if out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200") {
+                    SLOWEST_START_MS.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
                     return;
                 }
             }
+            // Recovery after kill -9 walks the database; on a loaded 2-core machine (a benchmark
+            // beside the tests) one took more than 30 s. The slowest is printed at the end.
             assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "stratusfs meta not ready in 30 s; see {}",
+                start.elapsed() < Duration::from_secs(120),
+                "stratusfs meta not ready in 120 s; see {}",
                 self.dir.display()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -380,6 +387,7 @@ fn acknowledged_changes_survive_kill_9_and_the_database_stays_consistent() {
         "crash trials: {trials} kill -9s ({sync_trials} with --sync); checked {checked_durable} durable and {checked_old} \
          older-than-{DURABLE_WITHIN:?} acknowledgements, skipped {unchecked_recent} too recent to be promised; \
          {reachable_before} inodes and {blocks_before} blocks consistent at the end; redb fell back to the commit \
-         before the last after {fallbacks} kills"
+         before the last after {fallbacks} kills; the slowest start took {} ms",
+        SLOWEST_START_MS.load(Ordering::Relaxed)
     );
 }
