@@ -151,6 +151,23 @@ pub enum BenchCommand {
         #[arg(long)]
         sync: bool,
     },
+    /// The object store written and read directly with a mount's client code and concurrency:
+    /// the ceiling of a mount's sequential figures. Credentials and endpoint from the
+    /// environment, as for `--block-store`; the objects are deleted at the end.
+    Store {
+        /// `s3://BUCKET/PREFIX`, `gs://...`, `az://...` or `file:///DIR`.
+        #[arg(long)]
+        block_store: String,
+        /// MiB written and read per level of concurrency.
+        #[arg(long, default_value_t = 512)]
+        mib: u64,
+        /// Size of each object in MiB (a volume's block size).
+        #[arg(long, default_value_t = 4)]
+        object_mib: u64,
+        /// Requests in flight to measure with (a mount allows 16).
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        in_flight: Vec<usize>,
+    },
 }
 
 #[derive(Args)]
@@ -386,6 +403,11 @@ pub async fn run(cli: Cli, ready: Option<crate::daemon::ReadyPipe>) -> anyhow::R
         Command::Bench(BenchCommand::Meta { sessions, files, concurrency, sync }) => {
             let args = fs_core::bench::BenchArgs { concurrency, files, idle_sessions: sessions, sync };
             Ok(fs_core::bench::bench_meta(args).await?)
+        }
+        Command::Bench(BenchCommand::Store { block_store, mib, object_mib, in_flight }) => {
+            let spec = block_store_from_url(&block_store).await?;
+            let args = fs_core::bench::StoreBenchArgs { spec, total_mib: mib, object_mib, in_flight };
+            fs_core::bench::bench_store(args).await
         }
         Command::Gc(g) => {
             let r = g.server.admin().await?.gc(&g.volume, g.dry_run).await?;
