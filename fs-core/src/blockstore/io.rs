@@ -43,6 +43,8 @@ pub struct BlockIo {
     pub store: Arc<dyn ObjectStore>,
     pub cache: Arc<BlockCache>,
     pub io: Arc<Semaphore>,
+    /// Whole-block fetches a random reader's misses may have under way ([`BlockIo::prefetch`]).
+    pub prefetch: Arc<Semaphore>,
     pub volume_uuid: Arc<str>,
     /// A local-folder store's files, read and written directly (see [`LocalFiles`]).
     pub local: Option<LocalFiles>,
@@ -103,6 +105,21 @@ impl BlockIo {
             0 => self.cache.has_all(b.id, [0]),
             _ => self.cache.has_all(b.id, std::iter::once(TABLE).chain(0..b.chunks)),
         }
+    }
+
+    /// Starts fetching block `b` whole in the background, unless L1 holds it, it is on local
+    /// disk already, or as many prefetches as allowed are under way (then it is left out, never
+    /// queued: a random reader over a large file must not build a backlog).
+    pub fn prefetch(&self, b: &pb::BlockRef) {
+        if b.chunk_size == 0 || self.local.is_some() || self.is_cached(b) {
+            return;
+        }
+        let Ok(permit) = self.prefetch.clone().try_acquire_owned() else { return };
+        let (this, b) = (self.clone(), b.clone());
+        tokio::spawn(async move {
+            let _ = this.whole(&b).await;
+            drop(permit);
+        });
     }
 
     /// Fetches and caches all of block `b` with one request (read-ahead; a rewrite's base).
@@ -385,6 +402,7 @@ mod tests {
             store: Arc::new(InMemory::new()),
             cache: Arc::new(BlockCache::new(1 << 20)),
             io: Arc::new(Semaphore::new(4)),
+            prefetch: Arc::new(Semaphore::new(1)),
             volume_uuid: "v".into(),
             local: None,
             durable: Default::default(),
@@ -432,6 +450,40 @@ mod tests {
         let want = WHOLE_FETCH_CHUNKS as usize * codec::CHUNK_SIZE - codec::CHUNK_SIZE;
         assert_eq!(concat(bio.range(&b, at, want).await.unwrap()), data[at..at + want]);
         assert_eq!(bio.cache.fetches.load(std::sync::atomic::Ordering::Relaxed), 1, "one whole-object request");
+    }
+
+    #[tokio::test]
+    async fn a_random_readers_miss_brings_its_block_whole_once_in_the_background() {
+        let bio = io();
+        let fetches = || bio.cache.fetches.load(std::sync::atomic::Ordering::Relaxed);
+        let len = 6 * codec::CHUNK_SIZE;
+        let data: Arc<Vec<u8>> = Arc::new((0..len as u32).map(|i| (i % 241) as u8).collect());
+        let b =
+            bio.upload(0, 1, codec::chunks(&data, len), len, pb::compression::Kind::None, None, false).await.unwrap();
+        let at = 3 * codec::CHUNK_SIZE + 7;
+        assert_eq!(concat(bio.range(&b, at, 4096).await.unwrap()), data[at..at + 4096]);
+        assert_eq!(fetches(), 2, "the table and one chunk");
+        // The one prefetch allowed is taken: a second block's miss is left out, not queued.
+        let held = bio.prefetch.clone().try_acquire_owned().unwrap();
+        bio.prefetch(&b);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(fetches(), 2, "no prefetch past the limit");
+        drop(held);
+        bio.prefetch(&b);
+        for _ in 0..200 {
+            if bio.is_cached(&b) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(bio.is_cached(&b), "the prefetch brought the block whole");
+        assert_eq!(fetches(), 3, "one request for the whole block");
+        bio.prefetch(&b);
+        for c in [0, 1, 5] {
+            let at = c * codec::CHUNK_SIZE + 100;
+            assert_eq!(concat(bio.range(&b, at, 4096).await.unwrap()), data[at..at + 4096]);
+        }
+        assert_eq!(fetches(), 3, "reads elsewhere in the block, and a prefetch of a cached block, cost nothing");
     }
 
     #[tokio::test]

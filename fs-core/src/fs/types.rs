@@ -33,6 +33,9 @@ pub struct FsConfig {
     pub dirty_limit: usize,
     /// Blocks read ahead of a sequential reader.
     pub readahead_blocks: u64,
+    /// Blocks a random reader's misses fetch whole in the background at once (`prefetch=N`;
+    /// 0: a miss fetches only the chunks it reads).
+    pub prefetch_blocks: usize,
     /// Block uploads and downloads in flight at once.
     pub io_concurrency: usize,
     /// How long a block request retries a store that fails or cannot be reached (with backoff
@@ -58,6 +61,7 @@ impl Default for FsConfig {
             cache_bytes: 256 << 20,
             dirty_limit: 64 << 20,
             readahead_blocks: 4,
+            prefetch_blocks: 2,
             io_concurrency: 16,
             store_wait: Duration::from_secs(60),
             disk_cache_dir: None,

@@ -88,7 +88,7 @@ pub const META_WAIT: Duration = Duration::from_secs(60);
 
 /// The options `-o` knows, for the error message.
 const KNOWN: &str = "ro, rw, allow_other, noatime, noexec, nosuid, nodev, umask=OCTAL, attr_ttl=SECS, \
-entry_ttl=SECS, negative_ttl=SECS, cache_mib=N, dirty_mib=N, threads=N, meta_wait=SECS, store_wait=SECS, disk_cache_dir=PATH, disk_cache_mib=N, nodelegations, token_file=PATH, ca_file=PATH, fingerprint=HEX, \
+entry_ttl=SECS, negative_ttl=SECS, cache_mib=N, dirty_mib=N, prefetch=N, threads=N, meta_wait=SECS, store_wait=SECS, disk_cache_dir=PATH, disk_cache_mib=N, nodelegations, token_file=PATH, ca_file=PATH, fingerprint=HEX, \
 log_file=PATH";
 
 impl MountOptions {
@@ -166,6 +166,7 @@ impl MountOptions {
                 "entry_ttl" => o.fs.entry_ttl = secs(v)?,
                 "negative_ttl" => o.fs.negative_ttl = secs(v)?,
                 "cache_mib" => o.fs.cache_bytes = num(v)? << 20,
+                "prefetch" => o.fs.prefetch_blocks = num(v)?,
                 "dirty_mib" => o.fs.dirty_limit = (num(v)? << 20).max(1 << 20),
                 "threads" => o.threads = num(v)?.clamp(1, 64),
                 "meta_wait" => o.meta_wait = secs(v)?,

@@ -359,6 +359,7 @@ mod tests {
             store: Arc::new(object_store::memory::InMemory::new()),
             cache: Arc::new(BlockCache::new(64 << 20)),
             io: Arc::new(Semaphore::new(4)),
+            prefetch: Arc::new(Semaphore::new(1)),
             volume_uuid: "v".into(),
             local: None,
             durable: Default::default(),

@@ -91,6 +91,7 @@ impl DataPath {
                 store: open_backend_with(spec, &Tuning::waiting(cfg.store_wait)).map_err(|e| e.to_string())?,
                 cache: Arc::new(BlockCache::new(cfg.cache_bytes)),
                 io: Arc::new(Semaphore::new(cfg.io_concurrency.max(1))),
+                prefetch: Arc::new(Semaphore::new(cfg.prefetch_blocks)),
                 volume_uuid: volume.uuid.as_str().into(),
                 local,
                 durable: Default::default(),
@@ -238,6 +239,14 @@ impl DataPath {
                     }
                 }
                 st.readahead_to = last + 1;
+            } else {
+                // A random reader: each block it misses in comes whole in the background, so its
+                // next reads there cost no request (the read itself fetches only its chunks).
+                for p in &pieces {
+                    if let Piece::Block { block, .. } = p {
+                        self.blocks.prefetch(block);
+                    }
+                }
             }
         }
         let fetched = futures::future::try_join_all(pieces.iter().map(|p| async move {
