@@ -176,8 +176,12 @@ impl DiskCache {
         Ok(cache)
     }
 
-    /// Bytes `range` of object `id` (all of it with `None`), if an entry holds them and passes its
-    /// checksum. Blocking (local disk).
+    /// Bytes `range` of object `id` (all of it with `None`), if an entry holds them. An entry read
+    /// as it was kept is checked against its checksum (one that fails is deleted, counted, and a
+    /// miss). A range of an object held whole is read alone, not the rest of the object, and is
+    /// not checked here: every piece a mount reads by range has a checksum of its own (a chunk in
+    /// its table, a table in the block map), and a caller whose check fails calls
+    /// [`DiskCache::discard`]. Blocking (local disk).
     pub fn read(&self, id: u64, range: Option<Range<u64>>) -> Option<Bytes> {
         let exact = Name { id, range: range.as_ref().map(|r| (r.start, r.end - r.start)) };
         let (name, slice) = {
@@ -194,27 +198,60 @@ impl DiskCache {
                 return None;
             }
         };
-        match self.load(&name) {
+        let loaded = match &slice {
+            Some(r) => self.load_range(&name, r.clone()),
+            None => self.load(&name),
+        };
+        match loaded {
             Ok(data) => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 // The order survives a restart: the file's time is its last use.
                 if let Ok(f) = File::options().write(true).open(self.dir.join(name.file())) {
                     let _ = f.set_modified(SystemTime::now());
                 }
-                Some(match slice {
-                    Some(r) => data.slice(r.start as usize..r.end as usize),
-                    None => data,
-                })
+                Some(data)
             }
             Err(why) => {
-                self.stats.damaged.fetch_add(1, Ordering::Relaxed);
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(entry = %self.dir.join(name.file()).display(), why, "a disk cache entry is damaged; deleted, reading from the store");
-                self.index.lock().remove(&name);
-                let _ = std::fs::remove_file(self.dir.join(name.file()));
+                self.drop_damaged(&name, &why);
                 None
             }
         }
+    }
+
+    /// Deletes the entry that answered [`DiskCache::read`] for `range` of object `id` (the exact
+    /// range entry, else the whole object's): its bytes failed the caller's check.
+    pub fn discard(&self, id: u64, range: Option<Range<u64>>) {
+        let exact = Name { id, range: range.map(|r| (r.start, r.end - r.start)) };
+        let name = match self.index.lock().entries.contains_key(&exact) {
+            true => exact,
+            false => Name { id, range: None },
+        };
+        self.drop_damaged(&name, "its bytes failed the block's own checksum");
+    }
+
+    fn drop_damaged(&self, name: &Name, why: &str) {
+        self.stats.damaged.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(name.file());
+        tracing::warn!(entry = %path.display(), why, "a disk cache entry is damaged; deleted, reading from the store");
+        self.index.lock().remove(name);
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// Bytes `r` of a whole entry's payload, read alone (unchecked; see [`DiskCache::read`]).
+    fn load_range(&self, name: &Name, r: Range<u64>) -> Result<Bytes, String> {
+        use std::os::unix::fs::FileExt;
+        let f = File::open(self.dir.join(name.file())).map_err(|e| e.to_string())?;
+        let mut head = [0u8; HEADER];
+        f.read_exact_at(&mut head, 0).map_err(|e| e.to_string())?;
+        let len = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
+        let on_disk = f.metadata().map_err(|e| e.to_string())?.len();
+        if &head[..8] != MAGIC || on_disk != HEADER as u64 + len || r.end > len {
+            return Err(format!("{on_disk} bytes on disk where the header says {len} (or not an entry)"));
+        }
+        let mut buf = vec![0u8; (r.end - r.start) as usize];
+        f.read_exact_at(&mut buf, HEADER as u64 + r.start).map_err(|e| e.to_string())?;
+        Ok(Bytes::from(buf))
     }
 
     /// Whether object `id` is held whole.
@@ -325,6 +362,32 @@ mod tests {
         assert!(c.read(2, Some(100..200)).is_none(), "another range of a range entry is a miss");
         assert!(c.read(1, Some(990..1010)).is_none(), "past the object's end");
         assert_eq!(c.stats.hits.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_range_of_a_whole_entry_is_read_alone_and_a_caller_discards_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DiskCache::open(dir.path(), "vol", 1 << 20).unwrap();
+        c.insert(3, None, &bytes(3, 5000));
+        let path = dir.path().join("vol").join(Name { id: 3, range: None }.file());
+        let mut raw = std::fs::read(&path).unwrap();
+        raw[HEADER + 4000] ^= 0x08;
+        std::fs::write(&path, raw).unwrap();
+        // A range away from the flip reads as kept: only its bytes are read, and its reader
+        // checks them against its own checksum.
+        assert_eq!(&c.read(3, Some(10..20)).unwrap()[..], &bytes(3, 5000)[10..20]);
+        let bad = c.read(3, Some(3990..4010)).unwrap();
+        assert_ne!(&bad[..], &bytes(3, 5000)[3990..4010], "not checked here");
+        c.discard(3, Some(3990..4010));
+        assert!(!path.exists() && c.read(3, Some(10..20)).is_none(), "the whole entry is gone");
+        assert_eq!(c.stats.damaged.load(Ordering::Relaxed), 1);
+        // A torn whole entry is refused for a range too.
+        c.insert(4, None, &bytes(4, 5000));
+        let path = dir.path().join("vol").join(Name { id: 4, range: None }.file());
+        let raw = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &raw[..raw.len() - 1]).unwrap();
+        assert!(c.read(4, Some(0..10)).is_none());
+        assert_eq!(c.stats.damaged.load(Ordering::Relaxed), 2);
     }
 
     #[test]

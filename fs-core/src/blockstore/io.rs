@@ -77,13 +77,12 @@ impl BlockIo {
                     );
                     return Err(libc::EIO);
                 }
-                let on_disk = self.l2.as_ref().is_some_and(|l2| l2.has_whole(b.id));
-                if (last - first + 1 >= WHOLE_FETCH_CHUNKS || on_disk)
+                if last - first + 1 >= WHOLE_FETCH_CHUNKS
                     && !self.cache.has_all(b.id, std::iter::once(TABLE).chain(first..=last))
                 {
                     // A large read (a sequential reader ahead of its read-ahead): one request for
-                    // the block rather than one per chunk. A block L2 holds whole is read whole
-                    // from disk into L1 at once.
+                    // the block rather than one per chunk. A small read of a block L2 holds whole
+                    // reads only its chunks from the file.
                     self.whole(b).await?;
                 }
                 let table = self.table(b).await?;
@@ -111,7 +110,11 @@ impl BlockIo {
     /// disk already, or as many prefetches as allowed are under way (then it is left out, never
     /// queued: a random reader over a large file must not build a backlog).
     pub fn prefetch(&self, b: &pb::BlockRef) {
-        if b.chunk_size == 0 || self.local.is_some() || self.is_cached(b) {
+        if b.chunk_size == 0
+            || self.local.is_some()
+            || self.is_cached(b)
+            || self.l2.as_ref().is_some_and(|l2| l2.has_whole(b.id))
+        {
             return;
         }
         let Ok(permit) = self.prefetch.clone().try_acquire_owned() else { return };
@@ -262,9 +265,8 @@ impl BlockIo {
     async fn table(&self, b: &pb::BlockRef) -> FsResult<Bytes> {
         self.cache
             .get_or_fetch((b.id, TABLE), async {
-                let t = self.get(b.id, Some(0..codec::table_len(b.chunks) as u64)).await?;
-                check_table(b, &t)?;
-                Ok(t)
+                let check = |t: Bytes| codec::verify_table(&t, b.chunks, &b.checksum).map(|_| t);
+                self.get_checked(b, b.id, 0..codec::table_len(b.chunks) as u64, "its chunk table", check).await
             })
             .await
     }
@@ -274,14 +276,36 @@ impl BlockIo {
         self.cache
             .get_or_fetch((b.id, c), async {
                 let ch = codec::chunk(table, c);
-                let stored = match ch.range.is_empty() {
-                    true => Bytes::new(),
-                    false => self.get(ch.object.unwrap_or(b.id), Some(ch.range.clone())).await?,
-                };
-                codec::decode_chunk(&ch, stored, want(b, c), b.chunk_size as usize)
-                    .map_err(|e| failed(b, &format!("chunk {c}"), e))
+                let decode = |stored| codec::decode_chunk(&ch, stored, want(b, c), b.chunk_size as usize);
+                if ch.range.is_empty() {
+                    return decode(Bytes::new()).map_err(|e| failed(b, &format!("chunk {c}"), e));
+                }
+                self.get_checked(b, ch.object.unwrap_or(b.id), ch.range.clone(), &format!("chunk {c}"), decode).await
             })
             .await
+    }
+
+    /// Bytes `range` of object `id` (`what` of block `b`) as `check` makes them: from L2 if it
+    /// holds them and they pass (an entry that fails is discarded), else from the store, kept in
+    /// L2 once they passed; store bytes that fail are EIO and a log line.
+    async fn get_checked<T>(
+        &self,
+        b: &pb::BlockRef,
+        id: u64,
+        range: Range<u64>,
+        what: &str,
+        check: impl Fn(Bytes) -> Result<T, codec::CodecError>,
+    ) -> FsResult<T> {
+        if let Some(d) = self.read_disk(id, Some(range.clone())).await {
+            match check(d) {
+                Ok(v) => return Ok(v),
+                Err(_) => self.l2.as_ref().expect("bytes came from L2").discard(id, Some(range.clone())),
+            }
+        }
+        let got = self.fetch(id, Some(range.clone())).await?;
+        let v = check(got.clone()).map_err(|e| failed(b, what, e))?;
+        self.keep_on_disk(id, Some(range), &got);
+        Ok(v)
     }
 
     /// A block of the first format: one piece, fetched and checked whole.
@@ -517,6 +541,46 @@ mod tests {
         };
         bio.store.put(&layout::block_key("v", 3), stored.into()).await.unwrap();
         assert_eq!(concat(bio.range(&old, 1000, 70_000).await.unwrap()), data[1000..71_000]);
+    }
+
+    #[tokio::test]
+    async fn a_small_read_of_a_block_l2_holds_whole_reads_its_chunk_and_a_bad_one_comes_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let l2 = Arc::new(DiskCache::open(dir.path(), "v", 64 << 20).unwrap());
+        let bio = BlockIo { l2: Some(l2.clone()), ..io() };
+        let len = 6 * codec::CHUNK_SIZE;
+        let data: Arc<Vec<u8>> = Arc::new((0..len as u32).map(|i| (i % 239) as u8).collect());
+        let b =
+            bio.upload(0, 1, codec::chunks(&data, len), len, pb::compression::Kind::None, None, false).await.unwrap();
+        // The object as a sequential reader leaves it in L2: whole.
+        let obj = bio.store.get(&layout::block_key("v", 1)).await.unwrap().bytes().await.unwrap();
+        l2.insert(1, None, &obj);
+        let fresh = || BlockIo { cache: Arc::new(BlockCache::new(1 << 20)), ..bio.clone() };
+        let at = 4 * codec::CHUNK_SIZE + 9;
+        assert_eq!(concat(fresh().range(&b, at, 4096).await.unwrap()), data[at..at + 4096]);
+        let hits = l2.stats.hits.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(hits, 2, "the table and one chunk, read from the file");
+        // A flipped byte in that chunk's part of the file: the right bytes, from the store; the
+        // entry is deleted and counted.
+        let file = walk(dir.path()).into_iter().find(|p| p.file_name().unwrap().len() == 16).unwrap();
+        let mut raw = std::fs::read(&file).unwrap();
+        let n = raw.len();
+        raw[n - 2 * codec::CHUNK_SIZE + 100] ^= 0x40;
+        std::fs::write(&file, raw).unwrap();
+        assert_eq!(concat(fresh().range(&b, at, 4096).await.unwrap()), data[at..at + 4096]);
+        assert_eq!(l2.stats.damaged.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(!file.exists(), "the damaged entry is gone");
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            match e.file_type().unwrap().is_dir() {
+                true => out.extend(walk(&e.path())),
+                false => out.push(e.path()),
+            }
+        }
+        out
     }
 
     #[tokio::test]
