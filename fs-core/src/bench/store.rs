@@ -11,7 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use crate::blockstore::io::GET_PART;
+use crate::blockstore::io::{GET_PART, get_parts};
 use crate::blockstore::{BackendSpec, open_backend};
 
 /// What to measure.
@@ -64,12 +64,8 @@ pub async fn bench_store(args: StoreBenchArgs) -> anyhow::Result<()> {
         .await?;
         report("put", n, count * object, start);
 
-        let parts: Vec<(Path, std::ops::Range<u64>)> = keys
-            .iter()
-            .flat_map(|k| {
-                (0..object.div_ceil(GET_PART)).map(move |p| (k.clone(), p * GET_PART..((p + 1) * GET_PART).min(object)))
-            })
-            .collect();
+        let parts: Vec<(Path, std::ops::Range<u64>)> =
+            keys.iter().flat_map(|k| get_parts(object).into_iter().map(move |r| (k.clone(), r))).collect();
         let start = Instant::now();
         let got: u64 = futures::stream::iter(parts.into_iter().map(|(k, r)| {
             let store = store.clone();

@@ -244,10 +244,10 @@ impl DiskCache {
         let f = File::open(self.dir.join(name.file())).map_err(|e| e.to_string())?;
         let mut head = [0u8; HEADER];
         f.read_exact_at(&mut head, 0).map_err(|e| e.to_string())?;
-        let len = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
+        let (_, len) = header(&head)?;
         let on_disk = f.metadata().map_err(|e| e.to_string())?.len();
-        if &head[..8] != MAGIC || on_disk != HEADER as u64 + len || r.end > len {
-            return Err(format!("{on_disk} bytes on disk where the header says {len} (or not an entry)"));
+        if on_disk != HEADER as u64 + len || r.end > len {
+            return Err(format!("{on_disk} bytes on disk where the header says {len}"));
         }
         let mut buf = vec![0u8; (r.end - r.start) as usize];
         f.read_exact_at(&mut buf, HEADER as u64 + r.start).map_err(|e| e.to_string())?;
@@ -264,11 +264,7 @@ impl DiskCache {
         let mut f = File::open(self.dir.join(name.file())).map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         f.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-        if buf.len() < HEADER || &buf[..8] != MAGIC {
-            return Err("not an entry of this format".into());
-        }
-        let sum = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
-        let len = u64::from_le_bytes(buf[16..24].try_into().expect("8 bytes"));
+        let (sum, len) = header(&buf)?;
         let payload = &buf[HEADER..];
         if payload.len() as u64 != len {
             return Err(format!("{} bytes where the header says {len}", payload.len()));
@@ -336,6 +332,16 @@ impl DiskCache {
         let i = self.index.lock();
         (i.entries.len(), i.bytes)
     }
+}
+
+/// An entry file's checksum and payload length, from its first bytes.
+fn header(buf: &[u8]) -> Result<(u64, u64), String> {
+    if buf.len() < HEADER || &buf[..8] != MAGIC {
+        return Err("not an entry of this format".into());
+    }
+    let sum = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+    let len = u64::from_le_bytes(buf[16..24].try_into().expect("8 bytes"));
+    Ok((sum, len))
 }
 
 #[cfg(test)]

@@ -333,9 +333,7 @@ impl BlockIo {
         if let Some(d) = self.read_disk(id, None).await {
             return Ok(d);
         }
-        // Equal parts (no small last one): each request costs the same.
-        let part = size.div_ceil(size.div_ceil(GET_PART));
-        let parts = (0..size).step_by(part as usize).map(|s| self.fetch(id, Some(s..(s + part).min(size))));
+        let parts = get_parts(size).into_iter().map(|r| self.fetch(id, Some(r)));
         let parts = futures::future::try_join_all(parts).await?;
         let mut out = bytes::BytesMut::with_capacity(size as usize);
         for p in parts {
@@ -393,6 +391,16 @@ impl BlockIo {
         };
         got.map_err(|e| failed(&e))
     }
+}
+
+/// The ranges a whole object of `size` bytes is fetched as: equal parts of at most [`GET_PART`]
+/// (no small last one: each request costs the same).
+pub fn get_parts(size: u64) -> Vec<Range<u64>> {
+    if size == 0 {
+        return Vec::new();
+    }
+    let part = size.div_ceil(size.div_ceil(GET_PART));
+    (0..size).step_by(part as usize).map(|s| s..(s + part).min(size)).collect()
 }
 
 /// Whether a rewrite over `base` can keep the base's stored chunks where they are (it is chunked
@@ -487,7 +495,7 @@ mod tests {
         let at = 3 * codec::CHUNK_SIZE + 7;
         assert_eq!(concat(bio.range(&b, at, 4096).await.unwrap()), data[at..at + 4096]);
         assert_eq!(fetches(), 2, "the table and one chunk");
-        // The one prefetch allowed is taken: a second block's miss is left out, not queued.
+        // While the one prefetch allowed is taken, a miss starts none: it is left out, not queued.
         let held = bio.prefetch.clone().try_acquire_owned().unwrap();
         bio.prefetch(&b);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
