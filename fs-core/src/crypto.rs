@@ -5,8 +5,6 @@
 //! associated data naming the volume, the object that holds the chunk and its index; names are
 //! sealed with AES-SIV (deterministic, so lookups work) with the parent inode as associated data;
 //! symlink targets and xattr values with AES-256-GCM under a subkey per inode.
-//!
-//! Status: the library part of [6]. The mount and the commands do not use it yet.
 
 use aes_siv::KeyInit;
 use aes_siv::siv::Aes256Siv;
@@ -77,6 +75,53 @@ pub enum CryptoError {
     Tampered,
     #[error("the system's random number generator failed")]
     Random,
+    #[error("reading the encryption secret from {0}")]
+    Read(String),
+}
+
+/// A user's encryption secret, read from a file or stdin (never a command-line argument, which
+/// other users of the machine can see); zeroed when dropped, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    /// A secret of these bytes; an empty one is refused.
+    pub fn new(bytes: Vec<u8>) -> Result<Secret, CryptoError> {
+        if bytes.is_empty() {
+            return Err(CryptoError::EmptySecret);
+        }
+        Ok(Secret(zeroize::Zeroizing::new(bytes)))
+    }
+
+    /// The secret in file `path` (`-`: standard input). One trailing newline (`\n` or `\r\n`), as
+    /// `echo` and editors leave, is not part of it; any other byte is.
+    pub fn read(path: &std::path::Path) -> Result<Secret, CryptoError> {
+        use std::io::Read;
+        let mut bytes = zeroize::Zeroizing::new(Vec::new());
+        let r = match path.as_os_str() == "-" {
+            true => std::io::stdin().read_to_end(&mut bytes),
+            false => std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)),
+        };
+        r.map_err(|e| CryptoError::Read(format!("{}: {e}", path.display())))?;
+        let mut n = bytes.len();
+        if bytes[..n].ends_with(b"\n") {
+            n -= 1;
+            if bytes[..n].ends_with(b"\r") {
+                n -= 1;
+            }
+        }
+        Secret::new(bytes[..n].to_vec())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// A volume's keys, opened from its envelope with the user's secret. Zeroed when dropped.
@@ -310,11 +355,16 @@ impl VolumeKeys {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Cheap parameters for tests of everything but the cost itself.
     const FAST: KdfParams = KdfParams { memory_kib: 8 << 10, iterations: 1, parallelism: 1 };
+
+    /// The keys of a new volume `volume` (cheap key derivation), for other modules' tests.
+    pub(crate) fn keys(volume: &str) -> VolumeKeys {
+        VolumeKeys::open(&create_envelope(b"s", FAST).unwrap(), b"s", volume).unwrap()
+    }
 
     #[test]
     fn the_envelope_opens_with_its_secret_only_and_rekey_keeps_the_data_key() {

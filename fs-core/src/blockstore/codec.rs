@@ -10,13 +10,17 @@
 //! format (one piece, `chunk_size` 0 in the block map) are still read whole.
 //!
 //! The checksums are XXH3: it catches corruption (bit rot, truncated or swapped objects) at
-//! memory speed; it is not a defence against someone forging objects in the bucket (encrypted
-//! volumes authenticate every block with AES-GCM, [4/6]).
+//! memory speed; it is not a defence against someone forging objects in the bucket. On an
+//! encrypted volume each chunk's stored bytes (compressed first) and the table are sealed with
+//! AES-256-GCM ([`SealAt`], docs/encryption.md): [`SEAL_OVERHEAD`] bytes more each, bound to the
+//! volume, the object that holds them and their index, so a changed, moved or foreign chunk
+//! fails to open (EIO). The checksums are then over the sealed bytes.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::crypto::{SEAL_OVERHEAD, TABLE_INDEX, VolumeKeys};
 use crate::wire::pb::compression::Kind;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -27,6 +31,32 @@ pub enum CodecError {
     Decompress(String),
     #[error("block decompresses to {got} bytes, the block map says {want}")]
     Length { got: usize, want: usize },
+    #[error(
+        "sealed block bytes do not open with the volume's key (changed, moved from another object or index, or of another volume)"
+    )]
+    Sealed,
+    #[error("sealing a block failed: {0}")]
+    Seal(String),
+}
+
+/// Where sealed bytes of an encrypted volume belong: the volume's keys, the block object that
+/// holds them and the chunk's index in it ([`TABLE_INDEX`] for the table).
+#[derive(Clone, Copy)]
+pub struct SealAt<'a> {
+    pub keys: &'a VolumeKeys,
+    pub object: u64,
+    pub index: u32,
+}
+
+impl SealAt<'_> {
+    fn seal(&self, plain: &[u8]) -> Result<Bytes, CodecError> {
+        let sealed = self.keys.seal_chunk(self.object, self.index, plain);
+        Ok(Bytes::from(sealed.map_err(|e| CodecError::Seal(e.to_string()))?))
+    }
+
+    fn open(&self, sealed: &[u8]) -> Result<Bytes, CodecError> {
+        Ok(Bytes::from(self.keys.open_chunk(self.object, self.index, sealed).map_err(|_| CodecError::Sealed)?))
+    }
 }
 
 pub fn checksum(stored: &[u8]) -> Vec<u8> {
@@ -61,11 +91,13 @@ impl AsRef<[u8]> for Slice {
     }
 }
 
-/// A block encoded for upload: the object is `parts` in order (the chunk table, then the stored
-/// bytes of the chunks it holds itself), `checksum` is the table's.
+/// A block encoded for upload: the object is `parts` in order (the chunk table as stored, then
+/// the stored bytes of the chunks it holds itself), `checksum` is the stored table's.
 #[derive(Debug)]
 pub struct Encoded {
     pub parts: Vec<Bytes>,
+    /// The chunk table, open (what a reader's L1 keeps).
+    pub table: Bytes,
     pub stored_len: u32,
     pub checksum: Vec<u8>,
     pub chunk_size: u32,
@@ -88,21 +120,29 @@ pub struct Base<'a> {
 #[cfg(test)]
 pub fn encode(data: Arc<Vec<u8>>, len: usize, kind: Kind) -> Encoded {
     let chunks = chunks(&data, len);
-    encode_over(len, kind, None, |c| chunks.get(&c).cloned())
+    encode_over(len, kind, None, None, |c| chunks.get(&c).cloned()).expect("nothing to seal")
 }
 
 /// [`encode`] for a block rewritten over `base`, from its chunks: `chunk(c)` gives the bytes of
 /// chunk `c` (exactly the chunk's length in a block of `len` bytes) where they may differ from the
 /// base's, and `None` where the chunk is the base's, unchanged: its table entry is copied (naming
 /// the object that holds it), so the new object holds only the chunks that changed. `None` is
-/// allowed only for chunks the base holds whole (inside its valid length).
-pub fn encode_over(len: usize, kind: Kind, base: Option<Base<'_>>, chunk: impl Fn(u32) -> Option<Bytes>) -> Encoded {
+/// allowed only for chunks the base holds whole (inside its valid length). With `seal` (the keys
+/// of an encrypted volume and this object's id) every chunk it stores and the table are sealed.
+pub fn encode_over(
+    len: usize,
+    kind: Kind,
+    base: Option<Base<'_>>,
+    seal: Option<(&VolumeKeys, u64)>,
+    chunk: impl Fn(u32) -> Option<Bytes>,
+) -> Result<Encoded, CodecError> {
     let chunks = len.div_ceil(CHUNK_SIZE) as u32;
+    let at = |index| seal.map(|(keys, object)| SealAt { keys, object, index });
     let mut table = Vec::with_capacity(chunks as usize * ENTRY_LEN);
     let mut parts = Vec::with_capacity(chunks as usize + 1);
     let mut shared = std::collections::BTreeSet::new();
     let mut any = false;
-    let mut offset = table_len(chunks) as u64;
+    let mut offset = stored_table_len(chunks, seal.is_some()) as u64;
     for c in 0..chunks {
         let Some(raw) = chunk(c) else {
             let base = base.as_ref().filter(|b| c < (b.table.len() / ENTRY_LEN) as u32);
@@ -136,21 +176,31 @@ pub fn encode_over(len: usize, kind: Kind, base: Option<Base<'_>>, chunk: impl F
             _ => (raw, Kind::None),
         };
         any |= used != Kind::None;
+        let stored = match at(c) {
+            Some(at) => at.seal(&stored)?,
+            None => stored,
+        };
         push_entry(&mut table, 0, offset, used as i32 as u32, &stored);
         offset += stored.len() as u64;
         parts.push(stored);
     }
-    let checksum = checksum(&table);
-    parts.insert(0, Bytes::from(table));
-    Encoded {
+    let table = Bytes::from(table);
+    let stored_table = match at(TABLE_INDEX) {
+        Some(at) => at.seal(&table)?,
+        None => table.clone(),
+    };
+    let checksum = checksum(&stored_table);
+    parts.insert(0, stored_table);
+    Ok(Encoded {
         stored_len: parts.iter().map(|p| p.len() as u32).sum(),
         parts,
+        table,
         checksum,
         chunk_size: CHUNK_SIZE as u32,
         chunks,
         kind: if any { kind } else { Kind::None },
         shared: shared.into_iter().collect(),
-    }
+    })
 }
 
 /// Appends the table entry of a chunk held by `object` (0: this object) at `offset`, stored as
@@ -176,17 +226,26 @@ pub fn share(data: &Arc<Vec<u8>>, range: std::ops::Range<usize>) -> Bytes {
     Bytes::from_owner(Slice(data.clone(), range))
 }
 
-/// Bytes of the chunk table of an object with `chunks` chunks (it starts the object).
+/// Bytes of the (open) chunk table of an object with `chunks` chunks.
 pub fn table_len(chunks: u32) -> usize {
     chunks as usize * ENTRY_LEN
 }
 
-/// Checks a fetched chunk table against the block map's checksum.
-pub fn verify_table(stored: &[u8], chunks: u32, sum: &[u8]) -> Result<(), CodecError> {
-    if stored.len() != table_len(chunks) || checksum(stored) != sum {
+/// Bytes the chunk table takes at the start of the object (sealed: [`SEAL_OVERHEAD`] more).
+pub fn stored_table_len(chunks: u32, sealed: bool) -> usize {
+    table_len(chunks) + if sealed { SEAL_OVERHEAD } else { 0 }
+}
+
+/// Checks a fetched chunk table against the block map's checksum and opens it (`seal`: the
+/// object's place, on an encrypted volume); returns the open table.
+pub fn open_table(stored: Bytes, chunks: u32, sum: &[u8], seal: Option<SealAt<'_>>) -> Result<Bytes, CodecError> {
+    if stored.len() != stored_table_len(chunks, seal.is_some()) || checksum(&stored) != sum {
         return Err(CodecError::Checksum);
     }
-    Ok(())
+    match seal {
+        Some(at) => at.open(&stored),
+        None => Ok(stored),
+    }
 }
 
 /// One chunk's entry in a (verified) chunk table.
@@ -220,9 +279,16 @@ pub fn chunk(table: &[u8], c: u32) -> Chunk {
     }
 }
 
-/// Decodes one chunk's stored bytes after checking them; it must hold at least `want` bytes
-/// (the block map's valid length may end inside or before it) and at most `chunk_size`.
-pub fn decode_chunk(chunk: &Chunk, stored: Bytes, want: usize, chunk_size: usize) -> Result<Bytes, CodecError> {
+/// Decodes one chunk's stored bytes after checking them (and opening them where `seal` gives
+/// their place); it must hold at least `want` bytes (the block map's valid length may end inside
+/// or before it) and at most `chunk_size`.
+pub fn decode_chunk(
+    chunk: &Chunk,
+    stored: Bytes,
+    want: usize,
+    chunk_size: usize,
+    seal: Option<SealAt<'_>>,
+) -> Result<Bytes, CodecError> {
     if twox_hash::XxHash3_64::oneshot(&stored) != chunk.sum {
         return Err(CodecError::Checksum);
     }
@@ -232,6 +298,10 @@ pub fn decode_chunk(chunk: &Chunk, stored: Bytes, want: usize, chunk_size: usize
             false => Err(CodecError::Length { got: stored.len(), want: 0 }),
         };
     }
+    let stored = match seal {
+        Some(at) => at.open(&stored)?,
+        None => stored,
+    };
     let data = match Kind::try_from(chunk.kind) {
         Ok(Kind::Lz4) => {
             lz4_flex::decompress_size_prepended(&stored).map_err(|e| CodecError::Decompress(e.to_string()))?.into()
@@ -279,14 +349,13 @@ mod tests {
 
     /// Every chunk of an encoded block, read through the table as a reader does.
     fn read_all(obj: &Bytes, e: &Encoded, want: usize) -> Result<Vec<u8>, CodecError> {
-        let table = &obj[..table_len(e.chunks)];
-        verify_table(table, e.chunks, &e.checksum)?;
+        let table = open_table(obj.slice(..table_len(e.chunks)), e.chunks, &e.checksum, None)?;
         let mut out = Vec::new();
         for c in 0..e.chunks {
-            let ch = chunk(table, c);
+            let ch = chunk(&table, c);
             let stored = obj.slice(ch.range.start as usize..ch.range.end as usize);
             let w = want.saturating_sub(c as usize * CHUNK_SIZE).min(CHUNK_SIZE);
-            out.extend_from_slice(&decode_chunk(&ch, stored, w, CHUNK_SIZE)?);
+            out.extend_from_slice(&decode_chunk(&ch, stored, w, CHUNK_SIZE, None)?);
         }
         Ok(out)
     }
@@ -348,15 +417,51 @@ mod tests {
         let table = &obj[..table_len(4)];
         assert!(chunk(table, 0).is_zero() && !chunk(table, 1).is_zero() && chunk(table, 3).is_zero());
         // A zero entry claiming stored bytes is refused.
-        assert!(decode_chunk(&chunk(table, 0), Bytes::from_static(b"x"), 10, CHUNK_SIZE).is_err());
+        assert!(decode_chunk(&chunk(table, 0), Bytes::from_static(b"x"), 10, CHUNK_SIZE, None).is_err());
         // A rewrite over it copies the zero entries as they are: they name no object.
         let base = Base { id: 42, table };
         let fresh = Bytes::from(vec![1u8; CHUNK_SIZE]);
-        let r = encode_over(len, Kind::Lz4, Some(base), |c| (c == 2).then(|| fresh.clone()));
+        let r = encode_over(len, Kind::Lz4, Some(base), None, |c| (c == 2).then(|| fresh.clone())).unwrap();
         assert_eq!(r.shared, vec![42], "only the chunk with data is shared");
         let t = &r.parts[0];
         assert!(chunk(t, 0).is_zero() && chunk(t, 3).is_zero());
         assert_eq!(chunk(t, 1).object, Some(42));
+    }
+
+    #[test]
+    fn sealed_blocks_open_only_in_their_place() {
+        let keys = crate::crypto::tests::keys("vol-a");
+        let len = 3 * CHUNK_SIZE + 7;
+        let data: Vec<u8> = (0..len as u32).map(|i| (i % 251) as u8).collect();
+        let chunks = chunks(&Arc::new(data.clone()), len);
+        let e = encode_over(len, Kind::Lz4, None, Some((&keys, 9)), |c| chunks.get(&c).cloned()).unwrap();
+        let obj = object(&e);
+        // No 16-byte window of the data is in the object; the open table is the reader's.
+        assert!(!data.windows(16).step_by(97).any(|w| obj.windows(16).any(|o| o == w)));
+        let sealed_len = stored_table_len(e.chunks, true);
+        let at = |object, index| Some(SealAt { keys: &keys, object, index });
+        let table = open_table(obj.slice(..sealed_len), e.chunks, &e.checksum, at(9, TABLE_INDEX)).unwrap();
+        assert_eq!(table, e.table);
+        let mut out = Vec::new();
+        for c in 0..e.chunks {
+            let ch = chunk(&table, c);
+            let stored = obj.slice(ch.range.start as usize..ch.range.end as usize);
+            let want = (len - c as usize * CHUNK_SIZE).min(CHUNK_SIZE);
+            out.extend_from_slice(&decode_chunk(&ch, stored.clone(), want, CHUNK_SIZE, at(9, c)).unwrap());
+            // The same bytes read as another object's, or at another index, do not open.
+            assert_eq!(decode_chunk(&ch, stored.clone(), want, CHUNK_SIZE, at(10, c)), Err(CodecError::Sealed));
+            assert_eq!(decode_chunk(&ch, stored, want, CHUNK_SIZE, at(9, c + 1)), Err(CodecError::Sealed));
+        }
+        assert_eq!(out, data);
+        let other = crate::crypto::tests::keys("vol-b");
+        let foreign = Some(SealAt { keys: &other, object: 9, index: TABLE_INDEX });
+        assert_eq!(open_table(obj.slice(..sealed_len), e.chunks, &e.checksum, foreign), Err(CodecError::Sealed));
+        // A rewrite over it shares the chunks it did not change, held (and sealed) by object 9.
+        let fresh = Bytes::from(vec![1u8; CHUNK_SIZE]);
+        let base = Base { id: 9, table: &table };
+        let r =
+            encode_over(len, Kind::Lz4, Some(base), Some((&keys, 11)), |c| (c == 1).then(|| fresh.clone())).unwrap();
+        assert_eq!((r.shared.clone(), chunk(&r.table, 0).object, chunk(&r.table, 1).object), (vec![9], Some(9), None));
     }
 
     #[test]

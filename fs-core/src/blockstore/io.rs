@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use crate::blockstore::cache::{BlockCache, TABLE};
 use crate::blockstore::disk::DiskCache;
 use crate::blockstore::{LocalFiles, codec, layout};
+use crate::crypto::TABLE_INDEX;
 use crate::fs::FsResult;
 use crate::wire::pb;
 
@@ -52,9 +53,21 @@ pub struct BlockIo {
     pub durable: Arc<crate::blocking::DurableSlot>,
     /// Stored bytes on local disk (L2), for a store across the network.
     pub l2: Option<Arc<DiskCache>>,
+    /// The keys of an encrypted volume: chunks and tables are sealed ([`codec::SealAt`]).
+    pub keys: Option<Arc<crate::crypto::VolumeKeys>>,
 }
 
 impl BlockIo {
+    /// Where sealed bytes of object `object` at `index` belong, on an encrypted volume.
+    fn seal_at(&self, object: u64, index: u32) -> Option<codec::SealAt<'_>> {
+        self.keys.as_deref().map(|keys| codec::SealAt { keys, object, index })
+    }
+
+    /// Bytes the chunk table of block `b` takes at the start of its object.
+    fn stored_table_len(&self, b: &pb::BlockRef) -> usize {
+        codec::stored_table_len(b.chunks, self.keys.is_some())
+    }
+
     /// Bytes `[from, from + len)` of block `b` as pieces: stored bytes up to the block map's
     /// valid length, zeros after it.
     pub async fn range(&self, b: &pb::BlockRef, from: usize, len: usize) -> FsResult<Vec<Bytes>> {
@@ -141,17 +154,24 @@ impl BlockIo {
                 let obj = this.get_whole(b.id, b.stored_len as u64).await?;
                 // Checking a whole block is CPU work: kept off the runtime's workers.
                 crate::blocking::run(move || {
-                    let table = obj.get(..codec::table_len(b.chunks)).unwrap_or(&[]);
-                    check_table(&b, table)?;
-                    let mut pieces = vec![(TABLE, Bytes::copy_from_slice(table))];
+                    let stored_table = obj.slice(..this.stored_table_len(&b).min(obj.len()));
+                    let table = codec::open_table(stored_table, b.chunks, &b.checksum, this.seal_at(b.id, TABLE_INDEX))
+                        .map_err(|e| failed(&b, "its chunk table", e))?;
+                    let mut pieces = vec![(TABLE, table.clone())];
                     for c in 0..b.chunks {
-                        let ch = codec::chunk(table, c);
+                        let ch = codec::chunk(&table, c);
                         if ch.object.is_some() {
                             continue;
                         }
                         let stored = obj.get(ch.range.start as usize..ch.range.end as usize).ok_or(libc::EIO)?;
-                        let d = codec::decode_chunk(&ch, obj.slice_ref(stored), want(&b, c), b.chunk_size as usize)
-                            .map_err(|e| failed(&b, &format!("chunk {c}"), e))?;
+                        let d = codec::decode_chunk(
+                            &ch,
+                            obj.slice_ref(stored),
+                            want(&b, c),
+                            b.chunk_size as usize,
+                            this.seal_at(b.id, c),
+                        )
+                        .map_err(|e| failed(&b, &format!("chunk {c}"), e))?;
                         pieces.push((c, d));
                     }
                     Ok(pieces)
@@ -196,10 +216,10 @@ impl BlockIo {
             _ => None,
         };
         let _permit = self.io.acquire().await.map_err(|_| libc::EIO)?;
-        let (pieces, over) = (chunks.clone(), base.clone());
+        let (pieces, over, keys) = (chunks.clone(), base.clone(), self.keys.clone());
         let encode = move || {
             let over = over.as_ref().map(|(b, t)| codec::Base { id: b.id, table: t });
-            codec::encode_over(len, kind, over, |c| pieces.get(&c).cloned())
+            codec::encode_over(len, kind, over, keys.as_deref().map(|k| (k, id)), |c| pieces.get(&c).cloned())
         };
         // One chunk checksummed (and lz4-compressed) costs less than handing it to another thread.
         let small = chunks.len() <= 1 && kind != pb::compression::Kind::Zstd;
@@ -212,6 +232,7 @@ impl BlockIo {
             tracing::error!(block = id, key = %key, error = %err, "uploading a block failed");
             libc::EIO
         };
+        let e = e.map_err(|e| failed(&e))?;
         match &self.local {
             Some(local) => {
                 let (local, k, parts) = (local.clone(), key.clone(), e.parts.clone());
@@ -234,8 +255,7 @@ impl BlockIo {
                     .collect(),
                 None => Vec::new(),
             };
-            let table = Bytes::copy_from_slice(&e.parts[0]);
-            self.cache.insert_all(id, std::iter::once((TABLE, table)).chain(chunks).chain(kept));
+            self.cache.insert_all(id, std::iter::once((TABLE, e.table.clone())).chain(chunks).chain(kept));
         }
         Ok(pb::BlockRef {
             index,
@@ -265,8 +285,8 @@ impl BlockIo {
     async fn table(&self, b: &pb::BlockRef) -> FsResult<Bytes> {
         self.cache
             .get_or_fetch((b.id, TABLE), async {
-                let check = |t: Bytes| codec::verify_table(&t, b.chunks, &b.checksum).map(|_| t);
-                self.get_checked(b, b.id, 0..codec::table_len(b.chunks) as u64, "its chunk table", check).await
+                let check = |t: Bytes| codec::open_table(t, b.chunks, &b.checksum, self.seal_at(b.id, TABLE_INDEX));
+                self.get_checked(b, b.id, 0..self.stored_table_len(b) as u64, "its chunk table", check).await
             })
             .await
     }
@@ -276,11 +296,14 @@ impl BlockIo {
         self.cache
             .get_or_fetch((b.id, c), async {
                 let ch = codec::chunk(table, c);
-                let decode = |stored| codec::decode_chunk(&ch, stored, want(b, c), b.chunk_size as usize);
+                let holder = ch.object.unwrap_or(b.id);
+                let decode = |stored| {
+                    codec::decode_chunk(&ch, stored, want(b, c), b.chunk_size as usize, self.seal_at(holder, c))
+                };
                 if ch.range.is_empty() {
                     return decode(Bytes::new()).map_err(|e| failed(b, &format!("chunk {c}"), e));
                 }
-                self.get_checked(b, ch.object.unwrap_or(b.id), ch.range.clone(), &format!("chunk {c}"), decode).await
+                self.get_checked(b, holder, ch.range.clone(), &format!("chunk {c}"), decode).await
             })
             .await
     }
@@ -310,6 +333,11 @@ impl BlockIo {
 
     /// A block of the first format: one piece, fetched and checked whole.
     async fn single(&self, b: &pb::BlockRef) -> FsResult<Bytes> {
+        if self.keys.is_some() {
+            // Encrypted volumes were always chunked: an unsealed block is not theirs.
+            tracing::error!(block = b.id, "a block of the first format on an encrypted volume; answering EIO");
+            return Err(libc::EIO);
+        }
         self.cache
             .get_or_fetch((b.id, 0), async {
                 let stored = self.get_whole(b.id, b.stored_len as u64).await?;
@@ -414,11 +442,6 @@ fn want(b: &pb::BlockRef, c: u32) -> usize {
     (b.len as usize).saturating_sub(c as usize * b.chunk_size as usize).min(b.chunk_size as usize)
 }
 
-/// Checks block `b`'s chunk table against the block map (a short or changed table is EIO).
-fn check_table(b: &pb::BlockRef, table: &[u8]) -> FsResult<()> {
-    codec::verify_table(table, b.chunks, &b.checksum).map_err(|e| failed(b, "its chunk table", e))
-}
-
 fn failed(b: &pb::BlockRef, what: &str, e: codec::CodecError) -> i32 {
     tracing::error!(block = b.id, error = %e, "{what} of a block failed its check; answering EIO");
     libc::EIO
@@ -439,6 +462,7 @@ mod tests {
             local: None,
             durable: Default::default(),
             l2: None,
+            keys: None,
         }
     }
 

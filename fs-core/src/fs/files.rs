@@ -45,7 +45,7 @@ impl StratusFs {
         umask: u32,
         flags: u32,
     ) -> FsResult<(pb::Attr, Opened)> {
-        check_name(name)?;
+        let name = &*self.stored_name(parent, name)?;
         let perm = perm & !self.cfg.umask;
         if let Some(r) = self.create_here(c, parent, name, perm, umask, flags).await {
             return r;

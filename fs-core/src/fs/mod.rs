@@ -27,6 +27,7 @@ use std::sync::atomic::Ordering;
 use parking_lot::Mutex;
 
 use crate::blockstore::BackendSpec;
+use crate::crypto::VolumeKeys;
 use crate::metaclient::Session;
 use crate::wire::error::MetaError;
 use crate::wire::pb;
@@ -53,12 +54,59 @@ pub fn errno_of(s: tonic::Status) -> i32 {
 /// when they did not change); past this, closed files are forgotten.
 const MAX_IDLE_FILES: usize = 100_000;
 
+/// Longest symlink target (the server's limit; on an encrypted volume it applies to the plaintext).
+pub const PATH_MAX: usize = crate::server::ns::MAX_SYMLINK;
+
 /// Longest name on a plain volume (encrypted volumes check the plaintext against the same limit).
 pub const NAME_MAX: usize = 255;
 
 fn check_name(name: &[u8]) -> FsResult<()> {
     if name.len() > NAME_MAX { Err(libc::ENAMETOOLONG) } else { Ok(()) }
 }
+
+/// The keys of `volume` opened with the secret `cfg` gives, when it is encrypted. A secret is
+/// needed exactly when the volume is encrypted; a wrong one fails here, before anything is
+/// written. The key derivation is deliberately slow (Argon2id, a fraction of a second).
+pub fn volume_keys(volume: &pb::VolumeInfo, cfg: &FsConfig) -> Result<Option<Arc<VolumeKeys>>, String> {
+    let secret = match (&cfg.encryption_secret, &cfg.encryption_secret_file) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(path)) => Some(crate::crypto::Secret::read(path).map_err(|e| e.to_string())?),
+        (None, None) => None,
+    };
+    let name = &volume.name;
+    match (&volume.encryption, secret) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(format!(
+            "volume {name:?} is encrypted: give its secret with the mount option encryption_secret_file=PATH"
+        )),
+        (None, Some(_)) => Err(format!(
+            "volume {name:?} is not encrypted, yet an encryption secret was given: mount it without \
+             encryption_secret_file (a volume is encrypted from its creation, `stratusfs admin volume create --encrypt`)"
+        )),
+        (Some(env), Some(secret)) => {
+            let started = std::time::Instant::now();
+            let keys =
+                VolumeKeys::open(env, secret.expose(), &volume.uuid).map_err(|e| format!("volume {name:?}: {e}"))?;
+            tracing::info!(
+                volume = %name,
+                key_id = %keys.key_id(),
+                kdf_ms = started.elapsed().as_millis() as u64,
+                "encrypted volume: its data key opened"
+            );
+            Ok(Some(Arc::new(keys)))
+        }
+    }
+}
+
+/// Whether xattr `name` is a POSIX ACL (kept open: the server checks permissions with it).
+fn is_acl(name: &[u8]) -> bool {
+    name == crate::server::acl::ACCESS || name == crate::server::acl::DEFAULT
+}
+
+/// What [`StratusFs::stored_value`] binds a symlink's target to. The inode is not known before
+/// the server makes it, so targets are sealed under inode 0: one symlink's target copied over
+/// another's by someone with the server's disk opens (as that target), any other change fails.
+const SYMLINK: &[u8] = b"symlink";
 
 /// What the server answered to an open or create.
 struct OpenedReply<'a> {
@@ -82,6 +130,8 @@ pub struct StratusFs {
     pub volume: pb::VolumeInfo,
     pub cfg: FsConfig,
     root: u64,
+    /// An encrypted volume's keys: names, symlink targets and xattr values are sealed here.
+    keys: Option<Arc<VolumeKeys>>,
     data: data::DataPath,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Handle>>,
@@ -97,13 +147,16 @@ pub struct StratusFs {
 }
 
 impl StratusFs {
-    pub fn new(session: Arc<Session>, cfg: FsConfig) -> Result<StratusFs, String> {
+    /// The filesystem of the session's volume; `keys`: an encrypted volume's, opened with
+    /// [`volume_keys`].
+    pub fn new(session: Arc<Session>, cfg: FsConfig, keys: Option<Arc<VolumeKeys>>) -> Result<StratusFs, String> {
         let volume = session.reply.volume.clone().ok_or("the server sent no volume description")?;
         let spec: BackendSpec = serde_json::from_str(&volume.backend_json)
             .map_err(|e| format!("the volume's block-store spec does not parse: {e}"))?;
-        let data = data::DataPath::new(session.clone(), &volume, &spec, &cfg)?;
+        let data = data::DataPath::new(session.clone(), &volume, &spec, &cfg, keys.clone())?;
         Ok(StratusFs {
             root: session.root_ino(),
+            keys,
             cfg,
             volume,
             data,
@@ -121,7 +174,8 @@ impl StratusFs {
     pub async fn set_root_path(&mut self, path: &str) -> Result<(), String> {
         let mut ino = self.root;
         for part in path.split('/').filter(|p| !p.is_empty()) {
-            let req = pb::NameRequest { ctx: self.ctx(Ctx::default()), parent: ino, name: part.as_bytes().to_vec() };
+            let name = self.stored_name(ino, part.as_bytes()).map_err(|_| format!("{part:?}: name too long"))?;
+            let req = pb::NameRequest { ctx: self.ctx(Ctx::default()), parent: ino, name: name.into_owned() };
             let r = self.rpc().lookup(req).await;
             let a = r.map_err(|s| MetaError::from_status(&s).to_string())?.into_inner().attr.unwrap_or_default();
             if a.kind() != pb::FileKind::Directory {
@@ -173,6 +227,51 @@ impl StratusFs {
 
     fn ctx(&self, c: Ctx) -> Option<pb::Context> {
         Some(self.session.ctx(c.uid, c.gid, c.pid))
+    }
+
+    /// Name `name` in directory `parent` as the server keeps it: checked against [`NAME_MAX`],
+    /// then, on an encrypted volume, sealed (AES-SIV, bound to `parent`). `.` and `..` stay.
+    fn stored_name<'a>(&self, parent: u64, name: &'a [u8]) -> FsResult<std::borrow::Cow<'a, [u8]>> {
+        check_name(name)?;
+        match &self.keys {
+            Some(k) if name != b"." && name != b".." => Ok(k.seal_name(parent, name).into()),
+            _ => Ok(name.into()),
+        }
+    }
+
+    /// A name the server listed in directory `parent`, opened on an encrypted volume (one that
+    /// does not open is EIO and a log line).
+    fn open_name(&self, parent: u64, stored: Vec<u8>) -> FsResult<Vec<u8>> {
+        match &self.keys {
+            Some(k) if stored != b"." && stored != b".." => k.open_name(parent, &stored).map_err(|e| {
+                tracing::error!(dir = parent, error = %e, "a name in the directory does not open; answering EIO");
+                libc::EIO
+            }),
+            _ => Ok(stored),
+        }
+    }
+
+    /// A value of inode `ino` that `what` names (a symlink target, an xattr) as the server keeps
+    /// it: sealed on an encrypted volume, except POSIX ACLs (the server and kernel read them).
+    fn stored_value(&self, ino: u64, what: &[u8], value: &[u8]) -> FsResult<Vec<u8>> {
+        match &self.keys {
+            Some(k) if !is_acl(what) => k.seal_value(ino, what, value).map_err(|e| {
+                tracing::error!(ino, error = %e, "sealing a value failed");
+                libc::EIO
+            }),
+            _ => Ok(value.to_vec()),
+        }
+    }
+
+    /// What [`Self::stored_value`] stored (one that does not open is EIO and a log line).
+    fn open_value(&self, ino: u64, what: &[u8], stored: Vec<u8>) -> FsResult<Vec<u8>> {
+        match &self.keys {
+            Some(k) if !is_acl(what) => k.open_value(ino, what, &stored).map_err(|e| {
+                tracing::error!(ino, what = %String::from_utf8_lossy(what), error = %e, "a stored value does not open; answering EIO");
+                libc::EIO
+            }),
+            _ => Ok(stored),
+        }
     }
 
     fn rpc(&self) -> crate::metaclient::MetaRpc {

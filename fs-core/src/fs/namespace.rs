@@ -6,7 +6,7 @@ use super::*;
 
 impl StratusFs {
     pub async fn lookup(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<pb::Attr> {
-        check_name(name)?;
+        let name = &*self.stored_name(parent, name)?;
         if let Some(r) = self.lookup_here(parent, name).await {
             return r;
         }
@@ -55,7 +55,7 @@ impl StratusFs {
 
     /// mknod and mkdir.
     pub async fn mknod(&self, c: Ctx, parent: u64, name: &[u8], node: NewNode) -> FsResult<pb::Attr> {
-        check_name(name)?;
+        let name = &*self.stored_name(parent, name)?;
         let req = pb::MkNodRequest {
             ctx: self.ctx(c),
             parent,
@@ -77,8 +77,13 @@ impl StratusFs {
     }
 
     pub async fn symlink(&self, c: Ctx, parent: u64, name: &[u8], target: &[u8]) -> FsResult<pb::Attr> {
-        check_name(name)?;
-        let req = pb::SymlinkRequest { ctx: self.ctx(c), parent, name: name.to_vec(), target: target.to_vec() };
+        let name = &*self.stored_name(parent, name)?;
+        let target = match target.len() {
+            0 => return Err(libc::ENOENT),
+            1..=PATH_MAX => self.stored_value(0, SYMLINK, target)?,
+            _ => return Err(libc::ENAMETOOLONG),
+        };
+        let req = pb::SymlinkRequest { ctx: self.ctx(c), parent, name: name.to_vec(), target };
         self.settle(&[req.parent]).await?;
         let before = self.data.attrs.epoch();
         let r = self.rpc().symlink(req).await;
@@ -89,11 +94,11 @@ impl StratusFs {
 
     pub async fn readlink(&self, c: Ctx, ino: u64) -> FsResult<Vec<u8>> {
         let r = self.rpc().read_link(pb::InodeRequest { ctx: self.ctx(c), ino }).await;
-        Ok(r.map_err(errno_of)?.into_inner().target)
+        self.open_value(0, SYMLINK, r.map_err(errno_of)?.into_inner().target)
     }
 
     pub async fn unlink(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<()> {
-        check_name(name)?;
+        let name = &*self.stored_name(parent, name)?;
         if self.unlink_here(parent, name) {
             return Ok(());
         }
@@ -107,7 +112,7 @@ impl StratusFs {
     }
 
     pub async fn rmdir(&self, c: Ctx, parent: u64, name: &[u8]) -> FsResult<()> {
-        check_name(name)?;
+        let name = &*self.stored_name(parent, name)?;
         // The directory removed may be one this mount holds: what is pending there goes first.
         self.settle_all().await?;
         let req = pb::NameRequest { ctx: self.ctx(c), parent, name: name.to_vec() };
@@ -127,8 +132,8 @@ impl StratusFs {
         new_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        check_name(name)?;
-        check_name(new_name)?;
+        let name = &*self.stored_name(parent, name)?;
+        let new_name = &*self.stored_name(new_parent, new_name)?;
         let req = pb::RenameRequest {
             ctx: self.ctx(c),
             parent,
@@ -154,7 +159,7 @@ impl StratusFs {
     }
 
     pub async fn link(&self, c: Ctx, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<pb::Attr> {
-        check_name(new_name)?;
+        let new_name = &*self.stored_name(new_parent, new_name)?;
         let req = pb::LinkRequest { ctx: self.ctx(c), ino, new_parent, new_name: new_name.to_vec() };
         self.settle(&[req.ino, req.new_parent]).await?;
         let np = req.new_parent;
@@ -173,6 +178,11 @@ impl StratusFs {
         self.settle(&[ino]).await?;
         let req = pb::ReadDirRequest { ctx: self.ctx(c), ino, cookie, limit, plus };
         let mut entries = self.rpc().read_dir(req).await.map_err(errno_of)?.into_inner().entries;
+        if self.keys.is_some() {
+            for e in &mut entries {
+                e.name = self.open_name(ino, std::mem::take(&mut e.name))?;
+            }
+        }
         if plus {
             for e in &mut entries {
                 if let Some(a) = e.attr.take() {
@@ -209,7 +219,7 @@ impl StratusFs {
                 cache.insert(ino, std::time::Instant::now());
                 Err(libc::ENODATA)
             }
-            r => Ok(r?.into_inner().value),
+            r => self.open_value(ino, name, r?.into_inner().value),
         }
     }
 
@@ -229,13 +239,16 @@ impl StratusFs {
         flags: u32,
         acl_kill_sgid: bool,
     ) -> FsResult<()> {
+        if value.len() > crate::server::ns::MAX_XATTR_VALUE {
+            return Err(libc::E2BIG);
+        }
         // A held directory gives its delegation back: a default ACL changes what creates there do.
         self.give_back(ino).await?;
         let req = pb::SetXattrRequest {
             ctx: self.ctx(c),
             ino,
             name: name.to_vec(),
-            value: value.to_vec(),
+            value: self.stored_value(ino, name, value)?,
             flags,
             acl_kill_sgid,
         };

@@ -22,7 +22,7 @@ async fn fs(cfg: FsConfig, memory: bool) -> (TestServer, StratusFs) {
         })
         .await;
     let session = srv.session("v", &token).await;
-    let fs = StratusFs::new(session, cfg).unwrap();
+    let fs = StratusFs::new(session, cfg, None).unwrap();
     (srv, fs)
 }
 
@@ -102,14 +102,14 @@ async fn locks_and_handles_travel_in_a_handover() {
     assert_eq!((state.files[0].opens, &state.files[0].lock_owners[..]), (1, &[7][..]));
     // The quiesce committed the write: a second session sees it.
     let token = srv.token("v", |_| {}).await;
-    let other = StratusFs::new(srv.session("v", &token).await, FsConfig::default()).unwrap();
+    let other = StratusFs::new(srv.session("v", &token).await, FsConfig::default(), None).unwrap();
     let seen = other.open(ROOT, f.ino, libc::O_RDONLY as u32).await.unwrap();
     assert_eq!(read_all(&other, f.ino, 100).await, b"unflushed");
     // The lock still holds against another session.
     let theirs = LockSpec { owner: 8, ..lock };
     assert_eq!(other.setlk(ROOT, f.ino, seen.fh, theirs).await.unwrap_err(), libc::EAGAIN);
     // A successor on the same session takes the handles: its release drops the lock.
-    let next = StratusFs::new(fs.session.clone(), FsConfig::default()).unwrap();
+    let next = StratusFs::new(fs.session.clone(), FsConfig::default(), None).unwrap();
     next.adopt_handles(&state).await;
     next.flush(ROOT, f.ino, o.fh, 7).await.unwrap();
     next.release(ROOT, f.ino, o.fh).await.unwrap();

@@ -50,6 +50,12 @@ pub struct FsConfig {
     /// Ask for directory delegations where files are created in bursts (`nodelegations` turns
     /// it off; docs/write-back-metadata.md).
     pub delegations: bool,
+    /// The file holding an encrypted volume's secret (`encryption_secret_file`).
+    pub encryption_secret_file: Option<std::path::PathBuf>,
+    /// The secret itself, for a library caller that has it in memory (the CSI driver's Secret);
+    /// never serialised, so a handover does not carry it.
+    #[serde(skip)]
+    pub encryption_secret: Option<crate::crypto::Secret>,
 }
 
 impl Default for FsConfig {
@@ -68,6 +74,8 @@ impl Default for FsConfig {
             disk_cache_bytes: 10 << 30,
             umask: 0,
             delegations: true,
+            encryption_secret_file: None,
+            encryption_secret: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::crypto::VolumeKeys;
 use crate::fs::StratusFs;
 use crate::fs::handover::FsHandover;
 use crate::fuse::abi::init;
@@ -56,6 +57,8 @@ pub enum MountError {
     Session { volume: String, server: String, source: Box<ClientError> },
     #[error("the volume's data path: {0}")]
     DataPath(String),
+    #[error("{0}")]
+    Encryption(String),
     #[error("resolving the subpath {path:?}: {why}")]
     Subpath { path: String, why: String },
     #[error("mounting on {}: {source}", mountpoint.display())]
@@ -148,6 +151,34 @@ pub struct Quiesced {
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
+/// The keys of the session's volume when it is encrypted (the key derivation runs off the
+/// runtime's workers). On failure (no secret, a wrong one) a session this mount opened (`own`)
+/// is closed again: the mount leaves nothing behind on the server, and no object was touched. An
+/// adopted session stays: its predecessor goes on serving it.
+async fn open_keys(
+    session: &Arc<Session>,
+    cfg: &crate::fs::FsConfig,
+    own: bool,
+) -> Result<Option<Arc<VolumeKeys>>, MountError> {
+    let volume = session.reply.volume.clone().unwrap_or_default();
+    let cfg = cfg.clone();
+    let keys = tokio::task::spawn_blocking(move || crate::fs::volume_keys(&volume, &cfg))
+        .await
+        .unwrap_or_else(|e| Err(format!("opening the volume's keys: {e}")));
+    match keys {
+        Ok(keys) => Ok(keys),
+        Err(why) => {
+            if !own {
+                return Err(MountError::Encryption(why));
+            }
+            if let Err(e) = session.close().await {
+                tracing::warn!(error = %e, "closing the session of a mount that failed; its lease ends it");
+            }
+            Err(MountError::Encryption(why))
+        }
+    }
+}
+
 fn client_name(mountpoint: &Path) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}:{}", host.trim(), mountpoint.display())
@@ -168,7 +199,8 @@ impl Mount {
                 server: source.server.clone(),
                 source: Box::new(e),
             })?;
-        let mut fs = StratusFs::new(session.clone(), options.fs.clone()).map_err(MountError::DataPath)?;
+        let keys = open_keys(&session, &options.fs, true).await?;
+        let mut fs = StratusFs::new(session.clone(), options.fs.clone(), keys).map_err(MountError::DataPath)?;
         if !source.subpath.is_empty() {
             fs.set_root_path(&source.subpath)
                 .await
@@ -220,7 +252,8 @@ impl Mount {
             Session::resume_id(channel, &state.source.volume, &state.token, &client_name(&state.mountpoint), &id)
                 .await
                 .map_err(|e| adopt_err(format!("resuming the server session: {e}")))?;
-        let mut fs = StratusFs::new(session.clone(), state.options.fs.clone()).map_err(MountError::DataPath)?;
+        let keys = open_keys(&session, &state.options.fs, false).await?;
+        let mut fs = StratusFs::new(session.clone(), state.options.fs.clone(), keys).map_err(MountError::DataPath)?;
         fs.set_root(state.root);
         fs.adopt_handles(&state.fs).await;
         let chans = fds.into_iter().map(Channel::from_fd).collect();

@@ -88,7 +88,7 @@ pub const META_WAIT: Duration = Duration::from_secs(60);
 
 /// The options `-o` knows, for the error message.
 const KNOWN: &str = "ro, rw, allow_other, noatime, noexec, nosuid, nodev, umask=OCTAL, attr_ttl=SECS, \
-entry_ttl=SECS, negative_ttl=SECS, cache_mib=N, dirty_mib=N, prefetch=N, threads=N, meta_wait=SECS, store_wait=SECS, disk_cache_dir=PATH, disk_cache_mib=N, nodelegations, token_file=PATH, ca_file=PATH, fingerprint=HEX, \
+entry_ttl=SECS, negative_ttl=SECS, cache_mib=N, dirty_mib=N, prefetch=N, threads=N, meta_wait=SECS, store_wait=SECS, disk_cache_dir=PATH, disk_cache_mib=N, nodelegations, encryption_secret_file=PATH, token_file=PATH, ca_file=PATH, fingerprint=HEX, \
 log_file=PATH";
 
 impl MountOptions {
@@ -173,6 +173,7 @@ impl MountOptions {
                 "store_wait" => o.fs.store_wait = secs(v)?,
                 "disk_cache_dir" => o.fs.disk_cache_dir = path(v)?,
                 "disk_cache_mib" => o.fs.disk_cache_bytes = (num(v)? as u64) << 20,
+                "encryption_secret_file" => o.fs.encryption_secret_file = path(v)?,
                 "token_file" => o.token_file = path(v)?,
                 "ca_file" => o.ca_file = path(v)?,
                 "fingerprint" => o.fingerprint = Some(v.to_string()),
@@ -206,7 +207,7 @@ mod tests {
         let o = MountOptions::parse(&[
             "ro,allow_other,noatime,umask=027".into(),
             "attr_ttl=60,entry_ttl=0.5,negative_ttl=2,cache_mib=64,dirty_mib=16,threads=8,token_file=/t,fingerprint=ab,defaults,_netdev".into(),
-            "meta_wait=300,store_wait=2.5,disk_cache_dir=/var/cache/l2,disk_cache_mib=512".into(),
+            "meta_wait=300,store_wait=2.5,disk_cache_dir=/var/cache/l2,disk_cache_mib=512,encryption_secret_file=/s".into(),
         ])
         .unwrap();
         assert!(o.kernel.read_only && o.kernel.allow_other && o.kernel.noatime && o.kernel.nodev);
@@ -221,6 +222,7 @@ mod tests {
         assert_eq!(o.fs.store_wait, Duration::from_millis(2500));
         assert_eq!(o.fs.disk_cache_dir.as_deref(), Some(Path::new("/var/cache/l2")));
         assert_eq!(o.fs.disk_cache_bytes, 512 << 20);
+        assert_eq!(o.fs.encryption_secret_file.as_deref(), Some(Path::new("/s")));
         assert_eq!(MountOptions::parse(&[]).unwrap().meta_wait, META_WAIT);
         assert_eq!(o.token_file.as_deref(), Some(Path::new("/t")));
         assert_eq!(o.fingerprint.as_deref(), Some("ab"));

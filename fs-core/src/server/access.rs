@@ -71,6 +71,12 @@ impl Caller {
         own == gid || self.groups.contains(&gid)
     }
 
+    /// What sealing adds to a value (symlink target, xattr) the client sends: the volume's
+    /// values are encrypted when its names are.
+    pub fn seal_overhead(&self) -> usize {
+        if self.opaque_names { crate::crypto::SEAL_OVERHEAD } else { 0 }
+    }
+
     /// Checks a name the caller wants to create: on plain volumes 1..=255 bytes without `/` or
     /// NUL; on encrypted volumes any 1..=271 bytes (the client checked the plaintext).
     pub fn check_name(&self, name: &[u8]) -> MetaResult<()> {

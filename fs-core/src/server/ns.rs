@@ -144,7 +144,8 @@ pub fn mknod(w: &mut W, c: &Caller, parent: u64, name: &[u8], node: NewNode) -> 
             nlink: if kind == pb::FileKind::Directory { 2 } else { 1 },
             uid,
             gid,
-            size: target.len() as u64,
+            // A sealed target's size is its plaintext's.
+            size: target.len().saturating_sub(c.seal_overhead()) as u64,
             rdev: node.rdev,
             atime: Some(now),
             mtime: Some(now),
@@ -563,8 +564,10 @@ pub fn setxattr(w: &mut W, c: &Caller, req: &pb::SetXattrRequest) -> MetaResult<
     if name.is_empty() || name.len() > MAX_XATTR_NAME {
         return Err(MetaError::fs(libc::ERANGE, format!("xattr name of {} bytes (1..=255 allowed)", name.len())));
     }
-    if value.len() > MAX_XATTR_VALUE {
-        return Err(MetaError::fs(libc::E2BIG, format!("xattr value of {} bytes (at most 65536)", value.len())));
+    // An encrypted volume's values come sealed: the limit is on the plaintext.
+    let max = MAX_XATTR_VALUE + c.seal_overhead();
+    if value.len() > max {
+        return Err(MetaError::fs(libc::E2BIG, format!("xattr value of {} bytes (at most {max})", value.len())));
     }
     let mut inode = w.inode(ino)?;
     let exists = w.xattrs.get((ino, name))?.is_some();

@@ -301,6 +301,14 @@ impl MetaServer {
             info.backend_json = serde_json::to_string(&spec).expect("a spec serializes");
         }
         if req.encryption.is_some() {
+            // A new envelope of the same data key (rekey); encryption is never added afterwards:
+            // the volume's blocks and names are open.
+            if info.encryption.is_none() {
+                return Err(MetaError::fs(
+                    libc::EINVAL,
+                    format!("volume {:?} is not encrypted: encryption is chosen when a volume is created", info.name),
+                ));
+            }
             info.encryption = req.encryption;
         }
         v.update_info(info.clone()).await?;

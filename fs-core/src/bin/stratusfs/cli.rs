@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use fs_core::admin::{Compression, Quota, TokenScope, VolumeSpec, VolumeUpdate};
+use fs_core::crypto::Secret;
 use fs_core::{
     AdminClient, BackendSpec, ClientTrust, Credentials, Mount, MountOptions, MountSpec, ServerConfig, Source,
 };
@@ -120,6 +121,10 @@ pub struct UpArgs {
     /// AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_ENDPOINT), read once.
     #[arg(long)]
     pub block_store: Option<String>,
+    /// Encrypt the volume made on the first run end to end with the secret in FILE (`-`: stdin);
+    /// later runs need the same file.
+    #[arg(long, value_name = "FILE")]
+    pub encryption_secret_file: Option<PathBuf>,
     /// Mount options (see `stratusfs mount --help`).
     #[arg(short = 'o')]
     pub options: Vec<String>,
@@ -277,6 +282,23 @@ pub enum AdminCommand {
         quota_bytes: u64,
         #[arg(long, default_value_t = 0)]
         quota_inodes: u64,
+        /// Encrypt the volume end to end (docs/encryption.md) with the secret read from
+        /// --secret-file; it cannot be added later.
+        #[arg(long, requires = "secret_file")]
+        encrypt: bool,
+        /// The encryption secret: a file, or `-` for stdin (never an argument).
+        #[arg(long, value_name = "FILE|-", requires = "encrypt")]
+        secret_file: Option<PathBuf>,
+    },
+    /// Change an encrypted volume's secret; no data is rewritten.
+    VolumeRekey {
+        name: String,
+        /// The current secret: a file, or `-` for stdin.
+        #[arg(long, value_name = "FILE|-")]
+        old_secret_file: PathBuf,
+        /// The new secret: a file, or `-` for stdin (not both on stdin).
+        #[arg(long, value_name = "FILE|-")]
+        new_secret_file: PathBuf,
     },
     /// List volumes.
     VolumeList,
@@ -396,6 +418,7 @@ pub async fn run(cli: Cli, ready: Option<crate::daemon::ReadyPipe>) -> anyhow::R
                     Some(url) => Some(block_store_from_url(url).await?),
                     None => None,
                 },
+                encryption_secret_file: u.encryption_secret_file,
             };
             fs_core::mount::keep_freed_buffers();
             crate::up::up(cfg, shutdown_signal()).await
@@ -436,6 +459,8 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
             retention_secs,
             quota_bytes,
             quota_inodes,
+            encrypt,
+            secret_file,
         } => {
             let block_store = match (block_store, backend_json, local) {
                 (Some(url), _, _) => block_store_from_url(&url).await?,
@@ -450,10 +475,23 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
                 compression: compression.parse::<Compression>()?,
                 retention_secs,
                 quota: Quota { bytes: quota_bytes, inodes: quota_inodes },
+                encryption: match (encrypt, secret_file) {
+                    (true, Some(f)) => Some(Secret::read(&f)?),
+                    _ => None,
+                },
                 ..VolumeSpec::new(name, block_store)
             };
             let v = c.create_volume(&spec).await?;
-            println!("created volume {} ({})", v.name, v.uuid);
+            let how = if v.encrypted { ", encrypted" } else { "" };
+            println!("created volume {} ({}{how})", v.name, v.uuid);
+        }
+        AdminCommand::VolumeRekey { name, old_secret_file, new_secret_file } => {
+            if old_secret_file.as_os_str() == "-" && new_secret_file.as_os_str() == "-" {
+                bail!("only one of --old-secret-file and --new-secret-file can be stdin (-)");
+            }
+            let (old, new) = (Secret::read(&old_secret_file)?, Secret::read(&new_secret_file)?);
+            let v = c.rekey_volume(&name, &old, &new).await?;
+            println!("volume {}: secret changed (no data rewritten); mounts need the new secret from now on", v.name);
         }
         AdminCommand::VolumeList => {
             for v in c.volumes().await? {

@@ -32,6 +32,8 @@ pub struct UpConfig {
     /// The block store of the volume made on the first run (checked); `None`: blocks/ in the
     /// data dir.
     pub block_store: Option<BackendSpec>,
+    /// The secret of an encrypted default volume (made encrypted on the first run).
+    pub encryption_secret_file: Option<PathBuf>,
 }
 
 /// The data dir when none is given: `$XDG_DATA_HOME/stratusfs`, else `~/.local/share/stratusfs`.
@@ -94,6 +96,22 @@ pub async fn up(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) 
         let mut admin = AdminClient::connect(&addr, &trust, &admin_token).await?;
         let existing = admin.volume(VOLUME).await?;
         let exists = existing.is_some();
+        match (existing.as_ref().map(|v| v.encrypted), &cfg.encryption_secret_file) {
+            (Some(true), None) => anyhow::bail!(
+                "the default volume in {} is encrypted: give its secret with --encryption-secret-file FILE",
+                dir.display()
+            ),
+            (Some(false), Some(_)) => anyhow::bail!(
+                "the default volume in {} was made without encryption, which cannot be added to it; \
+                 drop --encryption-secret-file, or give another --data-dir for an encrypted volume",
+                dir.display()
+            ),
+            _ => {}
+        }
+        let encryption = match &cfg.encryption_secret_file {
+            Some(path) => Some(fs_core::crypto::Secret::read(path)?),
+            None => None,
+        };
         // The volume's block store: the one it has, else the one asked for, else blocks/ here.
         let store = match (existing, &cfg.block_store) {
             (Some(v), Some(wanted)) if v.block_store.url() != wanted.url() => anyhow::bail!(
@@ -115,6 +133,7 @@ pub async fn up(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) 
                 block_size: Some(cfg.block_size),
                 compression: cfg.compression,
                 retention_secs: cfg.retention_secs,
+                encryption: encryption.clone(),
                 ..VolumeSpec::new(VOLUME, store.clone())
             };
             admin.create_volume(&spec).await.context("creating the default volume")?;
@@ -131,11 +150,13 @@ pub async fn up(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) 
             }
         };
         let source = Source { server: addr.clone(), volume: VOLUME.into(), subpath: String::new() };
+        let mut options = cfg.options.clone();
+        options.fs.encryption_secret = encryption;
         let spec = MountSpec {
             source: source.clone(),
             mountpoint: cfg.mountpoint.clone(),
             credentials: Credentials { token, trust: trust.clone() },
-            options: cfg.options.clone(),
+            options,
         };
         let fingerprint = running.fingerprint.clone();
         let (mountpoint, data_dir) = (cfg.mountpoint.display().to_string(), dir.display().to_string());
@@ -144,10 +165,17 @@ pub async fn up(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) 
             println!("stratusfs up: {}", if exists { "reusing the data of an earlier run" } else { "first run: made the default volume and its token" });
             println!("  data        {data_dir} (metadata in meta/)");
             println!("  blocks      {}", store.url());
+            if let Some(f) = &cfg.encryption_secret_file {
+                println!("  encryption  end to end (AES-256-GCM), secret from {}", f.display());
+            }
             println!("  metadata    {addr} (TLS, fingerprint {fingerprint}); metrics on http://{}/metrics", running.http_addr);
             println!("  volume      {source} mounted on {mountpoint}");
+            let secret = match &cfg.encryption_secret_file {
+                Some(f) => format!(" -o encryption_secret_file={}", f.display()),
+                None => String::new(),
+            };
             println!(
-                "  mount again stratusfs mount {source} DIR --token-file {} --fingerprint {fingerprint}",
+                "  mount again stratusfs mount {source} DIR --token-file {} --fingerprint {fingerprint}{secret}",
                 token_file.display()
             );
             println!("  admin       STRATUSFS_ACCOUNT_TOKEN_FILE={} stratusfs admin --server {addr} --fingerprint {fingerprint} usage {VOLUME}", admin_file.display());

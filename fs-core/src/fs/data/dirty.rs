@@ -364,6 +364,7 @@ mod tests {
             local: None,
             durable: Default::default(),
             l2: None,
+            keys: None,
         }
     }
 

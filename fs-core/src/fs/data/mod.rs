@@ -72,6 +72,7 @@ impl DataPath {
         volume: &pb::VolumeInfo,
         spec: &BackendSpec,
         cfg: &FsConfig,
+        keys: Option<Arc<crate::crypto::VolumeKeys>>,
     ) -> Result<DataPath, String> {
         let bs = volume.block_size as u64;
         let local = LocalFiles::of(spec);
@@ -96,6 +97,7 @@ impl DataPath {
                 local,
                 durable: Default::default(),
                 l2,
+                keys,
             },
             bs,
             dirty_limit: cfg.dirty_limit.max(4 * bs as usize),

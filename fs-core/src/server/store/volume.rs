@@ -489,10 +489,12 @@ impl VolumeDb {
         name: Vec<u8>,
         target: Vec<u8>,
     ) -> MetaResult<(u64, rec::Inode)> {
-        if target.is_empty() || target.len() > ns::MAX_SYMLINK {
+        // An encrypted volume's targets come sealed: the limits are on the plaintext.
+        let overhead = c.seal_overhead();
+        if target.len() <= overhead || target.len() > ns::MAX_SYMLINK + overhead {
             return Err(MetaError::fs(
-                if target.is_empty() { libc::ENOENT } else { libc::ENAMETOOLONG },
-                format!("symlink target of {} bytes (1..=4096 allowed)", target.len()),
+                if target.len() <= overhead { libc::ENOENT } else { libc::ENAMETOOLONG },
+                format!("symlink target of {} bytes (1..={} allowed)", target.len(), ns::MAX_SYMLINK + overhead),
             ));
         }
         self.change_in(c, vec![parent], false, move |w, c| {
