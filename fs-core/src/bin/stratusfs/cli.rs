@@ -256,8 +256,26 @@ pub struct AdminArgs {
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
+    /// Volumes: create (encrypted or not), list, update, rekey, delete.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Volume tokens: what mounts present.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Account tokens: what admin commands present.
+    #[command(subcommand)]
+    AccountToken(AccountTokenCommand),
+    /// Quotas on directories.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// Usage, quotas and live sessions of a volume.
+    Usage { volume: String },
+}
+
+#[derive(Subcommand)]
+pub enum VolumeCommand {
     /// Create a volume.
-    VolumeCreate {
+    Create {
         name: String,
         /// Where the blocks go: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or
         /// file:///DIR, with credentials from the environment (see `stratusfs up --help`).
@@ -291,7 +309,7 @@ pub enum AdminCommand {
         secret_file: Option<PathBuf>,
     },
     /// Change an encrypted volume's secret; no data is rewritten.
-    VolumeRekey {
+    Rekey {
         name: String,
         /// The current secret: a file, or `-` for stdin.
         #[arg(long, value_name = "FILE|-")]
@@ -301,17 +319,21 @@ pub enum AdminCommand {
         new_secret_file: PathBuf,
     },
     /// List volumes.
-    VolumeList,
+    List,
     /// Delete a volume's metadata (block objects stay in the bucket).
-    VolumeDelete { name: String },
+    Delete { name: String },
     /// Change a volume's retention.
-    VolumeUpdate {
+    Update {
         name: String,
         #[arg(long, allow_hyphen_values = true)]
         retention_secs: Option<i64>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
     /// Create a volume token; prints the token (shown once).
-    TokenCreate {
+    Create {
         volume: String,
         /// Limit the token to this directory of the volume.
         #[arg(long, default_value = "/")]
@@ -324,16 +346,24 @@ pub enum AdminCommand {
         comment: String,
     },
     /// List a volume's tokens (ids, never the tokens).
-    TokenList { volume: String },
+    List { volume: String },
     /// Revoke a token by id; its live sessions end.
-    TokenRevoke { volume: String, id: String },
+    Revoke { volume: String, id: String },
+}
+
+#[derive(Subcommand)]
+pub enum AccountTokenCommand {
     /// Create another account token; prints it (shown once).
-    AccountTokenCreate {
+    Create {
         #[arg(long, default_value = "")]
         comment: String,
     },
+}
+
+#[derive(Subcommand)]
+pub enum QuotaCommand {
     /// Set a quota on a directory ("/" for the volume). 0 means no limit.
-    QuotaSet {
+    Set {
         volume: String,
         path: String,
         #[arg(long, default_value_t = 0)]
@@ -341,8 +371,6 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = 0)]
         inodes: u64,
     },
-    /// Usage, quotas and live sessions of a volume.
-    Usage { volume: String },
 }
 
 #[derive(Args)]
@@ -449,7 +477,7 @@ pub async fn run(cli: Cli, ready: Option<crate::daemon::ReadyPipe>) -> anyhow::R
 async fn admin(a: AdminArgs) -> anyhow::Result<()> {
     let mut c = a.server.admin().await?;
     match a.command {
-        AdminCommand::VolumeCreate {
+        AdminCommand::Volume(VolumeCommand::Create {
             name,
             block_store,
             backend_json,
@@ -461,7 +489,7 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
             quota_inodes,
             encrypt,
             secret_file,
-        } => {
+        }) => {
             let block_store = match (block_store, backend_json, local) {
                 (Some(url), _, _) => block_store_from_url(&url).await?,
                 (None, Some(j), _) => serde_json::from_str(&j).context("--backend-json: not a block-store spec")?,
@@ -485,7 +513,7 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
             let how = if v.encrypted { ", encrypted" } else { "" };
             println!("created volume {} ({}{how})", v.name, v.uuid);
         }
-        AdminCommand::VolumeRekey { name, old_secret_file, new_secret_file } => {
+        AdminCommand::Volume(VolumeCommand::Rekey { name, old_secret_file, new_secret_file }) => {
             if old_secret_file.as_os_str() == "-" && new_secret_file.as_os_str() == "-" {
                 bail!("only one of --old-secret-file and --new-secret-file can be stdin (-)");
             }
@@ -493,25 +521,25 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
             let v = c.rekey_volume(&name, &old, &new).await?;
             println!("volume {}: secret changed (no data rewritten); mounts need the new secret from now on", v.name);
         }
-        AdminCommand::VolumeList => {
+        AdminCommand::Volume(VolumeCommand::List) => {
             for v in c.volumes().await? {
                 println!("{}\t{}\tblock_size={}\tretention_secs={}", v.name, v.uuid, v.block_size, v.retention_secs);
             }
         }
-        AdminCommand::VolumeDelete { name } => {
+        AdminCommand::Volume(VolumeCommand::Delete { name }) => {
             c.delete_volume(&name).await?;
             println!("deleted volume {name}");
         }
-        AdminCommand::VolumeUpdate { name, retention_secs } => {
+        AdminCommand::Volume(VolumeCommand::Update { name, retention_secs }) => {
             let v = c.update_volume(&name, &VolumeUpdate { retention_secs, ..Default::default() }).await?;
             println!("volume {}: retention_secs={}", v.name, v.retention_secs);
         }
-        AdminCommand::TokenCreate { volume, subpath, read_only, root_squash, comment } => {
+        AdminCommand::Token(TokenCommand::Create { volume, subpath, read_only, root_squash, comment }) => {
             let t = c.create_token(&volume, &TokenScope { subpath, read_only, root_squash, comment }).await?;
             println!("{}", t.token);
             eprintln!("token id {} (the token is shown only now)", t.id);
         }
-        AdminCommand::TokenList { volume } => {
+        AdminCommand::Token(TokenCommand::List { volume }) => {
             for t in c.tokens(&volume).await? {
                 println!(
                     "{}\tsubpath={}\tread_only={}\troot_squash={}\t{}",
@@ -519,14 +547,14 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        AdminCommand::TokenRevoke { volume, id } => {
+        AdminCommand::Token(TokenCommand::Revoke { volume, id }) => {
             c.revoke_token(&volume, &id).await?;
             println!("revoked token {id}");
         }
-        AdminCommand::AccountTokenCreate { comment } => {
+        AdminCommand::AccountToken(AccountTokenCommand::Create { comment }) => {
             println!("{}", c.create_account_token(&comment).await?.token);
         }
-        AdminCommand::QuotaSet { volume, path, bytes, inodes } => {
+        AdminCommand::Quota(QuotaCommand::Set { volume, path, bytes, inodes }) => {
             c.set_quota(&volume, &path, Quota { bytes, inodes }).await?;
             println!("quota on {path}: bytes={bytes} inodes={inodes} (0 = no limit)");
         }
