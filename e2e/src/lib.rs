@@ -42,3 +42,17 @@ pub fn init() {
         .with_test_writer()
         .try_init();
 }
+
+/// Every file under `dir`, recursively (what a test searches for bytes that must not be there).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -151,11 +151,24 @@ async fn encrypted_volume(backend: Backend) {
     assert!(out.status.success(), "{out:?}");
     let msg = mount_fails(&meta, "v", &v, &[secret_option(&first)]);
     assert!(msg.contains("secret is wrong"), "the old secret after a rekey: {msg}");
+    // (With an L2 disk cache, which keeps what the store returned: sealed bytes. A local folder's
+    // blocks are on disk already: it has none.)
+    let l2 = tempfile::tempdir().unwrap();
     {
-        let m = Mount::start(&meta, "v", &v, &[&secret_option(&second)]).await.unwrap();
+        let cache = format!("disk_cache_dir={}", l2.path().display());
+        let m = Mount::start(&meta, "v", &v, &[&secret_option(&second), &cache]).await.unwrap();
         check_tree(&m.path, &data);
     }
     assert_eq!(etags(&store.spec("v")).await, etags_of(&ov), "a rekey rewrote objects");
+    let cached: Vec<_> =
+        e2e::files_under(l2.path()).into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect();
+    if backend != Backend::Local {
+        let bytes: usize = cached.iter().map(|(_, b)| b.len()).sum();
+        assert!(bytes >= MIB, "L2 holds {bytes} bytes after reading the 1 MiB file");
+    }
+    for (path, bytes) in &cached {
+        assert!(!has_window(bytes), "a 16-byte window of the file is in the L2 file {}", path.display());
+    }
 
     // A flipped byte in a chunk: the reads that touch it fail with EIO, the others read.
     let (key, (_, object)) = ov.iter().max_by_key(|o| o.1.1.len()).map(|(k, o)| (k.clone(), o.clone())).unwrap();

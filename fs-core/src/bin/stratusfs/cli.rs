@@ -523,7 +523,10 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Volume(VolumeCommand::List) => {
             for v in c.volumes().await? {
-                println!("{}\t{}\tblock_size={}\tretention_secs={}", v.name, v.uuid, v.block_size, v.retention_secs);
+                println!(
+                    "{}\t{}\tblock_size={}\tretention_secs={}\tencrypted={}",
+                    v.name, v.uuid, v.block_size, v.retention_secs, v.encrypted
+                );
             }
         }
         AdminCommand::Volume(VolumeCommand::Delete { name }) => {
