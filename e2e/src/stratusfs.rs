@@ -20,17 +20,27 @@ use crate::{HarnessError, Result};
 /// The `stratusfs` program of this build: `target/debug/stratusfs` beside the running test
 /// (`$STRATUSFS_BIN` overrides). `cargo test --workspace` and `e2e/test` build it.
 pub fn binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("STRATUSFS_BIN") {
+    program("stratusfs", "STRATUSFS_BIN", "fs-core")
+}
+
+/// The `stratusfs-operator` program of this build (`$STRATUSFS_OPERATOR_BIN` overrides).
+pub fn operator_binary() -> Result<PathBuf> {
+    program("stratusfs-operator", "STRATUSFS_OPERATOR_BIN", "stratusfs-operator")
+}
+
+/// Program `name` built beside the running test, or the path in `$var`.
+fn program(name: &str, var: &str, package: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().map_err(HarnessError::io("finding the test program"))?;
-    // target/debug/deps/e2e-HASH → target/debug/stratusfs
-    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("stratusfs"));
+    // target/debug/deps/e2e-HASH → target/debug/NAME
+    let bin = exe.parent().and_then(Path::parent).map(|d| d.join(name));
     match bin {
         Some(b) if b.is_file() => Ok(b),
         _ => Err(HarnessError::setup(
-            "finding the stratusfs program",
-            "not built beside the tests: run `cargo build -p fs-core` (e2e/test does)",
+            format!("finding the {name} program"),
+            format!("not built beside the tests: run `cargo build -p {package}` (e2e/test does)"),
         )),
     }
 }

@@ -3,8 +3,6 @@
 //! with their columns; `kubectl explain` answers; and each bad manifest (a one-field change of a
 //! good one) makes `kubectl apply` fail with the field's path, storing nothing.
 
-use std::path::{Path, PathBuf};
-
 use e2e::kube::ControlPlane;
 
 fn kubectl(cp: &ControlPlane, args: &[&str]) -> (bool, String, String) {
@@ -44,10 +42,6 @@ fn volume(name: &str, spec: &str) -> String {
     )
 }
 
-fn crd_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")
-}
-
 fn resource_version(cp: &ControlPlane, kind: &str, name: &str) -> String {
     kubectl_ok(cp, &["get", kind, name, "-o", "jsonpath={.metadata.resourceVersion}"])
 }
@@ -56,18 +50,7 @@ fn resource_version(cp: &ControlPlane, kind: &str, name: &str) -> String {
 async fn crds_are_established_and_refuse_bad_resources_at_apply() {
     e2e::init();
     let cp = ControlPlane::start().await.unwrap();
-    // The CRDs embed Kubernetes' own Affinity schema: too large for client-side apply's annotation.
-    kubectl_ok(&cp, &["apply", "--server-side", "-f", crd_dir().to_str().unwrap()]);
-    kubectl_ok(
-        &cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/volumes.stratusfs.io",
-            "crd/blockstores.stratusfs.io",
-        ],
-    );
+    crate::operator::install_crds(&cp);
 
     // Good resources are stored, with the schema's defaults.
     let (ok, err) = apply(&cp, "bs", &block_store("store", S3));

@@ -53,6 +53,7 @@ mod harness;
 mod kubernetes;
 mod meta_failures;
 mod object_stores;
+mod operator;
 mod store_failures;
 mod store_reads;
 mod suites;

@@ -1,0 +1,151 @@
+//! `stratusfs-operator`: reconciles the stratusfs custom resources (docs/operator.md). Level-based:
+//! each reconcile reads the resource and what it names, does what the spec asks, and writes the
+//! status with server-side apply under one field manager; Events mark every change of Ready.
+//!
+//! Built so far: BlockStores (the probe and its condition). Volumes come next.
+
+mod blockstore;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use stratusfs_api::BlockStore;
+
+/// The field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "stratusfs-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// What every reconcile shares.
+pub struct Ctx {
+    pub client: Client,
+    recorder: Recorder,
+}
+
+impl Ctx {
+    /// Publishes an Event on `obj` (failures to publish are logged, never fatal).
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, ok: bool, reason: &str, note: &str) {
+        let reference: ObjectReference = obj.object_ref(&());
+        let ev = Event {
+            type_: if ok { EventType::Normal } else { EventType::Warning },
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::warn!(error = %e, "publishing an event failed");
+        }
+    }
+}
+
+/// A condition of `type_` with this status, reason and message; its transition time is kept from
+/// `old` when the status did not change.
+pub fn condition(
+    old: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// Whether `new` differs from the condition of its type in `old` (in status or reason).
+pub fn transitions(old: &[Condition], new: &Condition) -> bool {
+    !old.iter().any(|c| c.type_ == new.type_ && c.status == new.status && c.reason == new.reason)
+}
+
+#[derive(clap::Parser)]
+#[command(version, about = "The stratusfs operator: reconciles BlockStores and Volumes")]
+struct Args {
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "STRATUSFS_NAMESPACE")]
+    namespace: Option<String>,
+}
+
+fn error_policy(bs: Arc<BlockStore>, e: &Error, _: Arc<Ctx>) -> Action {
+    tracing::warn!(blockstore = %bs.name_any(), error = %e, "reconcile failed; trying again in 10 s");
+    Action::requeue(Duration::from_secs(10))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    fs_core::tls::install_crypto_provider();
+    let args = <Args as clap::Parser>::parse();
+    let client = Client::try_default().await?;
+    let (stores, secrets): (Api<BlockStore>, Api<Secret>) = match &args.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), reporter) });
+    let controller = Controller::new(stores, watcher::Config::default());
+    let cache = controller.store();
+    tracing::info!(namespace = args.namespace.as_deref().unwrap_or("(all)"), "stratusfs-operator started");
+    controller
+        // A changed credentials Secret: every BlockStore naming it is checked again.
+        .watches(secrets, watcher::Config::default(), move |secret: Secret| {
+            let (ns, name) = (secret.namespace(), secret.name_any());
+            cache
+                .state()
+                .into_iter()
+                .filter(|bs| bs.namespace() == ns && names_secret(bs, &name))
+                .map(|bs| ObjectRef::from_obj(bs.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(blockstore::reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// Whether BlockStore `bs` takes its credentials from Secret `name`.
+fn names_secret(bs: &BlockStore, name: &str) -> bool {
+    let s = &bs.spec;
+    [
+        s.s3.as_ref().map(|x| &x.credentials_secret),
+        s.gcs.as_ref().map(|x| &x.credentials_secret),
+        s.azure.as_ref().map(|x| &x.credentials_secret),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|r| r.name == name)
+}
