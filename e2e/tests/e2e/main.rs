@@ -39,6 +39,7 @@ macro_rules! on_each_backend {
 }
 
 mod block_store_url;
+mod chart;
 mod crds;
 mod encryption;
 mod fuse_delegations;

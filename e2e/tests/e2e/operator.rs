@@ -11,13 +11,13 @@ use e2e::minio::Minio;
 use e2e::service::{Service, free_port};
 use e2e::stratusfs::operator_binary;
 
-fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
+pub(crate) fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
     let out = cp.kubectl(args).unwrap();
     assert!(out.status.success(), "kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn apply(cp: &ControlPlane, name: &str, yaml: &str) {
+pub(crate) fn apply(cp: &ControlPlane, name: &str, yaml: &str) {
     let path = cp.dir().join(format!("{name}.yaml"));
     std::fs::write(&path, yaml).unwrap();
     kubectl_ok(cp, &["apply", "-f", path.to_str().unwrap()]);
@@ -44,6 +44,11 @@ pub fn install_crds(cp: &ControlPlane) {
 async fn operator(cp: &ControlPlane, dir: &std::path::Path) -> Service {
     let mut cmd = Command::new(operator_binary().unwrap());
     cmd.env("KUBECONFIG", &cp.kubeconfig).env("RUST_LOG", "info");
+    start_operator(cmd, dir).await
+}
+
+/// Starts `cmd` (an operator) and waits until it says it started.
+pub(crate) async fn start_operator(cmd: Command, dir: &std::path::Path) -> Service {
     let mut s = Service::spawn("stratusfs-operator", cmd, dir).unwrap();
     let log = s.log_path().to_path_buf();
     s.wait_ready(Duration::from_secs(30), || {
@@ -56,7 +61,7 @@ async fn operator(cp: &ControlPlane, dir: &std::path::Path) -> Service {
 }
 
 /// The Ready condition of BlockStore `name` once it has one (status, reason, message).
-async fn ready_of(cp: &ControlPlane, name: &str, want_status: Option<&str>) -> (String, String, String) {
+pub(crate) async fn ready_of(cp: &ControlPlane, name: &str, want_status: Option<&str>) -> (String, String, String) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let json = kubectl_ok(cp, &["get", "bs", name, "-o", "json"]);
@@ -81,13 +86,13 @@ async fn ready_of(cp: &ControlPlane, name: &str, want_status: Option<&str>) -> (
     }
 }
 
-fn secret(name: &str, key_id: &str, key: &str) -> String {
+pub(crate) fn secret(name: &str, key_id: &str, key: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\nstringData: {{accessKeyId: '{key_id}', secretAccessKey: '{key}'}}\n"
     )
 }
 
-fn block_store(name: &str, bucket: &str, endpoint: &str, secret: &str) -> String {
+pub(crate) fn block_store(name: &str, bucket: &str, endpoint: &str, secret: &str) -> String {
     format!(
         "apiVersion: stratusfs.io/v1alpha1\nkind: BlockStore\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  s3: {{bucket: {bucket}, prefix: team-a, endpoint: '{endpoint}', credentialsSecret: {{name: {secret}}}}}\n"
     )
