@@ -56,6 +56,8 @@ pub async fn reconcile(bs: Arc<BlockStore>, ctx: Arc<Ctx>) -> Result<Action, Err
         }
         tracing::info!(blockstore = %bs.name_any(), namespace = %ns, ready = checked.ready, reason = checked.reason, "{}", checked.message);
     }
+    let result = if checked.ready { "ready" } else { "not_ready" };
+    ctx.metrics.reconciles.get_or_create(&crate::http::ReconcileLabels { kind: "BlockStore", result }).inc();
     Ok(Action::requeue(if checked.ready { Duration::from_secs(300) } else { Duration::from_secs(30) }))
 }
 

@@ -2,9 +2,12 @@
 //! each reconcile reads the resource and what it names, does what the spec asks, and writes the
 //! status with server-side apply under one field manager; Events mark every change of Ready.
 //!
-//! Built so far: BlockStores (the probe and its condition). Volumes come next.
+//! One replica leads (a Lease, [`leader`]); the others wait. Built so far: BlockStores (the probe
+//! and its condition). Volumes come next.
 
 mod blockstore;
+mod http;
+mod leader;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +35,7 @@ pub enum Error {
 pub struct Ctx {
     pub client: Client,
     recorder: Recorder,
+    pub metrics: Arc<http::Metrics>,
 }
 
 impl Ctx {
@@ -88,9 +92,13 @@ struct Args {
     /// Watch only this namespace (default: all).
     #[arg(long, env = "STRATUSFS_NAMESPACE")]
     namespace: Option<String>,
+    /// Where /metrics, /healthz and /readyz answer (plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_listen: std::net::SocketAddr,
 }
 
-fn error_policy(bs: Arc<BlockStore>, e: &Error, _: Arc<Ctx>) -> Action {
+fn error_policy(bs: Arc<BlockStore>, e: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.reconciles.get_or_create(&http::ReconcileLabels { kind: "BlockStore", result: "error" }).inc();
     tracing::warn!(blockstore = %bs.name_any(), error = %e, "reconcile failed; trying again in 10 s");
     Action::requeue(Duration::from_secs(10))
 }
@@ -110,12 +118,33 @@ async fn main() -> anyhow::Result<()> {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-    let ctx = Arc::new(Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), reporter) });
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let lease_ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| client.default_namespace().to_string());
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.clone()) };
+    let metrics = Arc::new(http::Metrics::new());
+    let listener = tokio::net::TcpListener::bind(args.http_listen).await.map_err(|e| {
+        anyhow::anyhow!("listening on {} for /metrics and /healthz: {e}; give another --http-listen", args.http_listen)
+    })?;
+    tokio::spawn(http::serve(listener, metrics.clone()));
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+    });
     let controller = Controller::new(stores, watcher::Config::default());
     let cache = controller.store();
-    tracing::info!(namespace = args.namespace.as_deref().unwrap_or("(all)"), "stratusfs-operator started");
-    controller
+    tracing::info!(namespace = args.namespace.as_deref().unwrap_or("(all)"), identity = %identity, "stratusfs-operator started");
+    let leader = leader::Leader::new(client.clone(), &lease_ns, identity);
+    tokio::select! {
+        r = leader.acquire() => r?,
+        _ = shutdown() => return Ok(()),
+    }
+    tracing::info!(lease = leader::LEASE, namespace = %lease_ns, "leading: reconciling");
+    metrics.leader.set(1);
+    let run = controller
         // A changed credentials Secret: every BlockStore naming it is checked again.
         .watches(secrets, watcher::Config::default(), move |secret: Secret| {
             let (ns, name) = (secret.namespace(), secret.name_any());
@@ -132,9 +161,25 @@ async fn main() -> anyhow::Result<()> {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "reconcile");
             }
-        })
-        .await;
-    Ok(())
+        });
+    tokio::select! {
+        _ = run => {
+            leader.release().await;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        _ = leader.keep() => anyhow::bail!("lost the lease: exiting, so that only one replica reconciles"),
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 /// Whether BlockStore `bs` takes its credentials from Secret `name`.

@@ -115,7 +115,9 @@ async fn the_chart_installs_an_operator_that_works_under_its_own_service_account
         };
         cmd.env(env["name"].as_str().unwrap(), value);
     }
-    cmd.env("KUBECONFIG", &kubeconfig);
+    // The pod's own network: its port 8080 is a free port of this machine here.
+    cmd.env("KUBECONFIG", &kubeconfig)
+        .args(["--http-listen", &format!("127.0.0.1:{}", e2e::service::free_port().unwrap())]);
     let logs = tempfile::tempdir().unwrap();
     let _operator = start_operator(cmd, logs.path()).await;
     apply(&cp, "minio-secret", &secret("minio", &minio.access_key, &minio.secret_key));

@@ -40,11 +40,13 @@ pub fn install_crds(cp: &ControlPlane) {
     );
 }
 
-/// Starts the operator with the control plane's kubeconfig (its log in `dir`).
-async fn operator(cp: &ControlPlane, dir: &std::path::Path) -> Service {
+/// Starts the operator with the control plane's kubeconfig (its log in `dir`); returns it and
+/// the address of its /metrics.
+async fn operator(cp: &ControlPlane, dir: &std::path::Path) -> (Service, String) {
     let mut cmd = Command::new(operator_binary().unwrap());
-    cmd.env("KUBECONFIG", &cp.kubeconfig).env("RUST_LOG", "info");
-    start_operator(cmd, dir).await
+    let http = format!("127.0.0.1:{}", free_port().unwrap());
+    cmd.env("KUBECONFIG", &cp.kubeconfig).env("RUST_LOG", "info").args(["--http-listen", &http]);
+    (start_operator(cmd, dir).await, http)
 }
 
 /// Starts `cmd` (an operator) and waits until it says it started.
@@ -104,7 +106,7 @@ async fn blockstores_say_whether_their_store_works_and_why_not() {
     let (cp, minio) = (ControlPlane::start().await.unwrap(), Minio::start().await.unwrap());
     install_crds(&cp);
     let logs = tempfile::tempdir().unwrap();
-    let _operator = operator(&cp, logs.path()).await;
+    let (_operator, http) = operator(&cp, logs.path()).await;
     apply(&cp, "good-secret", &secret("minio", &minio.access_key, &minio.secret_key));
     apply(&cp, "wrong-secret", &secret("wrong", &minio.access_key, "not-the-key"));
     let closed = format!("http://127.0.0.1:{}", free_port().unwrap());
@@ -167,4 +169,63 @@ async fn blockstores_say_whether_their_store_works_and_why_not() {
     let (s, r, _) = ready_of(&cp, "denied", Some("True")).await;
     assert_eq!((s.as_str(), r.as_str()), ("True", "Probed"));
     eprintln!("a fixed credentials Secret made its BlockStore Ready in {:?}", started.elapsed());
+    // Its health and metrics.
+    let client = e2e::service::http_client();
+    let get = |path: &str| client.get(format!("http://{http}{path}")).send();
+    assert!(get("/healthz").await.unwrap().status().is_success());
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    for line in
+        ["stratusfs_operator_leader 1", "stratusfs_operator_reconciles_total{kind=\"BlockStore\",result=\"not_ready\"}"]
+    {
+        assert!(metrics.contains(line), "{line} missing from /metrics:\n{metrics}");
+    }
+}
+
+/// The holder of the operator's Lease.
+fn lease_holder(cp: &ControlPlane) -> String {
+    let out = cp.kubectl(&["get", "lease", "stratusfs-operator", "-o", "jsonpath={.spec.holderIdentity}"]).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_operator_waits_until_the_first_stops() {
+    e2e::init();
+    let (cp, minio) = (ControlPlane::start().await.unwrap(), Minio::start().await.unwrap());
+    install_crds(&cp);
+    let logs = tempfile::tempdir().unwrap();
+    let replica = |name: &str| {
+        let mut cmd = Command::new(operator_binary().unwrap());
+        cmd.env("KUBECONFIG", &cp.kubeconfig).env("POD_NAME", name).env("POD_NAMESPACE", "default");
+        cmd.args(["--http-listen", &format!("127.0.0.1:{}", free_port().unwrap())]);
+        let dir = logs.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        (cmd, dir)
+    };
+    let (cmd, dir_a) = replica("a");
+    let a = start_operator(cmd, &dir_a).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lease_holder(&cp) != "a" {
+        assert!(Instant::now() < deadline, "replica a did not take the lease");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (cmd, dir_b) = replica("b");
+    let b = start_operator(cmd, &dir_b).await;
+    apply(&cp, "secret", &secret("minio", &minio.access_key, &minio.secret_key));
+    apply(&cp, "one", &block_store("one", &minio.bucket, &minio.endpoint, "minio"));
+    assert_eq!(ready_of(&cp, "one", None).await.0, "True");
+    assert_eq!(lease_holder(&cp), "a");
+    let b_log = std::fs::read_to_string(b.log_path()).unwrap();
+    assert!(b_log.contains("another replica leads") && !b_log.contains("blockstore="), "replica b reconciled: {b_log}");
+    // The leader stops (a rollout): it gives the Lease up and the other replica leads.
+    let stopped = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(a.pid() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    while lease_holder(&cp) != "b" {
+        assert!(stopped.elapsed() < Duration::from_secs(30), "replica b did not take the lease: {}", b.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("replica b leads {:?} after replica a was stopped", stopped.elapsed());
+    apply(&cp, "two", &block_store("two", &minio.bucket, &minio.endpoint, "minio"));
+    assert_eq!(ready_of(&cp, "two", None).await.0, "True");
+    let a_log = std::fs::read_to_string(a.log_path()).unwrap_or_default();
+    eprintln!("replica a's last lines: {}", a_log.lines().rev().take(2).collect::<Vec<_>>().join(" | "));
 }
