@@ -6,6 +6,10 @@
 //! and its condition). Volumes come next.
 
 mod blockstore;
+#[allow(dead_code)] // The Volume reconciler (next) uses them; tested on their own meanwhile.
+mod certs;
+#[allow(dead_code)] // The Volume reconciler (next) applies them; tested on their own meanwhile.
+mod children;
 mod http;
 mod leader;
 
