@@ -3,20 +3,21 @@
 //! status with server-side apply under one field manager; Events mark every change of Ready.
 //!
 //! One replica leads (a Lease, [`leader`]); the others wait. Built so far: BlockStores (the probe
-//! and its condition). Volumes come next.
+//! and its condition) and the first part of Volumes (the metadata server's children, [`volume`]).
 
 mod blockstore;
-#[allow(dead_code)] // The Volume reconciler (next) uses them; tested on their own meanwhile.
 mod certs;
-#[allow(dead_code)] // The Volume reconciler (next) applies them; tested on their own meanwhile.
 mod children;
 mod http;
 mod leader;
+mod volume;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::{Action, Controller};
@@ -24,7 +25,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use stratusfs_api::BlockStore;
+use stratusfs_api::{BlockStore, Volume};
 
 /// The field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "stratusfs-operator";
@@ -33,6 +34,8 @@ pub const FIELD_MANAGER: &str = "stratusfs-operator";
 pub enum Error {
     #[error("the Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("making a certificate: {0}")]
+    Certificate(String),
 }
 
 /// What every reconcile shares.
@@ -40,6 +43,10 @@ pub struct Ctx {
     pub client: Client,
     recorder: Recorder,
     pub metrics: Arc<http::Metrics>,
+    /// The operator's own namespace (its Lease, the installation's CA).
+    pub namespace: String,
+    /// The image the metadata servers run (a Volume's spec may name another).
+    pub image: String,
 }
 
 impl Ctx {
@@ -101,9 +108,10 @@ struct Args {
     http_listen: std::net::SocketAddr,
 }
 
-fn error_policy(bs: Arc<BlockStore>, e: &Error, ctx: Arc<Ctx>) -> Action {
-    ctx.metrics.reconciles.get_or_create(&http::ReconcileLabels { kind: "BlockStore", result: "error" }).inc();
-    tracing::warn!(blockstore = %bs.name_any(), error = %e, "reconcile failed; trying again in 10 s");
+fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, e: &Error, ctx: Arc<Ctx>) -> Action {
+    let kind = if K::kind(&()) == "Volume" { "Volume" } else { "BlockStore" };
+    ctx.metrics.reconciles.get_or_create(&http::ReconcileLabels { kind, result: "error" }).inc();
+    tracing::warn!(kind, name = %obj.meta().name.clone().unwrap_or_default(), error = %e, "reconcile failed; trying again in 10 s");
     Action::requeue(Duration::from_secs(10))
 }
 
@@ -133,10 +141,14 @@ async fn main() -> anyhow::Result<()> {
         anyhow::anyhow!("listening on {} for /metrics and /healthz: {e}; give another --http-listen", args.http_listen)
     })?;
     tokio::spawn(http::serve(listener, metrics.clone()));
+    let image = std::env::var("STRATUSFS_IMAGE")
+        .unwrap_or_else(|_| format!("ghcr.io/stratusfs/stratusfs:{}", env!("CARGO_PKG_VERSION")));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
+        namespace: lease_ns.clone(),
+        image,
     });
     let controller = Controller::new(stores, watcher::Config::default());
     let cache = controller.store();
@@ -148,7 +160,31 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(lease = leader::LEASE, namespace = %lease_ns, "leading: reconciling");
     metrics.leader.set(1);
-    let run = controller
+    let volumes: Api<Volume> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (sts, svc, sec): (Api<StatefulSet>, Api<Service>, Api<Secret>) = match &args.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let volume_run = Controller::new(volumes, watcher::Config::default())
+        // A child deleted or changed by hand: the Volume is reconciled and it is made again.
+        .owns(sts, watcher::Config::default())
+        .owns(svc, watcher::Config::default())
+        .owns(sec, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(volume::reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        });
+    let blockstore_run = controller
         // A changed credentials Secret: every BlockStore naming it is checked again.
         .watches(secrets, watcher::Config::default(), move |secret: Secret| {
             let (ns, name) = (secret.namespace(), secret.name_any());
@@ -167,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     tokio::select! {
-        _ = run => {
+        _ = futures::future::join(blockstore_run, volume_run) => {
             leader.release().await;
             tracing::info!("stopped");
             Ok(())

@@ -229,3 +229,99 @@ async fn a_second_operator_waits_until_the_first_stops() {
     let a_log = std::fs::read_to_string(a.log_path()).unwrap_or_default();
     eprintln!("replica a's last lines: {}", a_log.lines().rev().take(2).collect::<Vec<_>>().join(" | "));
 }
+
+/// When the operator last wrote `kind/name` (its managedFields entry: a server-side apply that
+/// changes nothing leaves it as it was; the StatefulSet controller's own status writes do not
+/// count), with the object's uid, once it exists.
+async fn version_of(cp: &ControlPlane, kind: &str, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let path = "jsonpath={.metadata.uid} {.metadata.managedFields[?(@.manager==\"stratusfs-operator\")].time}";
+    loop {
+        let out = cp.kubectl(&["get", kind, name, "-o", path]).unwrap();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(Instant::now() < deadline, "{kind}/{name} was not made within 60 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_gets_its_metadata_servers_children_owned_and_kept() {
+    e2e::init();
+    let (cp, minio) = (ControlPlane::start().await.unwrap(), Minio::start().await.unwrap());
+    install_crds(&cp);
+    let logs = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (logs.path().join("a"), logs.path().join("b"));
+    std::fs::create_dir(&a_dir).unwrap();
+    std::fs::create_dir(&b_dir).unwrap();
+    let (operator_a, _) = operator(&cp, &a_dir).await;
+    apply(&cp, "secret", &secret("minio", &minio.access_key, &minio.secret_key));
+    apply(&cp, "store", &block_store("store", &minio.bucket, &minio.endpoint, "minio"));
+    apply(
+        &cp,
+        "vol",
+        "apiVersion: stratusfs.io/v1alpha1\nkind: Volume\nmetadata: {name: vol, namespace: default}\nspec: {blockStore: store}\n",
+    );
+    let children = [
+        ("statefulset", "vol-meta"),
+        ("service", "vol-meta"),
+        ("secret", "vol-ca"),
+        ("secret", "vol-meta-tls"),
+        ("secret", "vol-admin"),
+    ];
+    let mut versions = Vec::new();
+    for (kind, name) in children {
+        versions.push(version_of(&cp, kind, name).await);
+        let owner = kubectl_ok(&cp, &["get", kind, name, "-o", "jsonpath={.metadata.ownerReferences[0]}"]);
+        let owner: serde_json::Value = serde_json::from_str(&owner).unwrap();
+        assert_eq!(
+            (owner["kind"].as_str(), owner["name"].as_str(), owner["controller"].as_bool()),
+            (Some("Volume"), Some("vol"), Some(true)),
+            "{kind}/{name}"
+        );
+    }
+    let ca = kubectl_ok(&cp, &["get", "secret", "vol-ca", "-o", "jsonpath={.data.ca\\.crt}"]);
+    assert!(!ca.is_empty(), "vol-ca has no ca.crt");
+    // Status: the endpoint mounts will use; Ready False until the metadata server answers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&kubectl_ok(&cp, &["get", "svol", "vol", "-o", "json"])).unwrap();
+        let cond =
+            |t: &str| v["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == t)).cloned();
+        if let (Some(bs), Some(ready)) = (cond("BlockStoreReady"), cond("Ready"))
+            && bs["status"] == "True"
+        {
+            assert_eq!(v["status"]["endpoint"], "stratusfs://vol-meta.default.svc:7480/vol");
+            assert_eq!(ready["status"], "False");
+            assert!(ready["message"].as_str().unwrap().contains("waiting for the metadata server"), "{ready}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no BlockStoreReady=True on the Volume: {v}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A child deleted by hand is made again.
+    kubectl_ok(&cp, &["delete", "service", "vol-meta"]);
+    let again = version_of(&cp, "service", "vol-meta").await;
+    assert_ne!(again, versions[1], "the Service was not made again");
+    versions[1] = again;
+    // Another operator after this one: nothing is rewritten (managedFields times are in seconds).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(operator_a.pid() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let (operator_b, b_http) = operator(&cp, &b_dir).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(operator_b.log_path()).unwrap_or_default().contains("leading") {
+        assert!(Instant::now() < deadline, "the second operator did not lead: {}", operator_b.log_tail(10));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // It reconciled the Volume (its metrics say so), and wrote none of the children again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let metrics = e2e::service::http_client().get(format!("http://{b_http}/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains("reconciles_total{kind=\"Volume\",result=\"not_ready\"}"), "{metrics}");
+    for ((kind, name), before) in children.iter().zip(&versions) {
+        assert_eq!(&version_of(&cp, kind, name).await, before, "{kind}/{name} was rewritten by a restarted operator");
+    }
+}
