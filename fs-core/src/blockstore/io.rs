@@ -157,7 +157,9 @@ impl BlockIo {
                     let stored_table = obj.slice(..this.stored_table_len(&b).min(obj.len()));
                     let table = codec::open_table(stored_table, b.chunks, &b.checksum, this.seal_at(b.id, TABLE_INDEX))
                         .map_err(|e| failed(&b, "its chunk table", e))?;
-                    let mut pieces = vec![(TABLE, table.clone())];
+                    // A copy: a slice of the object would keep all of it in memory while L1
+                    // counts only the table.
+                    let mut pieces = vec![(TABLE, Bytes::copy_from_slice(&table))];
                     for c in 0..b.chunks {
                         let ch = codec::chunk(&table, c);
                         if ch.object.is_some() {
