@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use fs_core::{BackendError, BackendSpec};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use stratusfs_api::blockstore::{BlockStore, BlockStoreSpec, BlockStoreStatus};
 
-use crate::{Ctx, Error, FIELD_MANAGER, condition, transitions};
+use crate::{Ctx, Error, condition, transitions};
 
 /// What a BlockStore's check found: the Ready condition's reason and message.
 pub struct Checked {
@@ -48,16 +48,13 @@ pub async fn reconcile(bs: Arc<BlockStore>, ctx: Arc<Ctx>) -> Result<Action, Err
         observed_generation: bs.meta().generation,
     };
     if status != old {
-        let api: Api<BlockStore> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({"apiVersion": "stratusfs.io/v1alpha1", "kind": "BlockStore", "status": status});
-        api.patch_status(&bs.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        ctx.patch_status(bs.as_ref(), &status).await?;
         if transitions(&old.conditions, &ready) {
             ctx.event(bs.as_ref(), checked.ready, checked.reason, &checked.message).await;
         }
         tracing::info!(blockstore = %bs.name_any(), namespace = %ns, ready = checked.ready, reason = checked.reason, "{}", checked.message);
     }
-    let result = if checked.ready { "ready" } else { "not_ready" };
-    ctx.metrics.reconciles.get_or_create(&crate::http::ReconcileLabels { kind: "BlockStore", result }).inc();
+    ctx.count::<BlockStore>(if checked.ready { "ready" } else { "not_ready" });
     Ok(Action::requeue(if checked.ready { Duration::from_secs(300) } else { Duration::from_secs(30) }))
 }
 

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
-    pub kind: &'static str,
+    pub kind: String,
     /// `ready`, `not_ready` or `error`.
     pub result: &'static str,
 }

@@ -20,6 +20,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -64,6 +66,45 @@ impl Ctx {
             tracing::warn!(error = %e, "publishing an event failed");
         }
     }
+
+    /// Writes `status` as `obj`'s status (server-side apply under the operator's field manager).
+    pub async fn patch_status<K>(&self, obj: &K, status: &impl serde::Serialize) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
+        let patch = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+        api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        Ok(())
+    }
+
+    /// Counts a reconcile of a `K` that ended with `result` (`ready`, `not_ready`, `error`).
+    pub fn count<K: Resource<DynamicType = ()>>(&self, result: &'static str) {
+        let labels = http::ReconcileLabels { kind: K::kind(&()).into_owned(), result };
+        self.metrics.reconciles.get_or_create(&labels).inc();
+    }
+}
+
+/// An `Api` of `K` in namespace `ns`, or in all namespaces.
+fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Logs a controller's reconcile error (the error policy has said what happens next).
+fn report<T, E: std::fmt::Display>(r: Result<T, E>) -> futures::future::Ready<()> {
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "reconcile");
+    }
+    futures::future::ready(())
 }
 
 /// A condition of `type_` with this status, reason and message; its transition time is kept from
@@ -109,9 +150,8 @@ struct Args {
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, e: &Error, ctx: Arc<Ctx>) -> Action {
-    let kind = if K::kind(&()) == "Volume" { "Volume" } else { "BlockStore" };
-    ctx.metrics.reconciles.get_or_create(&http::ReconcileLabels { kind, result: "error" }).inc();
-    tracing::warn!(kind, name = %obj.meta().name.clone().unwrap_or_default(), error = %e, "reconcile failed; trying again in 10 s");
+    ctx.count::<K>("error");
+    tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), error = %e, "reconcile failed; trying again in 10 s");
     Action::requeue(Duration::from_secs(10))
 }
 
@@ -126,10 +166,6 @@ async fn main() -> anyhow::Result<()> {
     fs_core::tls::install_crypto_provider();
     let args = <Args as clap::Parser>::parse();
     let client = Client::try_default().await?;
-    let (stores, secrets): (Api<BlockStore>, Api<Secret>) = match &args.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
@@ -150,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
         namespace: lease_ns.clone(),
         image,
     });
-    let controller = Controller::new(stores, watcher::Config::default());
+    let controller = Controller::new(scoped::<BlockStore>(&client, &args.namespace), watcher::Config::default());
     let cache = controller.store();
     tracing::info!(namespace = args.namespace.as_deref().unwrap_or("(all)"), identity = %identity, "stratusfs-operator started");
     let leader = leader::Leader::new(client.clone(), &lease_ns, identity);
@@ -160,33 +196,18 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(lease = leader::LEASE, namespace = %lease_ns, "leading: reconciling");
     metrics.leader.set(1);
-    let volumes: Api<Volume> = match &args.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let (sts, svc, sec): (Api<StatefulSet>, Api<Service>, Api<Secret>) = match &args.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-    };
-    let volume_run = Controller::new(volumes, watcher::Config::default())
+    let ns = &args.namespace;
+    let volume_run = Controller::new(scoped::<Volume>(&client, ns), watcher::Config::default())
         // A child deleted or changed by hand: the Volume is reconciled and it is made again.
-        .owns(sts, watcher::Config::default())
-        .owns(svc, watcher::Config::default())
-        .owns(sec, watcher::Config::default())
+        .owns(scoped::<StatefulSet>(&client, ns), watcher::Config::default())
+        .owns(scoped::<Service>(&client, ns), watcher::Config::default())
+        .owns(scoped::<Secret>(&client, ns), watcher::Config::default())
         .shutdown_on_signal()
         .run(volume::reconcile, error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "reconcile");
-            }
-        });
+        .for_each(report);
     let blockstore_run = controller
         // A changed credentials Secret: every BlockStore naming it is checked again.
-        .watches(secrets, watcher::Config::default(), move |secret: Secret| {
+        .watches(scoped::<Secret>(&client, ns), watcher::Config::default(), move |secret: Secret| {
             let (ns, name) = (secret.namespace(), secret.name_any());
             cache
                 .state()
@@ -197,11 +218,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .shutdown_on_signal()
         .run(blockstore::reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "reconcile");
-            }
-        });
+        .for_each(report);
     tokio::select! {
         _ = futures::future::join(blockstore_run, volume_run) => {
             leader.release().await;

@@ -90,11 +90,9 @@ pub async fn reconcile(vol: Arc<Volume>, ctx: Arc<Ctx>) -> Result<Action, Error>
         ..old.clone()
     };
     if status != old {
-        let api: Api<Volume> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({"apiVersion": "stratusfs.io/v1alpha1", "kind": "Volume", "status": status});
-        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        ctx.patch_status(vol.as_ref(), &status).await?;
     }
-    ctx.metrics.reconciles.get_or_create(&crate::http::ReconcileLabels { kind: "Volume", result: "not_ready" }).inc();
+    ctx.count::<Volume>("not_ready");
     Ok(Action::requeue(Duration::from_secs(30)))
 }
 

@@ -11,7 +11,8 @@ use e2e::kube::ControlPlane;
 use e2e::minio::Minio;
 use e2e::stratusfs::operator_binary;
 
-use crate::operator::{apply, block_store, kubectl_ok, ready_of, secret, start_operator};
+use crate::kubernetes::{apply_ok as apply, kubectl_ok};
+use crate::operator::{block_store, ready_of, secret, start_operator};
 
 fn helm(cp: &ControlPlane, args: &[&str]) -> (bool, String) {
     let out = Command::new(e2e::tools::binary("helm").unwrap())

@@ -5,28 +5,7 @@
 
 use e2e::kube::ControlPlane;
 
-fn kubectl(cp: &ControlPlane, args: &[&str]) -> (bool, String, String) {
-    let out = cp.kubectl(args).unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
-    let (ok, out, err) = kubectl(cp, args);
-    assert!(ok, "kubectl {}: {out}\n{err}", args.join(" "));
-    out
-}
-
-/// Writes `yaml` to a file and applies it; returns (success, stderr).
-fn apply(cp: &ControlPlane, name: &str, yaml: &str) -> (bool, String) {
-    let path = cp.dir().join(format!("{name}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    let (ok, _, err) = kubectl(cp, &["apply", "-f", path.to_str().unwrap()]);
-    (ok, err)
-}
+use crate::kubernetes::{apply, install_crds, kubectl, kubectl_ok};
 
 fn block_store(name: &str, body: &str) -> String {
     format!(
@@ -50,7 +29,7 @@ fn resource_version(cp: &ControlPlane, kind: &str, name: &str) -> String {
 async fn crds_are_established_and_refuse_bad_resources_at_apply() {
     e2e::init();
     let cp = ControlPlane::start().await.unwrap();
-    crate::operator::install_crds(&cp);
+    install_crds(&cp);
 
     // Good resources are stored, with the schema's defaults.
     let (ok, err) = apply(&cp, "bs", &block_store("store", S3));

@@ -112,7 +112,7 @@ async fn holes_are_not_stored_and_seek_finds_data_and_holes() {
     let md = std::fs::metadata(&p).unwrap();
     assert_eq!(md.len(), 100 << 20);
     assert!(md.blocks() * 512 < 1 << 20, "{} bytes stored for 11 bytes of data", md.blocks() * 512);
-    let stored: u64 = walk(&meta.blocks_dir()).iter().map(|o| std::fs::metadata(o).unwrap().len()).sum();
+    let stored: u64 = e2e::files_under(&meta.blocks_dir()).iter().map(|o| std::fs::metadata(o).unwrap().len()).sum();
     assert!(stored < 64 * 1024, "the block store holds {stored} bytes for a sparse 100 MiB file");
     let fd = f.as_raw_fd();
     // SAFETY: lseek on an fd we own.
@@ -129,18 +129,6 @@ async fn holes_are_not_stored_and_seek_finds_data_and_holes() {
     assert!(data[5..8 * 256 * 1024 + 10].iter().all(|&b| b == 0));
     assert_eq!(&data[8 * 256 * 1024 + 10..8 * 256 * 1024 + 16], b"middle");
     assert!(data[8 * 256 * 1024 + 16..].iter().all(|&b| b == 0));
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten() {
-            let p = e.unwrap().path();
-            if p.is_dir() { stack.push(p) } else { out.push(p) }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,16 +9,53 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 
-fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
+/// kubectl `args` against `cp`: (success, stdout, stderr).
+pub(crate) fn kubectl(cp: &ControlPlane, args: &[&str]) -> (bool, String, String) {
     let out = cp.kubectl(args).unwrap();
-    assert!(
+    (
         out.status.success(),
-        "kubectl {}: {}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// kubectl `args` against `cp`, which must succeed: its stdout.
+pub(crate) fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
+    let (ok, out, err) = kubectl(cp, args);
+    assert!(ok, "kubectl {}: {out}\n{err}", args.join(" "));
+    out
+}
+
+/// `kubectl apply` of `yaml` (written to `NAME.yaml` in the control plane's folder): (success,
+/// stderr).
+pub(crate) fn apply(cp: &ControlPlane, name: &str, yaml: &str) -> (bool, String) {
+    let path = cp.dir().join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    let (ok, _, err) = kubectl(cp, &["apply", "-f", path.to_str().unwrap()]);
+    (ok, err)
+}
+
+/// [`apply`], which must succeed.
+pub(crate) fn apply_ok(cp: &ControlPlane, name: &str, yaml: &str) {
+    let (ok, err) = apply(cp, name, yaml);
+    assert!(ok, "kubectl apply {name}: {err}");
+}
+
+/// The CRDs of `crds/`, established. (They embed Kubernetes' own Affinity schema: too large for
+/// client-side apply's annotation, hence server-side.)
+pub(crate) fn install_crds(cp: &ControlPlane) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    kubectl_ok(cp, &["apply", "--server-side", "-f", dir.to_str().unwrap()]);
+    kubectl_ok(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/volumes.stratusfs.io",
+            "crd/blockstores.stratusfs.io",
+        ],
     );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 const CRD: &str = r#"

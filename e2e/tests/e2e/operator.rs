@@ -11,41 +11,20 @@ use e2e::minio::Minio;
 use e2e::service::{Service, free_port};
 use e2e::stratusfs::operator_binary;
 
-pub(crate) fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
-    let out = cp.kubectl(args).unwrap();
-    assert!(out.status.success(), "kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-pub(crate) fn apply(cp: &ControlPlane, name: &str, yaml: &str) {
-    let path = cp.dir().join(format!("{name}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    kubectl_ok(cp, &["apply", "-f", path.to_str().unwrap()]);
-}
-
-/// The CRDs of `crds/`, established. (They embed Kubernetes' own Affinity schema: too large for
-/// client-side apply's annotation, hence server-side.)
-pub fn install_crds(cp: &ControlPlane) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    kubectl_ok(cp, &["apply", "--server-side", "-f", dir.to_str().unwrap()]);
-    kubectl_ok(
-        cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/volumes.stratusfs.io",
-            "crd/blockstores.stratusfs.io",
-        ],
-    );
-}
+use crate::kubernetes::{apply_ok as apply, install_crds, kubectl_ok};
 
 /// Starts the operator with the control plane's kubeconfig (its log in `dir`); returns it and
 /// the address of its /metrics.
 async fn operator(cp: &ControlPlane, dir: &std::path::Path) -> (Service, String) {
+    operator_with(cp, dir, &[]).await
+}
+
+/// [`operator`] with more environment (a replica's `POD_NAME`).
+async fn operator_with(cp: &ControlPlane, dir: &std::path::Path, env: &[(&str, &str)]) -> (Service, String) {
     let mut cmd = Command::new(operator_binary().unwrap());
     let http = format!("127.0.0.1:{}", free_port().unwrap());
     cmd.env("KUBECONFIG", &cp.kubeconfig).env("RUST_LOG", "info").args(["--http-listen", &http]);
+    cmd.envs(env.iter().copied());
     (start_operator(cmd, dir).await, http)
 }
 
@@ -193,23 +172,18 @@ async fn a_second_operator_waits_until_the_first_stops() {
     let (cp, minio) = (ControlPlane::start().await.unwrap(), Minio::start().await.unwrap());
     install_crds(&cp);
     let logs = tempfile::tempdir().unwrap();
-    let replica = |name: &str| {
-        let mut cmd = Command::new(operator_binary().unwrap());
-        cmd.env("KUBECONFIG", &cp.kubeconfig).env("POD_NAME", name).env("POD_NAMESPACE", "default");
-        cmd.args(["--http-listen", &format!("127.0.0.1:{}", free_port().unwrap())]);
+    let replica = async |name: &str| {
         let dir = logs.path().join(name);
         std::fs::create_dir(&dir).unwrap();
-        (cmd, dir)
+        operator_with(&cp, &dir, &[("POD_NAME", name), ("POD_NAMESPACE", "default")]).await.0
     };
-    let (cmd, dir_a) = replica("a");
-    let a = start_operator(cmd, &dir_a).await;
+    let a = replica("a").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while lease_holder(&cp) != "a" {
         assert!(Instant::now() < deadline, "replica a did not take the lease");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (cmd, dir_b) = replica("b");
-    let b = start_operator(cmd, &dir_b).await;
+    let b = replica("b").await;
     apply(&cp, "secret", &secret("minio", &minio.access_key, &minio.secret_key));
     apply(&cp, "one", &block_store("one", &minio.bucket, &minio.endpoint, "minio"));
     assert_eq!(ready_of(&cp, "one", None).await.0, "True");

@@ -168,10 +168,7 @@ async fn open_keys(
     match keys {
         Ok(keys) => Ok(keys),
         Err(why) => {
-            if !own {
-                return Err(MountError::Encryption(why));
-            }
-            if let Err(e) = session.close().await {
+            if own && let Err(e) = session.close().await {
                 tracing::warn!(error = %e, "closing the session of a mount that failed; its lease ends it");
             }
             Err(MountError::Encryption(why))
