@@ -16,6 +16,7 @@ pub mod gcs;
 pub mod kube;
 pub mod minio;
 pub mod mountd;
+pub mod pods;
 pub mod probe;
 pub mod proxy;
 pub mod service;

@@ -140,7 +140,7 @@ impl MetaServer {
     }
 
     pub fn trust(&self) -> ClientTrust {
-        ClientTrust { ca_file: None, fingerprint: Some(self.fingerprint.clone()) }
+        ClientTrust { ca_file: None, fingerprint: Some(self.fingerprint.clone()), ..Default::default() }
     }
 
     pub async fn admin(&self) -> Result<AdminClient> {
@@ -240,6 +240,18 @@ impl Mount {
         token: &str,
         options: &[&str],
     ) -> Result<Mount> {
+        Mount::start_trusting(server, volume, token, &meta.fingerprint, options).await
+    }
+
+    /// [`Mount::start`] of a server at `server` (`HOST:PORT`) whose certificate has SHA-256
+    /// `fingerprint` (a metadata server the operator runs, reached through a mapped port).
+    pub async fn start_trusting(
+        server: &str,
+        volume: &str,
+        token: &str,
+        fingerprint: &str,
+        options: &[&str],
+    ) -> Result<Mount> {
         let dir =
             tempfile::Builder::new().prefix("stratusfs-mount-").tempdir().map_err(HarnessError::io("a mount dir"))?;
         // Other users (pjdfstest's, ACL tests') must reach the mount point.
@@ -259,7 +271,7 @@ impl Mount {
             .arg("--foreground")
             .arg("--token-file")
             .arg(&token_file)
-            .args(["--fingerprint", &meta.fingerprint])
+            .args(["--fingerprint", fingerprint])
             .arg("-o")
             .arg(opts.join(","))
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));

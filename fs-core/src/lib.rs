@@ -25,7 +25,7 @@
 //!     options: MountOptions::parse(&["allow_other,threads=4".into()])?,
 //!     credentials: Credentials {
 //!         token: std::fs::read_to_string("/etc/stratusfs/vol.token")?.trim().into(),
-//!         trust: ClientTrust { ca_file: Some("/etc/stratusfs/ca.pem".into()), fingerprint: None },
+//!         trust: ClientTrust { ca_file: Some("/etc/stratusfs/ca.pem".into()), fingerprint: None, ..Default::default() },
 //!     },
 //! };
 //! let mount = Mount::start(spec).await?;
@@ -56,7 +56,7 @@ pub mod admin {
 }
 
 pub use admin::{AdminClient, ClientError};
-pub use blockstore::{BackendError, BackendSpec, check_backend};
+pub use blockstore::{BackendError, BackendSpec, check_backend, delete_volume_objects};
 pub use mount::handover::{Handover, HandoverError, HandoverState};
 pub use mount::{Credentials, Mount, MountError, MountOptions, MountSpec, MountStats, Quiesced, Source};
 pub use server::{ServerConfig, ServerError};

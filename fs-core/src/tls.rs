@@ -192,6 +192,13 @@ pub struct ClientTrust {
     pub ca_file: Option<PathBuf>,
     /// The server certificate's SHA-256 fingerprint.
     pub fingerprint: Option<String>,
+    /// The CA's PEM itself (a Kubernetes Secret's `ca.crt` held in memory), instead of a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// The name the server's certificate must carry, when the address dialled is not that name
+    /// (an operator reaching a Service's pod through a forwarded port); default: the address's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 impl ClientTrust {
@@ -207,6 +214,17 @@ impl ClientTrust {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(PinnedVerifier { want, provider }))
                 .with_no_client_auth()
+        } else if let Some(pem) = &self.ca_pem {
+            let path = PathBuf::from("(the CA given in memory)");
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let c = c.map_err(|e| TlsError::Pem { path: path.clone(), message: e.to_string() })?;
+                roots.add(c)?;
+            }
+            if roots.is_empty() {
+                return Err(TlsError::Pem { path, message: "no certificate in it".into() });
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
         } else if let Some(ca) = &self.ca_file {
             let mut roots = rustls::RootCertStore::empty();
             for c in CertificateDer::pem_file_iter(ca)

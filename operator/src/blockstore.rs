@@ -12,7 +12,9 @@ use fs_core::{BackendError, BackendSpec};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Resource, ResourceExt};
+use stratusfs_api::Volume;
 use stratusfs_api::blockstore::{BlockStore, BlockStoreSpec, BlockStoreStatus};
 
 use crate::{Ctx, Error, condition, transitions};
@@ -24,7 +26,50 @@ pub struct Checked {
     pub message: String,
 }
 
+/// The finalizer that holds a BlockStore's deletion while Volumes use it.
+pub const FINALIZER: &str = "stratusfs.io/blockstore";
+
 pub async fn reconcile(bs: Arc<BlockStore>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let api: Api<BlockStore> = Api::namespaced(ctx.client.clone(), &bs.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, bs, |event| async {
+        match event {
+            FinalizerEvent::Apply(bs) => check(bs, &ctx).await,
+            FinalizerEvent::Cleanup(bs) => release(bs, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(e.to_string()))
+}
+
+/// A BlockStore being deleted goes only once no Volume names it; until then its `InUse`
+/// condition names them.
+async fn release(bs: Arc<BlockStore>, ctx: &Ctx) -> Result<Action, Error> {
+    let ns = bs.namespace().unwrap_or_default();
+    let volumes: Api<Volume> = Api::namespaced(ctx.client.clone(), &ns);
+    let users: Vec<String> = volumes
+        .list(&Default::default())
+        .await?
+        .into_iter()
+        .filter(|v| v.spec.block_store == bs.name_any())
+        .map(|v| v.name_any())
+        .collect();
+    if users.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let message = format!("deletion waits until no Volume uses this BlockStore; used by Volume {}", users.join(", "));
+    let old = bs.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    status.conditions.retain(|c| c.type_ != "InUse");
+    status.conditions.push(condition(&old.conditions, "InUse", true, "VolumesExist", &message, bs.meta().generation));
+    if status != old {
+        ctx.patch_status(bs.as_ref(), &status).await?;
+        ctx.event(bs.as_ref(), false, "DeletionHeld", &message).await;
+    }
+    Err(Error::Held(format!("BlockStore {ns}/{}: {message}", bs.name_any())))
+}
+
+/// Checks the store and writes the Ready condition.
+async fn check(bs: Arc<BlockStore>, ctx: &Ctx) -> Result<Action, Error> {
     let ns = bs.namespace().unwrap_or_default();
     let checked = match backend_spec(&ctx.client, &ns, &bs.spec).await {
         Ok(spec) => match fs_core::check_backend(&spec).await {
@@ -149,7 +194,7 @@ pub async fn backend_spec(client: &kube::Client, ns: &str, spec: &BlockStoreSpec
 }
 
 /// A Secret's values as text (data, then stringData).
-fn secret_data(s: &Secret) -> BTreeMap<String, String> {
+pub fn secret_data(s: &Secret) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in s.data.iter().flatten() {
         out.insert(k.clone(), String::from_utf8_lossy(&v.0).trim_end_matches('\n').to_string());

@@ -38,6 +38,11 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("making a certificate: {0}")]
     Certificate(String),
+    #[error("{0}")]
+    Finalizer(String),
+    /// A deletion that must wait (what for is in the message).
+    #[error("{0}")]
+    Held(String),
 }
 
 /// What every reconcile shares.
@@ -49,6 +54,9 @@ pub struct Ctx {
     pub namespace: String,
     /// The image the metadata servers run (a Volume's spec may name another).
     pub image: String,
+    /// Where to dial a Service's `HOST:PORT` instead (`--service-address`); TLS is still verified
+    /// for the Service's name.
+    pub service_addresses: std::collections::BTreeMap<String, String>,
 }
 
 impl Ctx {
@@ -147,6 +155,18 @@ struct Args {
     /// Where /metrics, /healthz and /readyz answer (plain HTTP).
     #[arg(long, default_value = "0.0.0.0:8080")]
     http_listen: std::net::SocketAddr,
+    /// Dial `SERVICE_HOST:PORT` (e.g. `data-meta.team.svc:7480`) at `HOST:PORT` instead, still
+    /// verifying TLS for the Service's name: for an operator outside the cluster's network (a
+    /// port-forward, the tests). Repeatable.
+    #[arg(long = "service-address", value_name = "SERVICE_HOST:PORT=HOST:PORT", value_parser = parse_mapping)]
+    service_addresses: Vec<(String, String)>,
+}
+
+fn parse_mapping(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((a, b)) if a.contains(':') && b.contains(':') => Ok((a.to_string(), b.to_string())),
+        _ => Err(format!("{s:?}: give SERVICE_HOST:PORT=HOST:PORT, e.g. data-meta.team.svc:7480=127.0.0.1:7480")),
+    }
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, e: &Error, ctx: Arc<Ctx>) -> Action {
@@ -185,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         namespace: lease_ns.clone(),
         image,
+        service_addresses: args.service_addresses.into_iter().collect(),
     });
     let controller = Controller::new(scoped::<BlockStore>(&client, &args.namespace), watcher::Config::default());
     let cache = controller.store();
@@ -197,7 +218,19 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(lease = leader::LEASE, namespace = %lease_ns, "leading: reconciling");
     metrics.leader.set(1);
     let ns = &args.namespace;
-    let volume_run = Controller::new(scoped::<Volume>(&client, ns), watcher::Config::default())
+    let volumes = Controller::new(scoped::<Volume>(&client, ns), watcher::Config::default());
+    let volume_cache = volumes.store();
+    let volume_run = volumes
+        // A BlockStore that changes (turns Ready, its credentials): every Volume on it.
+        .watches(scoped::<BlockStore>(&client, ns), watcher::Config::default(), move |bs: BlockStore| {
+            let (ns, name) = (bs.namespace(), bs.name_any());
+            volume_cache
+                .state()
+                .into_iter()
+                .filter(|v| v.namespace() == ns && v.spec.block_store == name)
+                .map(|v| ObjectRef::from_obj(v.as_ref()))
+                .collect::<Vec<_>>()
+        })
         // A child deleted or changed by hand: the Volume is reconciled and it is made again.
         .owns(scoped::<StatefulSet>(&client, ns), watcher::Config::default())
         .owns(scoped::<Service>(&client, ns), watcher::Config::default())
@@ -206,6 +239,10 @@ async fn main() -> anyhow::Result<()> {
         .run(volume::reconcile, error_policy, ctx.clone())
         .for_each(report);
     let blockstore_run = controller
+        // A Volume that comes or goes: its BlockStore (a deletion held for it may go on).
+        .watches(scoped::<Volume>(&client, ns), watcher::Config::default(), |v: Volume| {
+            Some(ObjectRef::<BlockStore>::new(&v.spec.block_store).within(&v.namespace().unwrap_or_default()))
+        })
         // A changed credentials Secret: every BlockStore naming it is checked again.
         .watches(scoped::<Secret>(&client, ns), watcher::Config::default(), move |secret: Secret| {
             let (ns, name) = (secret.namespace(), secret.name_any());

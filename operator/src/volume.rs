@@ -1,99 +1,480 @@
-//! The Volume reconciler, first part: the metadata server's children. For a Volume `<vol>` it
-//! keeps the installation's CA (`stratusfs-ca` in the operator's namespace), and in the Volume's
-//! namespace the Secrets `<vol>-ca` (`ca.crt`), `<vol>-meta-tls` (the server certificate) and
-//! `<vol>-admin` (`token`), the Service and StatefulSet `<vol>-meta` (children.rs), all with the
-//! Volume as controller owner; a child deleted by hand is made again. Secrets holding something
-//! random (a key, a token) are made once and kept. Not yet: the volume on the server, its status
-//! beyond Pending, quotas, encryption, deletion.
+//! The Volume reconciler. For a Volume `<vol>` it keeps the installation's CA (`stratusfs-ca` in
+//! the operator's namespace), and in the Volume's namespace the Secrets `<vol>-ca` (`ca.crt`),
+//! `<vol>-meta-tls` (the server certificate, issued again before it expires) and `<vol>-admin`
+//! (`token`), the Service and StatefulSet `<vol>-meta` (children.rs), all with the Volume as
+//! controller owner; a child deleted by hand is made again. Secrets holding something random (a
+//! key, a token) are made once and kept.
+//!
+//! Then it calls the metadata server over TLS, verifying it against the CA and the Service's DNS
+//! name: creates the volume with its BlockStore's spec and credentials (or finds the one it made),
+//! brings quota, retention and credentials on the server in line with the spec, rewraps an
+//! encrypted volume's key when its Secret has a `previousSecret`, makes the mount Secrets
+//! `<vol>-mount` and `<vol>-mount-ro` (`token`, `ca.crt`, `source`) and reads usage and sessions
+//! into the status, every 20 seconds while Ready. A server that has no volume of this name, or
+//! one of another uuid, after the Volume had one (`status.volumeId`) is a lost database: a
+//! condition says so, and nothing new is created over it.
+//!
+//! Deleting the Volume (a finalizer): `Retain` keeps the blocks and the metadata PVC, so a Volume
+//! of the same name adopts them again; `Delete` deletes the volume's block objects, and the
+//! StatefulSet's PVC retention policy deletes the database.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fs_core::admin::{Quota, TokenScope, VolumeSpec as ServerVolumeSpec, VolumeUpdate};
+use fs_core::crypto::Secret as EncryptionSecret;
+use fs_core::{AdminClient, BackendSpec, ClientTrust};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Resource, ResourceExt};
 use stratusfs_api::Volume;
 use stratusfs_api::blockstore::BlockStore;
-use stratusfs_api::volume::{Phase, VolumeStatus};
+use stratusfs_api::volume::{DeletionPolicy, Phase, Usage, VolumeStatus};
 
-use crate::{Ctx, Error, FIELD_MANAGER, certs, children, condition};
+use crate::blockstore::{backend_spec, secret_data};
+use crate::{Ctx, Error, FIELD_MANAGER, certs, children, condition, transitions};
 
 /// The Secret holding the installation's CA, in the operator's namespace.
 pub const CA_SECRET: &str = "stratusfs-ca";
 
-pub async fn reconcile(vol: Arc<Volume>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let ns = vol.namespace().unwrap_or_default();
-    let name = vol.name_any();
-    let ca = installation_ca(&ctx).await?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let owned = |name: String, data: BTreeMap<String, ByteString>| Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name),
-            namespace: Some(ns.clone()),
-            owner_references: vol.controller_owner_ref(&()).map(|o| vec![o]),
-            ..Default::default()
-        },
-        data: Some(data),
-        ..Default::default()
-    };
-    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
-    apply(&secrets, owned(format!("{name}-ca"), BTreeMap::from([("ca.crt".into(), bytes(&ca.cert_pem))]))).await?;
-    if secrets.get_opt(&children::tls_secret(&vol)).await?.is_none() {
-        let (cert, key) = certs::issue(&ca, &certs::service_names(&children::meta_name(&vol), &ns))
-            .map_err(|e| Error::Certificate(e.to_string()))?;
-        let data = BTreeMap::from([("tls.crt".into(), bytes(&cert)), ("tls.key".into(), bytes(&key))]);
-        apply(&secrets, owned(children::tls_secret(&vol), data)).await?;
-    }
-    if secrets.get_opt(&children::admin_secret(&vol)).await?.is_none() {
-        let token = random_token();
-        apply(&secrets, owned(children::admin_secret(&vol), BTreeMap::from([("token".into(), bytes(&token))]))).await?;
-    }
-    apply(&Api::<Service>::namespaced(ctx.client.clone(), &ns), children::meta_service(&vol)).await?;
-    apply(&Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns), children::meta_statefulset(&vol, &ctx.image))
-        .await?;
+/// The finalizer that runs a Volume's deletion policy.
+pub const FINALIZER: &str = "stratusfs.io/volume";
 
-    // Status: the block store's readiness; the metadata server is not reached yet.
+/// On the server-certificate Secret: when to issue it again (a third of its life before expiry).
+const RENEW_AFTER: &str = "stratusfs.io/renew-after";
+
+/// How often a Ready Volume's usage and sessions are read again (the issue asks for at least
+/// every 30 seconds).
+const REFRESH: Duration = Duration::from_secs(20);
+
+/// How long one admin call may take before the server counts as not answering.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn reconcile(vol: Arc<Volume>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let api: Api<Volume> = Api::namespaced(ctx.client.clone(), &vol.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, vol, |event| async {
+        match event {
+            FinalizerEvent::Apply(vol) => apply_volume(vol, &ctx).await,
+            FinalizerEvent::Cleanup(vol) => cleanup(vol, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(e.to_string()))
+}
+
+/// What the metadata server said.
+enum Reached {
+    /// The TLS admin call with the issued certificate and token succeeded; the volume is there.
+    Serving { uuid: String, usage: Usage, sessions: i64, rekey: Option<(bool, &'static str, String)> },
+    /// It did not (reason, message); `lost`: the server answers but the Volume's data is not on it.
+    Not { reason: &'static str, message: String },
+}
+
+async fn apply_volume(vol: Arc<Volume>, ctx: &Ctx) -> Result<Action, Error> {
+    let ns = vol.namespace().unwrap_or_default();
+    let ca = children_of(&vol, ctx).await?;
+
     let stores: Api<BlockStore> = Api::namespaced(ctx.client.clone(), &ns);
-    let (bs_ok, bs_reason, bs_message) = match stores.get_opt(&vol.spec.block_store).await? {
+    let store = stores.get_opt(&vol.spec.block_store).await?;
+    let (bs_ok, bs_reason, bs_message) = match &store {
         None => (false, "NotFound", format!("BlockStore {ns}/{} does not exist", vol.spec.block_store)),
-        Some(bs) => match bs.status.and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready")) {
-            Some(c) => {
-                (c.status == "True", "BlockStoreReady", format!("BlockStore {}: {}", vol.spec.block_store, c.message))
-            }
+        Some(bs) => match bs.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")) {
+            Some(c) => (
+                c.status == "True",
+                if c.status == "True" { "Ready" } else { "BlockStoreNotReady" },
+                format!("BlockStore {}: {}", vol.spec.block_store, c.message),
+            ),
             None => (false, "Checking", format!("BlockStore {} is being checked", vol.spec.block_store)),
         },
     };
+    let backend = match &store {
+        Some(bs) => backend_spec(&ctx.client, &ns, &bs.spec).await.map_err(|c| c.message),
+        None => Err(bs_message.clone()),
+    };
+    let reached = on_server(&vol, ctx, &ca.cert_pem, backend).await;
+
     let old = vol.status.clone().unwrap_or_default();
     let generation = vol.meta().generation;
-    let endpoint = format!("stratusfs://{}.{ns}.svc:{}/{name}", children::meta_name(&vol), children::GRPC_PORT);
-    let waiting = format!("waiting for the metadata server at {}", endpoint.trim_start_matches("stratusfs://"));
-    let status = VolumeStatus {
-        phase: Some(Phase::Pending),
-        conditions: vec![
-            condition(
-                &old.conditions,
-                "BlockStoreReady",
-                bs_ok,
-                if bs_ok { "Ready" } else { bs_reason },
-                &bs_message,
-                generation,
-            ),
-            condition(&old.conditions, "MetadataReady", false, "Starting", &waiting, generation),
-            condition(&old.conditions, "Ready", false, "Starting", &waiting, generation),
-        ],
-        endpoint: Some(endpoint),
+    let (meta_ok, meta_reason, meta_message) = match &reached {
+        Reached::Serving { uuid, .. } => {
+            (true, "Serving", format!("the metadata server answered over TLS; volume {uuid}"))
+        }
+        Reached::Not { reason, message } => (false, *reason, message.clone()),
+    };
+    let ready = bs_ok && meta_ok;
+    let (reason, message) = match (bs_ok, meta_ok) {
+        (true, true) => ("Ready", format!("serving at {}", endpoint(&vol))),
+        (false, _) => (bs_reason, bs_message.clone()),
+        (true, false) => (meta_reason, meta_message.clone()),
+    };
+    let mut conditions = vec![
+        condition(&old.conditions, "BlockStoreReady", bs_ok, bs_reason, &bs_message, generation),
+        condition(&old.conditions, "MetadataReady", meta_ok, meta_reason, &meta_message, generation),
+        condition(&old.conditions, "Ready", ready, reason, &message, generation),
+    ];
+    let mut status = VolumeStatus {
+        endpoint: Some(endpoint(&vol)),
         observed_generation: generation,
+        conditions: Vec::new(),
         ..old.clone()
     };
+    match reached {
+        Reached::Serving { uuid, usage, sessions, rekey } => {
+            status.volume_id = Some(uuid);
+            status.usage = Some(usage);
+            status.sessions = Some(sessions);
+            if let Some((done, reason, message)) = rekey {
+                conditions.push(condition(&old.conditions, "Rekeyed", done, reason, &message, generation));
+            }
+        }
+        Reached::Not { .. } => {
+            // Kept from before: what a user last saw, with Ready saying it is not current.
+            if let Some(c) = old.conditions.iter().find(|c| c.type_ == "Rekeyed") {
+                conditions.push(c.clone());
+            }
+        }
+    }
+    status.phase = Some(match (ready, &status.volume_id) {
+        (true, _) => Phase::Ready,
+        (false, Some(_)) => Phase::Degraded,
+        (false, None) => Phase::Pending,
+    });
+    status.conditions = conditions;
     if status != old {
         ctx.patch_status(vol.as_ref(), &status).await?;
+        let ready_now = status.conditions.iter().find(|c| c.type_ == "Ready").expect("written above");
+        if transitions(&old.conditions, ready_now) {
+            ctx.event(vol.as_ref(), ready, reason, &message).await;
+            tracing::info!(volume = %vol.name_any(), namespace = %ns, ready, reason, "{message}");
+        }
     }
-    ctx.count::<Volume>("not_ready");
-    Ok(Action::requeue(Duration::from_secs(30)))
+    ctx.count::<Volume>(if ready { "ready" } else { "not_ready" });
+    Ok(Action::requeue(if ready { REFRESH } else { Duration::from_secs(5) }))
+}
+
+/// `stratusfs://<vol>-meta.<ns>.svc:7480/<vol>`: where mounts reach the volume.
+pub fn endpoint(vol: &Volume) -> String {
+    format!("stratusfs://{}/{}", server_address(vol), vol.name_any())
+}
+
+/// `<vol>-meta.<ns>.svc:7480`.
+fn server_address(vol: &Volume) -> String {
+    format!("{}:{}", server_host(vol), children::GRPC_PORT)
+}
+
+/// `<vol>-meta.<ns>.svc`: the name the server's certificate carries.
+fn server_host(vol: &Volume) -> String {
+    format!("{}.{}.svc", children::meta_name(vol), vol.namespace().unwrap_or_default())
+}
+
+/// The CA, the server certificate, the admin token, the Service and the StatefulSet; returns the CA.
+async fn children_of(vol: &Volume, ctx: &Ctx) -> Result<certs::Ca, Error> {
+    let ns = vol.namespace().unwrap_or_default();
+    let ca = installation_ca(ctx).await?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    apply(&secrets, owned_secret(vol, format!("{}-ca", vol.name_any()), [("ca.crt", ca.cert_pem.clone())])).await?;
+    let tls = secrets.get_opt(&children::tls_secret(vol)).await?;
+    let renew_after = tls.as_ref().and_then(|s| s.annotations().get(RENEW_AFTER)?.parse::<Timestamp>().ok());
+    if renew_after.is_none_or(|t| Timestamp::now() >= t) {
+        let (cert, key) = certs::issue(&ca, &certs::service_names(&children::meta_name(vol), &ns))
+            .map_err(|e| Error::Certificate(e.to_string()))?;
+        let mut secret = owned_secret(vol, children::tls_secret(vol), [("tls.crt", cert), ("tls.key", key)]);
+        let renew = Timestamp::now() + Duration::from_secs(certs::SERVER_DAYS * 2 / 3 * 86_400);
+        secret.metadata.annotations = Some(BTreeMap::from([(RENEW_AFTER.to_string(), renew.to_string())]));
+        apply(&secrets, secret).await?;
+        if tls.is_some() {
+            tracing::info!(volume = %vol.name_any(), namespace = %ns, "issued the metadata server's certificate again before it expires");
+            ctx.event(vol, true, "CertificateRenewed", "the metadata server's certificate was issued again").await;
+        }
+    }
+    if secrets.get_opt(&children::admin_secret(vol)).await?.is_none() {
+        apply(&secrets, owned_secret(vol, children::admin_secret(vol), [("token", random_token())])).await?;
+    }
+    apply(&Api::<Service>::namespaced(ctx.client.clone(), &ns), children::meta_service(vol)).await?;
+    apply(&Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns), children::meta_statefulset(vol, &ctx.image))
+        .await?;
+    Ok(ca)
+}
+
+/// A Secret of the Volume's, owned by it.
+fn owned_secret<const N: usize>(vol: &Volume, name: String, data: [(&str, String); N]) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name),
+            namespace: vol.namespace(),
+            owner_references: vol.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        data: Some(data.into_iter().map(|(k, v)| (k.to_string(), ByteString(v.into_bytes()))).collect()),
+        ..Default::default()
+    }
+}
+
+/// A value of a Secret's, by key, if the Secret and the key exist.
+async fn secret_value(ctx: &Ctx, ns: &str, name: &str, key: &str) -> Result<Option<String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(secrets.get_opt(name).await?.and_then(|s| secret_data(&s).remove(key)))
+}
+
+/// An admin client of the Volume's metadata server: dialled at its Service (or where
+/// `--service-address` maps it), verified against the CA for the Service's DNS name.
+async fn admin_client(vol: &Volume, ctx: &Ctx, ca_pem: &str) -> Result<AdminClient, Reached> {
+    let ns = vol.namespace().unwrap_or_default();
+    let not = |reason, message| Reached::Not { reason, message };
+    let token = match secret_value(ctx, &ns, &children::admin_secret(vol), "token").await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Err(not(
+                "Starting",
+                format!("the admin token Secret {} is not made yet", children::admin_secret(vol)),
+            ));
+        }
+        Err(e) => return Err(not("Starting", e.to_string())),
+    };
+    let address = server_address(vol);
+    let dial = ctx.service_addresses.get(&address).cloned().unwrap_or_else(|| address.clone());
+    let trust =
+        ClientTrust { ca_pem: Some(ca_pem.to_string()), server_name: Some(server_host(vol)), ..Default::default() };
+    match tokio::time::timeout(CALL_TIMEOUT, AdminClient::connect(&dial, &trust, &token)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(not("Unreachable", format!("the metadata server at {address} does not answer: {e}"))),
+        Err(_) => Err(not("Unreachable", format!("the metadata server at {address} did not answer within 5 s"))),
+    }
+}
+
+/// Everything done through the metadata server's admin calls.
+async fn on_server(vol: &Volume, ctx: &Ctx, ca_pem: &str, backend: Result<BackendSpec, String>) -> Reached {
+    match on_server_inner(vol, ctx, ca_pem, backend).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn on_server_inner(
+    vol: &Volume,
+    ctx: &Ctx,
+    ca_pem: &str,
+    backend: Result<BackendSpec, String>,
+) -> Result<Reached, Reached> {
+    let ns = vol.namespace().unwrap_or_default();
+    let name = vol.name_any();
+    let not = |reason: &'static str, message: String| Reached::Not { reason, message };
+    let call = |what: &'static str| {
+        move |e: fs_core::ClientError| Reached::Not { reason: "AdminCallFailed", message: format!("{what}: {e}") }
+    };
+    let mut admin = admin_client(vol, ctx, ca_pem).await?;
+    let known = vol.status.as_ref().and_then(|s| s.volume_id.clone());
+    let found = timed(admin.volume(&name)).await.map_err(call("listing the server's volumes"))?;
+    let lost = |what: String| {
+        not(
+            "MetadataLost",
+            format!(
+                "{what}: the metadata database (PVC data-{}-0) was lost or replaced. Nothing was created over it; \
+                 restore that PVC, or delete and re-create this Volume to start an empty one",
+                children::meta_name(vol)
+            ),
+        )
+    };
+    let (bytes, inodes) = vol.spec.quota_limits().map_err(|e| not("InvalidSpec", format!("spec.quota: {e}")))?;
+    let quota = Quota { bytes, inodes };
+    let retention = vol.spec.retention_secs().map_err(|e| not("InvalidSpec", format!("spec.retention: {e}")))?;
+    let secret_of = |key: &'static str| {
+        let ns = ns.clone();
+        async move {
+            let Some(enc) = &vol.spec.encryption else { return Ok(None) };
+            let name = &enc.secret_ref.name;
+            match secret_value(ctx, &ns, name, key).await {
+                Ok(Some(v)) => EncryptionSecret::new(v.into_bytes())
+                    .map(Some)
+                    .map_err(|e| not("EncryptionSecretInvalid", format!("Secret {ns}/{name} key {key}: {e}"))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(not("EncryptionSecretMissing", e.to_string())),
+            }
+        }
+    };
+    let server = match (found, known) {
+        (None, Some(id)) => {
+            return Err(lost(format!("the metadata server has no volume {name:?}, but this Volume's was {id}")));
+        }
+        (Some(v), Some(id)) if v.uuid != id => {
+            return Err(lost(format!(
+                "the metadata server's volume {name:?} is {}, but this Volume's was {id}",
+                v.uuid
+            )));
+        }
+        (None, None) => {
+            let backend = backend.map_err(|m| not("WaitingForBlockStore", m))?;
+            let encryption = match &vol.spec.encryption {
+                None => None,
+                Some(enc) => Some(secret_of("secret").await?.ok_or_else(|| {
+                    not(
+                        "EncryptionSecretMissing",
+                        format!("the encryption Secret {ns}/{} has no key \"secret\"", enc.secret_ref.name),
+                    )
+                })?),
+            };
+            let spec = ServerVolumeSpec {
+                name: name.clone(),
+                block_store: backend,
+                block_size: Some(vol.spec.block_size.bytes()),
+                compression: match vol.spec.compression {
+                    stratusfs_api::volume::Compression::None => fs_core::admin::Compression::None,
+                    stratusfs_api::volume::Compression::Lz4 => fs_core::admin::Compression::Lz4,
+                    stratusfs_api::volume::Compression::Zstd => fs_core::admin::Compression::Zstd,
+                },
+                retention_secs: Some(retention),
+                quota,
+                encryption,
+            };
+            let made = timed(admin.create_volume(&spec)).await.map_err(call("creating the volume"))?;
+            tracing::info!(volume = %name, namespace = %ns, uuid = %made.uuid, encrypted = made.encrypted, "created the volume on its metadata server");
+            ctx.event(vol, true, "Created", &format!("volume {} created on the metadata server", made.uuid)).await;
+            made
+        }
+        (Some(v), _) => {
+            // The spec's quota and retention, and the BlockStore's current credentials.
+            let block_store = backend.ok().filter(|b| *b != v.block_store);
+            let update = VolumeUpdate {
+                quota: (v.quota != quota).then_some(quota),
+                retention_secs: (v.retention_secs != retention).then_some(retention),
+                block_store: block_store.clone(),
+            };
+            if update != VolumeUpdate::default() {
+                let v = timed(admin.update_volume(&name, &update)).await.map_err(call("updating the volume"))?;
+                let what = [
+                    update.quota.map(|q| format!("quota {} bytes, {} inodes", q.bytes, q.inodes)),
+                    update.retention_secs.map(|r| format!("retention {r} s")),
+                    block_store.map(|_| "the BlockStore's credentials".to_string()),
+                ];
+                let what = what.into_iter().flatten().collect::<Vec<_>>().join(", ");
+                tracing::info!(volume = %name, namespace = %ns, "updated on the metadata server: {what}");
+                ctx.event(vol, true, "Updated", &format!("the metadata server now has {what}")).await;
+                v
+            } else {
+                v
+            }
+        }
+    };
+    mount_secrets(vol, ctx, &mut admin, ca_pem).await?;
+
+    // Rekeying: while the Secret has a previousSecret, the key is rewrapped under `secret`.
+    let rekey = match (server.encrypted, secret_of("previousSecret").await?) {
+        (true, Some(previous)) => {
+            let current = secret_of("secret").await?.ok_or_else(|| {
+                not("EncryptionSecretMissing", "the encryption Secret has previousSecret but no secret".into())
+            })?;
+            let done = "the volume's key is wrapped under the Secret's secret; previousSecret may be removed";
+            if timed(admin.secret_opens(&name, &current)).await.map_err(call("checking the secret"))? {
+                Some((true, "Rewrapped", done.to_string()))
+            } else {
+                match timed(admin.rekey_volume(&name, &previous, &current)).await {
+                    Ok(_) => {
+                        ctx.event(vol, true, "Rewrapped", done).await;
+                        Some((true, "Rewrapped", done.to_string()))
+                    }
+                    Err(e) => Some((
+                        false,
+                        "RekeyFailed",
+                        format!(
+                            "neither secret nor previousSecret of the encryption Secret opens the volume's key: {e}"
+                        ),
+                    )),
+                }
+            }
+        }
+        (true, None) => vol.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Rekeyed")).map(|c| {
+            (c.status == "True", if c.status == "True" { "Rewrapped" } else { "RekeyFailed" }, c.message.clone())
+        }),
+        (false, _) => None,
+    };
+    let usage = timed(admin.usage(&name)).await.map_err(call("reading usage"))?;
+    Ok(Reached::Serving {
+        uuid: server.uuid,
+        usage: Usage { bytes: usage.bytes as i64, inodes: usage.inodes as i64 },
+        sessions: usage.sessions.len() as i64,
+        rekey,
+    })
+}
+
+/// An admin call bounded by [`CALL_TIMEOUT`].
+async fn timed<T>(call: impl Future<Output = Result<T, fs_core::ClientError>>) -> Result<T, fs_core::ClientError> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(fs_core::ClientError::BadInput("the metadata server did not answer within 5 s".into())))
+}
+
+/// `<vol>-mount` and `<vol>-mount-ro`: a read-write and a read-only token of the whole volume,
+/// the CA and the source, for mounts (the CSI driver); made once.
+async fn mount_secrets(vol: &Volume, ctx: &Ctx, admin: &mut AdminClient, ca_pem: &str) -> Result<(), Reached> {
+    let ns = vol.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let kube_err = |e: kube::Error| Reached::Not { reason: "ApiError", message: e.to_string() };
+    for (suffix, read_only) in [("mount", false), ("mount-ro", true)] {
+        let name = format!("{}-{suffix}", vol.name_any());
+        if secrets.get_opt(&name).await.map_err(kube_err)?.is_some() {
+            continue;
+        }
+        let scope = TokenScope { read_only, comment: format!("Kubernetes Secret {ns}/{name}"), ..Default::default() };
+        let token = timed(admin.create_token(&vol.name_any(), &scope)).await.map_err(|e| Reached::Not {
+            reason: "AdminCallFailed",
+            message: format!("making the token of {name}: {e}"),
+        })?;
+        let secret = owned_secret(
+            vol,
+            name,
+            [("token", token.token), ("ca.crt", ca_pem.to_string()), ("source", endpoint(vol))],
+        );
+        apply(&secrets, secret).await.map_err(|e| Reached::Not { reason: "ApiError", message: e.to_string() })?;
+    }
+    Ok(())
+}
+
+/// The deletion policy, run before the Volume goes.
+async fn cleanup(vol: Arc<Volume>, ctx: &Ctx) -> Result<Action, Error> {
+    let ns = vol.namespace().unwrap_or_default();
+    let name = vol.name_any();
+    let mut status = vol.status.clone().unwrap_or_default();
+    if status.phase != Some(Phase::Deleting) {
+        status.phase = Some(Phase::Deleting);
+        ctx.patch_status(vol.as_ref(), &status).await?;
+    }
+    let uuid = status.volume_id.clone();
+    match (vol.spec.deletion_policy, uuid) {
+        (DeletionPolicy::Retain, uuid) => {
+            let note = format!(
+                "deletionPolicy Retain: the blocks of volume {} and the PVC data-{}-0 are kept; a Volume named {name} adopts them",
+                uuid.as_deref().unwrap_or("(never created)"),
+                children::meta_name(&vol)
+            );
+            tracing::info!(volume = %name, namespace = %ns, "{note}");
+            ctx.event(vol.as_ref(), true, "Retained", &note).await;
+        }
+        (DeletionPolicy::Delete, None) => {
+            tracing::info!(volume = %name, namespace = %ns, "deletionPolicy Delete: the volume was never created; nothing in the store to delete");
+        }
+        (DeletionPolicy::Delete, Some(uuid)) => {
+            let stores: Api<BlockStore> = Api::namespaced(ctx.client.clone(), &ns);
+            let held = |why: String| Error::Held(format!("Volume {ns}/{name} (deletionPolicy Delete): {why}"));
+            let bs = stores.get_opt(&vol.spec.block_store).await?.ok_or_else(|| {
+                held(format!("its BlockStore {} is gone; its blocks cannot be deleted", vol.spec.block_store))
+            })?;
+            let spec = backend_spec(&ctx.client, &ns, &bs.spec).await.map_err(|c| held(c.message))?;
+            let n = fs_core::delete_volume_objects(&spec, &uuid)
+                .await
+                .map_err(|e| held(format!("deleting the blocks of volume {uuid}: {e}")))?;
+            let note = format!(
+                "deletionPolicy Delete: deleted {n} objects of volume {uuid}; the metadata PVC goes with the StatefulSet"
+            );
+            tracing::info!(volume = %name, namespace = %ns, "{note}");
+            ctx.event(vol.as_ref(), true, "Deleted", &note).await;
+        }
+    }
+    Ok(Action::await_change())
 }
 
 /// Server-side applies `obj` under the operator's field manager (the same content twice changes

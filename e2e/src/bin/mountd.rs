@@ -49,7 +49,7 @@ async fn serve(args: &[String]) -> anyhow::Result<()> {
         options: MountOptions::parse(rest)?,
         credentials: Credentials {
             token: token.trim().into(),
-            trust: ClientTrust { ca_file: None, fingerprint: Some(fingerprint.clone()) },
+            trust: ClientTrust { ca_file: None, fingerprint: Some(fingerprint.clone()), ..Default::default() },
         },
     };
     fs_core::mount::keep_freed_buffers();

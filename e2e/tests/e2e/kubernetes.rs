@@ -58,6 +58,56 @@ pub(crate) fn install_crds(cp: &ControlPlane) {
     );
 }
 
+/// The chart's folder.
+pub(crate) fn chart_dir() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/stratusfs").to_str().unwrap().to_string()
+}
+
+/// The namespace the tests install the chart into, as release `rel`.
+pub(crate) const CHART_NS: &str = "stratusfs";
+
+/// The pinned helm against `cp`: (success, stdout and stderr).
+pub(crate) fn helm(cp: &ControlPlane, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(e2e::tools::binary("helm").unwrap())
+        .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// `helm install rel` of the chart into [`CHART_NS`]; waits for its CRDs. Returns helm's output.
+pub(crate) fn helm_install(cp: &ControlPlane) -> String {
+    let (ok, text) = helm(cp, &["install", "rel", &chart_dir(), "-n", CHART_NS, "--create-namespace"]);
+    assert!(ok, "helm install: {text}");
+    kubectl_ok(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/volumes.stratusfs.io",
+            "crd/blockstores.stratusfs.io",
+        ],
+    );
+    text
+}
+
+/// The chart's operator Deployment run by the pod-template runner (its ServiceAccount's token,
+/// not admin), with `extra` arguments (`--service-address` mappings); waits until it is ready.
+pub(crate) async fn chart_operator(cp: &ControlPlane, root: &std::path::Path, extra: &[&str]) -> e2e::pods::Pod {
+    e2e::pods::Pod::run(
+        cp,
+        CHART_NS,
+        "deployment/rel-operator",
+        root,
+        e2e::pods::RunOptions { extra_args: extra, ..Default::default() },
+    )
+    .await
+    .unwrap()
+}
+
 const CRD: &str = r#"
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition

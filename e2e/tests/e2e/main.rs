@@ -58,3 +58,4 @@ mod operator;
 mod store_failures;
 mod store_reads;
 mod suites;
+mod volumes;

@@ -29,7 +29,7 @@ async fn operator_with(cp: &ControlPlane, dir: &std::path::Path, env: &[(&str, &
 }
 
 /// Starts `cmd` (an operator) and waits until it says it started.
-pub(crate) async fn start_operator(cmd: Command, dir: &std::path::Path) -> Service {
+async fn start_operator(cmd: Command, dir: &std::path::Path) -> Service {
     let mut s = Service::spawn("stratusfs-operator", cmd, dir).unwrap();
     let log = s.log_path().to_path_buf();
     s.wait_ready(Duration::from_secs(30), || {
@@ -43,12 +43,25 @@ pub(crate) async fn start_operator(cmd: Command, dir: &std::path::Path) -> Servi
 
 /// The Ready condition of BlockStore `name` once it has one (status, reason, message).
 pub(crate) async fn ready_of(cp: &ControlPlane, name: &str, want_status: Option<&str>) -> (String, String, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    condition_of(cp, "bs", name, "Ready", want_status, Duration::from_secs(60)).await
+}
+
+/// Condition `type_` of `kind/name` once it has one (of status `want_status`, when given) within
+/// `timeout`: (status, reason, message).
+pub(crate) async fn condition_of(
+    cp: &ControlPlane,
+    kind: &str,
+    name: &str,
+    type_: &str,
+    want_status: Option<&str>,
+    timeout: Duration,
+) -> (String, String, String) {
+    let deadline = Instant::now() + timeout;
     loop {
-        let json = kubectl_ok(cp, &["get", "bs", name, "-o", "json"]);
+        let json = kubectl_ok(cp, &["get", kind, name, "-o", "json"]);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let ready = v["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).cloned();
-        if let Some(c) = ready {
+        let found = v["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == type_)).cloned();
+        if let Some(c) = found {
             let got = (
                 c["status"].as_str().unwrap().to_string(),
                 c["reason"].as_str().unwrap().to_string(),
@@ -60,7 +73,7 @@ pub(crate) async fn ready_of(cp: &ControlPlane, name: &str, want_status: Option<
         }
         assert!(
             Instant::now() < deadline,
-            "BlockStore {name}: no Ready condition{} within 60 s: {json}",
+            "{kind}/{name}: no {type_} condition{} within {timeout:?}: {json}",
             want_status.map(|w| format!(" of {w}")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -207,7 +220,7 @@ async fn a_second_operator_waits_until_the_first_stops() {
 /// When the operator last wrote `kind/name` (its managedFields entry: a server-side apply that
 /// changes nothing leaves it as it was; the StatefulSet controller's own status writes do not
 /// count), with the object's uid, once it exists.
-async fn version_of(cp: &ControlPlane, kind: &str, name: &str) -> String {
+pub(crate) async fn version_of(cp: &ControlPlane, kind: &str, name: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     let path = "jsonpath={.metadata.uid} {.metadata.managedFields[?(@.manager==\"stratusfs-operator\")].time}";
     loop {

@@ -309,7 +309,7 @@ pub async fn bench_meta(args: BenchArgs) -> anyhow::Result<()> {
     let admin_token = uuid::Uuid::new_v4().to_string();
     std::fs::write(dir.join("admin.token"), &admin_token)?;
     let (child, addr, fp) = spawn_server(&dir, args.sync).await?;
-    let trust = ClientTrust { ca_file: None, fingerprint: Some(fp) };
+    let trust = ClientTrust { ca_file: None, fingerprint: Some(fp), ..Default::default() };
     let backend_json = serde_json::to_string(&BackendSpec::Local { path: dir.join("blocks"), prefix: String::new() })?;
     let mut admin = AdminClient::connect(&addr, &trust, &admin_token).await?;
     let store = BackendSpec::Local { path: dir.join("blocks"), prefix: String::new() };

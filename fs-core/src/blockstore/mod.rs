@@ -18,5 +18,5 @@ pub(crate) mod url;
 
 pub use backend::{BackendError, BackendSpec, Sse, Tuning, open_backend, open_backend_with};
 pub(crate) use local::LocalFiles;
-pub use probe::check_backend;
+pub use probe::{check_backend, delete_volume_objects};
 pub use url::{AZURITE_ACCOUNT, AZURITE_KEY, BLOCK_STORE_ENV};

@@ -5,7 +5,7 @@
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use super::backend::{BackendError, BackendSpec, Tuning, open_backend_with};
+use super::backend::{BackendError, BackendSpec, Tuning, open_backend, open_backend_with};
 
 /// Where the probe object goes (under the spec's prefix); deleted again at once.
 const PROBE_DIR: &str = ".stratusfs-probe";
@@ -25,6 +25,31 @@ pub async fn check_backend(spec: &BackendSpec) -> Result<(), BackendError> {
     }
     store.delete(&path).await.map_err(err)?;
     Ok(())
+}
+
+/// Deletes every object of the volume whose uuid is `uuid` (all under `UUID/` below the spec's
+/// prefix: what a Kubernetes Volume's `Delete` policy removes) and returns how many there were.
+/// Refuses anything but a uuid, so a wrong call can never empty a whole prefix.
+pub async fn delete_volume_objects(spec: &BackendSpec, uuid: &str) -> Result<u64, BackendError> {
+    use futures::{StreamExt, TryStreamExt};
+    let parsed = uuid::Uuid::parse_str(uuid).map_err(|_| BackendError::Probe {
+        url: spec.url(),
+        detail: format!("{uuid:?} is not a volume uuid: nothing was deleted"),
+    })?;
+    let store = open_backend(spec)?;
+    let err = |e| classify(spec, e);
+    let prefix = Path::from(parsed.hyphenated().to_string());
+    let keys = store.list(Some(&prefix)).map_ok(|m| m.location).boxed();
+    let mut deleted = 0u64;
+    let mut results = store.delete_stream(keys);
+    while let Some(r) = results.next().await {
+        match r {
+            Ok(_) => deleted += 1,
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(deleted)
 }
 
 /// Which of the user's mistakes an error of the store shows.
@@ -140,5 +165,22 @@ mod tests {
         assert!(said.contains("s3://bucket/p") && said.contains(&endpoint), "{said}");
         assert!(said.contains("Connection refused") && !said.contains('\n'), "{said}");
         assert!(started.elapsed() < std::time::Duration::from_secs(15), "took {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn deleting_a_volumes_objects_takes_only_that_volumes() {
+        use object_store::ObjectStoreExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spec = BackendSpec::Local { path: dir.path().join("blocks"), prefix: String::new() };
+        let store = open_backend(&spec).unwrap();
+        let (gone, kept) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+        for (v, id) in [(&gone, 1), (&gone, 2), (&gone, 300), (&kept, 1)] {
+            store.put(&crate::blockstore::layout::block_key(v, id), PutPayload::from_static(b"x")).await.unwrap();
+        }
+        assert_eq!(delete_volume_objects(&spec, &gone).await.unwrap(), 3);
+        assert_eq!(delete_volume_objects(&spec, &gone).await.unwrap(), 0, "a second call finds nothing");
+        assert!(store.head(&crate::blockstore::layout::block_key(&kept, 1)).await.is_ok(), "another volume's block");
+        let e = delete_volume_objects(&spec, "").await.unwrap_err();
+        assert!(e.to_string().contains("not a volume uuid"), "{e}");
     }
 }

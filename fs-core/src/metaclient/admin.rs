@@ -347,6 +347,23 @@ impl AdminClient {
         Volume::of_pb(self.rpc.update_volume(req).await?.into_inner())
     }
 
+    /// Whether `secret` opens encrypted volume `name`'s key (an operator asks before rewrapping,
+    /// so a rekey already done is not done again).
+    pub async fn secret_opens(&mut self, name: &str, secret: &crate::crypto::Secret) -> Result<bool, ClientError> {
+        let volumes = self.rpc.list_volumes(pb::Empty {}).await?.into_inner().volumes;
+        let v = volumes
+            .into_iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| ClientError::Meta(MetaError::fs(libc::ENOENT, format!("no volume named {name:?}"))))?;
+        let Some(env) = v.encryption else {
+            return Err(ClientError::BadInput(format!("volume {name:?} is not encrypted: no secret opens it")));
+        };
+        let secret = secret.clone();
+        tokio::task::spawn_blocking(move || crate::crypto::VolumeKeys::open(&env, secret.expose(), &v.uuid).is_ok())
+            .await
+            .map_err(|e| ClientError::BadInput(format!("opening the volume's key: {e}")))
+    }
+
     pub async fn volumes(&mut self) -> Result<Vec<Volume>, ClientError> {
         self.rpc.list_volumes(pb::Empty {}).await?.into_inner().volumes.into_iter().map(Volume::of_pb).collect()
     }

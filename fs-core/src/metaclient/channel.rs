@@ -44,7 +44,8 @@ impl From<tonic::Status> for ClientError {
 /// waits: a wrong address or a server not started is reported at once.
 pub async fn connect(addr: &str, trust: &ClientTrust, outage: Duration) -> Result<Channel, ClientError> {
     let (host, _) = addr.rsplit_once(':').ok_or_else(|| ClientError::Address(addr.to_string()))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host =
+        trust.server_name.clone().unwrap_or_else(|| host.trim_start_matches('[').trim_end_matches(']').to_string());
     let server_name =
         rustls::pki_types::ServerName::try_from(host).map_err(|_| ClientError::Address(addr.to_string()))?;
     let tls = tokio_rustls::TlsConnector::from(trust.client_config()?);

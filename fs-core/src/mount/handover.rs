@@ -187,7 +187,7 @@ mod tests {
             mountpoint: "/mnt/x".into(),
             options: MountOptions::parse(&["threads=2,attr_ttl=3".into()]).unwrap(),
             token: "t".into(),
-            trust: ClientTrust { ca_file: None, fingerprint: Some("ab".into()) },
+            trust: ClientTrust { ca_file: None, fingerprint: Some("ab".into()), ..Default::default() },
             init: InitParams { minor: 31, flags: 7, max_write: 1 << 20, max_readahead: 1 << 20, max_pages: 256 },
             root: 42,
             session: "00ff".into(),

@@ -61,7 +61,7 @@ impl TestServer {
     }
 
     pub fn trust(&self) -> ClientTrust {
-        ClientTrust { ca_file: None, fingerprint: Some(self.running.fingerprint.clone()) }
+        ClientTrust { ca_file: None, fingerprint: Some(self.running.fingerprint.clone()), ..Default::default() }
     }
 
     pub async fn channel(&self) -> tonic::transport::Channel {

@@ -84,7 +84,7 @@ impl Server {
         let pem = std::fs::read(self.dir.join("data/tls/server.crt")).unwrap();
         use rustls::pki_types::pem::PemObject;
         let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
-        ClientTrust { ca_file: None, fingerprint: Some(fs_core::tls::fingerprint(&der)) }
+        ClientTrust { ca_file: None, fingerprint: Some(fs_core::tls::fingerprint(&der)), ..Default::default() }
     }
 
     fn kill(mut self) -> Instant {

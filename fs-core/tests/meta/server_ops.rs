@@ -76,7 +76,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     std::fs::write(&k, &key).unwrap();
     let (cc, kk) = (c.clone(), k.clone());
     let srv = TestServer::start(move |cfg| cfg.tls_cert = Some(fs_core::server::TlsFiles { cert: cc, key: kk })).await;
-    let old = ClientTrust { ca_file: Some(c.clone()), fingerprint: None };
+    let old = ClientTrust { ca_file: Some(c.clone()), fingerprint: None, ..Default::default() };
     let old_copy = dir.path().join("old.crt");
     std::fs::copy(&c, &old_copy).unwrap();
     connect(&srv.addr(), &old, std::time::Duration::ZERO)
@@ -85,7 +85,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     let (cert2, key2) = self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
     std::fs::write(&k, &key2).unwrap();
     std::fs::write(&c, &cert2).unwrap();
-    let new = ClientTrust { ca_file: Some(c.clone()), fingerprint: None };
+    let new = ClientTrust { ca_file: Some(c.clone()), fingerprint: None, ..Default::default() };
     let start = Instant::now();
     loop {
         // A new connection verifies against the renewed certificate once the server reloaded it.
@@ -100,7 +100,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         assert!(start.elapsed() < Duration::from_secs(8), "the renewed certificate was not served within 8 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let stale = ClientTrust { ca_file: Some(old_copy), fingerprint: None };
+    let stale = ClientTrust { ca_file: Some(old_copy), fingerprint: None, ..Default::default() };
     let refused = match connect(&srv.addr(), &stale, std::time::Duration::ZERO).await {
         Err(_) => true,
         Ok(ch) => pb::admin_client::AdminClient::new(ch)

@@ -262,3 +262,116 @@ pub struct Usage {
     /// Files, directories and links.
     pub inodes: i64,
 }
+
+impl VolumeSpec {
+    /// `retention` in whole seconds (the schema has checked its form; this says what is wrong
+    /// with anything else).
+    pub fn retention_secs(&self) -> Result<i64, String> {
+        go_duration_secs(&self.retention)
+    }
+
+    /// The quota as bytes and inodes, 0 meaning no limit.
+    pub fn quota_limits(&self) -> Result<(u64, u64), String> {
+        let Some(q) = &self.quota else { return Ok((0, 0)) };
+        let bytes = match &q.bytes {
+            Some(b) => quantity_bytes(&b.0)?,
+            None => 0,
+        };
+        Ok((bytes, q.inodes.unwrap_or(0).max(0) as u64))
+    }
+}
+
+/// A Go duration (`168h`, `1h30m`, `1.5h`, `0`) in whole seconds, rounded down.
+pub fn go_duration_secs(s: &str) -> Result<i64, String> {
+    let bad = || format!("{s:?} is not a Go duration such as 168h or 1h30m");
+    if s == "0" {
+        return Ok(0);
+    }
+    let mut nanos: f64 = 0.0;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let n: f64 = rest[..end].parse().map_err(|_| bad())?;
+        rest = &rest[end..];
+        let (unit, len) = [("ns", 1e0), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)]
+            .iter()
+            .filter(|(u, _)| rest.starts_with(u))
+            .max_by_key(|(u, _)| u.len())
+            .map(|(u, f)| (*f, u.len()))
+            .ok_or_else(bad)?;
+        nanos += n * unit;
+        rest = &rest[len..];
+    }
+    Ok((nanos / 1e9).floor() as i64)
+}
+
+/// A Kubernetes quantity (`100Gi`, `5G`, `1e9`, `1.5Mi`, `12345`) in bytes, rounded up.
+pub fn quantity_bytes(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a quantity of bytes such as 100Gi or 5G");
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && frac.is_empty() {
+        return Err(bad());
+    }
+    let digits: u128 = format!("{whole}{frac}").parse().map_err(|_| bad())?;
+    let (mul, div): (u128, u128) = match suffix {
+        "" => (1, 1),
+        "m" => (1, 1000),
+        "k" => (1_000, 1),
+        "M" => (1_000_000, 1),
+        "G" => (1_000_000_000, 1),
+        "T" => (1_000_000_000_000, 1),
+        "P" => (1_000_000_000_000_000, 1),
+        "E" => (1_000_000_000_000_000_000, 1),
+        "Ki" => (1 << 10, 1),
+        "Mi" => (1 << 20, 1),
+        "Gi" => (1 << 30, 1),
+        "Ti" => (1 << 40, 1),
+        "Pi" => (1 << 50, 1),
+        "Ei" => (1 << 60, 1),
+        e if e.starts_with(['e', 'E']) => {
+            let exp: u32 = e[1..].trim_start_matches('+').parse().map_err(|_| bad())?;
+            (10u128.checked_pow(exp).ok_or_else(bad)?, 1)
+        }
+        _ => return Err(bad()),
+    };
+    let div = div * 10u128.pow(frac.len() as u32);
+    let bytes = (digits.checked_mul(mul).ok_or_else(bad)?).div_ceil(div);
+    u64::try_from(bytes).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_are_read_as_go_reads_them() {
+        for (s, secs) in [("168h", 604_800), ("1h30m", 5_400), ("1.5h", 5_400), ("0", 0), ("90s", 90), ("1500ms", 1)] {
+            assert_eq!(go_duration_secs(s), Ok(secs), "{s}");
+        }
+        for s in ["7d", "", "h", "-1h", "1x"] {
+            assert!(go_duration_secs(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn quantities_are_read_as_kubernetes_reads_them() {
+        for (s, b) in [
+            ("100Gi", 100 << 30),
+            ("5G", 5_000_000_000),
+            ("1e9", 1_000_000_000),
+            ("1.5Mi", 1_572_864),
+            ("12345", 12_345),
+            ("1500m", 2),
+        ] {
+            assert_eq!(quantity_bytes(s), Ok(b), "{s}");
+        }
+        for s in ["", "Gi", "1Zi", "-1", "1e99"] {
+            assert!(quantity_bytes(s).is_err(), "{s}");
+        }
+    }
+}

@@ -237,7 +237,8 @@ pub struct ServerArgs {
 
 impl ServerArgs {
     async fn admin(&self) -> anyhow::Result<AdminClient> {
-        let trust = ClientTrust { ca_file: self.ca_file.clone(), fingerprint: self.fingerprint.clone() };
+        let trust =
+            ClientTrust { ca_file: self.ca_file.clone(), fingerprint: self.fingerprint.clone(), ..Default::default() };
         let path =
             self.account_token_file.as_ref().context("give --account-token-file (or STRATUSFS_ACCOUNT_TOKEN_FILE)")?;
         let token = std::fs::read_to_string(path)
@@ -599,6 +600,7 @@ fn mount_spec(m: &MountCliArgs) -> anyhow::Result<MountSpec> {
     let trust = ClientTrust {
         ca_file: m.ca_file.clone().or_else(|| options.ca_file.clone()),
         fingerprint: m.fingerprint.clone().or_else(|| options.fingerprint.clone()),
+        ..Default::default()
     };
     Ok(MountSpec {
         source,

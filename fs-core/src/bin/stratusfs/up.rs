@@ -91,7 +91,7 @@ pub async fn up(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) 
         )
     })?;
     let addr = running.grpc_addr.to_string();
-    let trust = ClientTrust { ca_file: None, fingerprint: Some(running.fingerprint.clone()) };
+    let trust = ClientTrust { ca_file: None, fingerprint: Some(running.fingerprint.clone()), ..Default::default() };
     let result = async {
         let mut admin = AdminClient::connect(&addr, &trust, &admin_token).await?;
         let existing = admin.volume(VOLUME).await?;

@@ -1,0 +1,220 @@
+//! A Volume's whole life on the real control plane, as a user sees it with kubectl: the chart's
+//! operator (its pod template, its ServiceAccount's token) and the metadata StatefulSet's pod
+//! template, both run by the pod-template runner, MinIO as the store. The Volume turns Ready only
+//! after a TLS admin call; a mount through its `<vol>-mount` Secret shows up in its usage and
+//! sessions; a quota change reaches the server; a stopped metadata server turns it not Ready and a
+//! restarted one Ready again; a BlockStore in use cannot go; deleting under Retain keeps blocks
+//! and database (a Volume of the same name adopts them: the file reads back), under Delete
+//! removes both.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use e2e::kube::ControlPlane;
+use e2e::minio::Minio;
+use e2e::pods::{Pod, RunOptions};
+use e2e::service::free_port;
+use e2e::stratusfs::Mount;
+use fs_core::{AdminClient, ClientTrust};
+use futures::TryStreamExt;
+
+use crate::kubernetes::{apply_ok as apply, chart_operator, helm_install, kubectl, kubectl_ok};
+use crate::operator::{block_store, condition_of, ready_of, secret, version_of};
+
+fn volume(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: stratusfs.io/v1alpha1\nkind: Volume\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  blockStore: store\n{extra}"
+    )
+}
+
+/// A Secret's value, decoded.
+fn secret_value(cp: &ControlPlane, name: &str, key: &str) -> String {
+    let b64 =
+        kubectl_ok(cp, &["get", "secret", name, "-o", &format!("jsonpath={{.data.{}}}", key.replace('.', "\\."))]);
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap()).unwrap()
+}
+
+/// The SHA-256 fingerprint of the certificate in Secret `<vol>-meta-tls`.
+fn server_fingerprint(cp: &ControlPlane, vol: &str) -> String {
+    let pem = secret_value(cp, &format!("{vol}-meta-tls"), "tls.crt");
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    fs_core::tls::fingerprint(&base64::engine::general_purpose::STANDARD.decode(body).unwrap())
+}
+
+/// `.status` of Volume `name`.
+fn status(cp: &ControlPlane, name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&kubectl_ok(cp, &["get", "svol", name, "-o", "json"])).unwrap();
+    v["status"].clone()
+}
+
+/// Runs the metadata StatefulSet of Volume `vol` once the operator has made it, its gRPC port at `port`.
+async fn stand_in(cp: &ControlPlane, root: &std::path::Path, vol: &str, port: u16) -> Pod {
+    version_of(cp, "statefulset", &format!("{vol}-meta")).await;
+    let o = RunOptions { ports: &[(7480, port)], ..Default::default() };
+    Pod::run(cp, "default", &format!("statefulset/{vol}-meta"), root, o).await.unwrap()
+}
+
+/// How many objects the store holds under `team-a/<uuid>/`.
+async fn objects_of(minio: &Minio, uuid: &str) -> usize {
+    let store = fs_core::blockstore::open_backend(&minio.backend_spec("team-a")).unwrap();
+    let listed: Vec<_> = store.list(Some(&object_store::path::Path::from(uuid))).try_collect().await.unwrap();
+    listed.len()
+}
+
+/// Waits until `kind/name` no longer exists.
+async fn gone(cp: &ControlPlane, kind: &str, name: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while kubectl(cp, &["get", kind, name]).0 {
+        assert!(Instant::now() < deadline, "{kind}/{name} still exists after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_turns_ready_serves_mounts_and_goes_as_its_deletion_policy_says() {
+    e2e::init();
+    e2e::stratusfs::install_mount_helpers().unwrap();
+    let (cp, minio) = (ControlPlane::start().await.unwrap(), Minio::start().await.unwrap());
+    helm_install(&cp);
+    let root = tempfile::tempdir().unwrap();
+    let (keep_port, drop_port) = (free_port().unwrap(), free_port().unwrap());
+    let map = |vol: &str, port: u16| format!("--service-address={vol}-meta.default.svc:7480=127.0.0.1:{port}");
+    let (keep_map, drop_map) = (map("keep", keep_port), map("drop", drop_port));
+    let _operator = chart_operator(&cp, root.path(), &[&keep_map, &drop_map]).await;
+    apply(&cp, "secret", &secret("minio", &minio.access_key, &minio.secret_key));
+    apply(&cp, "store", &block_store("store", &minio.bucket, &minio.endpoint, "minio"));
+    assert_eq!(ready_of(&cp, "store", None).await.0, "True");
+
+    apply(&cp, "keep", &volume("keep", "  quota: {bytes: 1Gi, inodes: 1000}\n"));
+    apply(&cp, "drop", &volume("drop", "  deletionPolicy: Delete\n"));
+    // Not Ready while nothing serves it, and the condition says what it waits for.
+    let (s, r, m) = condition_of(&cp, "svol", "keep", "MetadataReady", None, Duration::from_secs(60)).await;
+    assert_eq!((s.as_str(), r.as_str()), ("False", "Unreachable"), "{m}");
+    assert!(m.contains("keep-meta.default.svc:7480"), "{m}");
+
+    let started = Instant::now();
+    let mut keep_pod = stand_in(&cp, root.path(), "keep", keep_port).await;
+    let _drop_pod = stand_in(&cp, root.path(), "drop", drop_port).await;
+    let (s, r, m) = condition_of(&cp, "svol", "keep", "Ready", Some("True"), Duration::from_secs(60)).await;
+    eprintln!("Volume keep Ready {:?} after its metadata server started: {r}: {m}", started.elapsed());
+    assert_eq!(s, "True");
+    condition_of(&cp, "svol", "drop", "Ready", Some("True"), Duration::from_secs(60)).await;
+    let st = status(&cp, "keep");
+    assert_eq!(st["phase"], "Ready");
+    assert_eq!(st["endpoint"], "stratusfs://keep-meta.default.svc:7480/keep");
+    let keep_uuid = st["volumeId"].as_str().unwrap().to_string();
+    assert_eq!(keep_uuid.len(), 36, "{st}");
+
+    // The server, as the operator reaches it: TLS verified for the Service's name with the CA.
+    let trust = ClientTrust {
+        ca_pem: Some(secret_value(&cp, "keep-ca", "ca.crt")),
+        server_name: Some("keep-meta.default.svc".into()),
+        ..Default::default()
+    };
+    let mut admin =
+        AdminClient::connect(&keep_pod.address(7480), &trust, &secret_value(&cp, "keep-admin", "token")).await.unwrap();
+    let on_server = admin.volume("keep").await.unwrap().unwrap();
+    assert_eq!(
+        (on_server.uuid.as_str(), on_server.quota.bytes, on_server.quota.inodes),
+        (keep_uuid.as_str(), 1 << 30, 1000)
+    );
+    let wrong_name = ClientTrust { server_name: Some("drop-meta.default.svc".into()), ..trust.clone() };
+    assert!(
+        AdminClient::connect(&keep_pod.address(7480), &wrong_name, "x").await.is_err(),
+        "the certificate is for keep-meta only"
+    );
+
+    // The mount Secrets; a mount through <vol>-mount writes, and usage and sessions show it.
+    assert_eq!(secret_value(&cp, "keep-mount", "source"), "stratusfs://keep-meta.default.svc:7480/keep");
+    assert!(secret_value(&cp, "keep-mount-ro", "ca.crt").contains("BEGIN CERTIFICATE"));
+    let fingerprint = server_fingerprint(&cp, "keep");
+    let token = secret_value(&cp, "keep-mount", "token");
+    let mount = Mount::start_trusting(&keep_pod.address(7480), "keep", &token, &fingerprint, &[]).await.unwrap();
+    let data: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i * 7 % 251) as u8).collect();
+    std::fs::write(mount.path.join("file"), &data).unwrap();
+    let ro = Mount::start_trusting(
+        &keep_pod.address(7480),
+        "keep",
+        &secret_value(&cp, "keep-mount-ro", "token"),
+        &fingerprint,
+        &[],
+    )
+    .await
+    .unwrap();
+    let refused = std::fs::write(ro.path.join("other"), b"x").unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::EROFS), "the read-only token: {refused}");
+    let deadline = Instant::now() + Duration::from_secs(35);
+    loop {
+        let st = status(&cp, "keep");
+        if st["usage"]["bytes"].as_i64() >= Some(1 << 20) && st["sessions"].as_i64() == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "usage and sessions not shown within 35 s: {st}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let table = kubectl_ok(&cp, &["get", "svol", "keep"]);
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!((row[1], row[2], row[4]), ("True", "store", "2"), "{table}");
+    drop(ro);
+
+    // A quota change reaches the server.
+    kubectl_ok(&cp, &["patch", "svol", "keep", "--type=merge", "-p", r#"{"spec":{"quota":{"bytes":"2Gi"}}}"#]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin.volume("keep").await.unwrap().unwrap().quota.bytes != 2 << 30 {
+        assert!(Instant::now() < deadline, "the new quota did not reach the server within 30 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drop(mount);
+
+    // The metadata server stops: not Ready within 30 s, saying why; back, Ready again.
+    keep_pod.stop();
+    let stopped = Instant::now();
+    let (s, r, m) = condition_of(&cp, "svol", "keep", "Ready", Some("False"), Duration::from_secs(30)).await;
+    eprintln!("Volume keep Ready={s} {:?} after its metadata server stopped: {r}: {m}", stopped.elapsed());
+    assert_eq!(r, "Unreachable", "{m}");
+    assert_eq!(status(&cp, "keep")["phase"], "Degraded");
+    keep_pod.start().await.unwrap();
+    let restarted = Instant::now();
+    condition_of(&cp, "svol", "keep", "Ready", Some("True"), Duration::from_secs(30)).await;
+    eprintln!("Volume keep Ready again {:?} after its metadata server came back", restarted.elapsed());
+
+    // A BlockStore in use is held, its condition naming the Volumes.
+    kubectl_ok(&cp, &["delete", "bs", "store", "--wait=false"]);
+    let (_, r, m) = condition_of(&cp, "bs", "store", "InUse", Some("True"), Duration::from_secs(30)).await;
+    assert!(r == "VolumesExist" && m.contains("drop") && m.contains("keep"), "{r}: {m}");
+
+    // Delete: the blocks and the database go.
+    let drop_uuid = status(&cp, "drop")["volumeId"].as_str().unwrap().to_string();
+    let drop_token = secret_value(&cp, "drop-mount", "token");
+    let m = Mount::start_trusting(&_drop_pod.address(7480), "drop", &drop_token, &server_fingerprint(&cp, "drop"), &[])
+        .await
+        .unwrap();
+    std::fs::write(m.path.join("file"), &data).unwrap();
+    drop(m);
+    assert!(objects_of(&minio, &drop_uuid).await > 0, "the Delete volume's blocks were written");
+    kubectl_ok(&cp, &["delete", "svol", "drop", "--wait=false"]);
+    gone(&cp, "svol", "drop", Duration::from_secs(60)).await;
+    assert_eq!(objects_of(&minio, &drop_uuid).await, 0, "deletionPolicy Delete left objects");
+    gone(&cp, "pvc", "data-drop-meta-0", Duration::from_secs(90)).await;
+
+    // Retain: the blocks and the PVC stay; the BlockStore is released once both Volumes are gone.
+    kubectl_ok(&cp, &["delete", "svol", "keep", "--wait=false"]);
+    gone(&cp, "svol", "keep", Duration::from_secs(60)).await;
+    gone(&cp, "bs", "store", Duration::from_secs(60)).await;
+    assert!(objects_of(&minio, &keep_uuid).await > 0, "deletionPolicy Retain deleted objects");
+    assert!(kubectl(&cp, &["get", "pvc", "data-keep-meta-0"]).0, "deletionPolicy Retain deleted the PVC");
+    gone(&cp, "secret", "keep-mount", Duration::from_secs(60)).await;
+    drop(keep_pod);
+
+    // The same Volume again adopts them: the same volume id, the file reads back.
+    apply(&cp, "store-again", &block_store("store", &minio.bucket, &minio.endpoint, "minio"));
+    apply(&cp, "keep-again", &volume("keep", ""));
+    let keep_pod = stand_in(&cp, root.path(), "keep", keep_port).await;
+    condition_of(&cp, "svol", "keep", "Ready", Some("True"), Duration::from_secs(60)).await;
+    assert_eq!(status(&cp, "keep")["volumeId"].as_str(), Some(keep_uuid.as_str()), "adopted");
+    let token = secret_value(&cp, "keep-mount", "token");
+    let mount = Mount::start_trusting(&keep_pod.address(7480), "keep", &token, &server_fingerprint(&cp, "keep"), &[])
+        .await
+        .unwrap();
+    assert!(std::fs::read(mount.path.join("file")).unwrap() == data, "the retained file reads back");
+}
