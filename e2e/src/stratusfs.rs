@@ -291,6 +291,11 @@ impl Mount {
         self.service.as_ref().map_or(0, |s| s.pid())
     }
 
+    /// The mount's log file (kept after it stopped).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// The last `n` lines of the mount's log (also after it stopped).
     pub fn log_tail(&self, n: usize) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -220,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
     let ns = &args.namespace;
     let volumes = Controller::new(scoped::<Volume>(&client, ns), watcher::Config::default());
     let volume_cache = volumes.store();
+    let (secret_stores, secret_volumes) = (cache.clone(), volume_cache.clone());
     let volume_run = volumes
         // A BlockStore that changes (turns Ready, its credentials): every Volume on it.
         .watches(scoped::<BlockStore>(&client, ns), watcher::Config::default(), move |bs: BlockStore| {
@@ -234,7 +235,29 @@ async fn main() -> anyhow::Result<()> {
         // A child deleted or changed by hand: the Volume is reconciled and it is made again.
         .owns(scoped::<StatefulSet>(&client, ns), watcher::Config::default())
         .owns(scoped::<Service>(&client, ns), watcher::Config::default())
-        .owns(scoped::<Secret>(&client, ns), watcher::Config::default())
+        // A Secret: the Volume owning it (made again when deleted), and every Volume it gives a
+        // key or credentials to (a rekey or a rotation is acted on at once). One watch of Secrets.
+        .watches(scoped::<Secret>(&client, ns), watcher::Config::default(), move |secret: Secret| {
+            let (ns, name) = (secret.namespace(), secret.name_any());
+            let stores: Vec<String> = secret_stores
+                .state()
+                .into_iter()
+                .filter(|bs| bs.namespace() == ns && names_secret(bs, &name))
+                .map(|bs| bs.name_any())
+                .collect();
+            let owners = secret.owner_references().iter().filter(|o| o.kind == "Volume").map(|o| o.name.clone());
+            let users = secret_volumes
+                .state()
+                .into_iter()
+                .filter(|v| {
+                    v.namespace() == ns
+                        && (stores.contains(&v.spec.block_store)
+                            || v.spec.encryption.as_ref().is_some_and(|e| e.secret_ref.name == name))
+                })
+                .map(|v| v.name_any());
+            let within = ns.clone().unwrap_or_default();
+            owners.chain(users).map(|v| ObjectRef::<Volume>::new(&v).within(&within)).collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
         .run(volume::reconcile, error_policy, ctx.clone())
         .for_each(report);

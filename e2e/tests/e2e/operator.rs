@@ -282,7 +282,13 @@ async fn a_volume_gets_its_metadata_servers_children_owned_and_kept() {
         {
             assert_eq!(v["status"]["endpoint"], "stratusfs://vol-meta.default.svc:7480/vol");
             assert_eq!(ready["status"], "False");
-            assert!(ready["message"].as_str().unwrap().contains("waiting for the metadata server"), "{ready}");
+            assert!(
+                ready["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("the metadata server at vol-meta.default.svc:7480 does not answer"),
+                "{ready}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "no BlockStoreReady=True on the Volume: {v}");

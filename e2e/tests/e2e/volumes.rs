@@ -218,3 +218,115 @@ async fn a_volume_turns_ready_serves_mounts_and_goes_as_its_deletion_policy_says
         .unwrap();
     assert!(std::fs::read(mount.path.join("file")).unwrap() == data, "the retained file reads back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_follow_their_secrets_and_never_build_over_a_lost_database() {
+    e2e::init();
+    e2e::stratusfs::install_mount_helpers().unwrap();
+    let (cp, minio) = (ControlPlane::start().await.unwrap(), Minio::start().await.unwrap());
+    helm_install(&cp);
+    let root = tempfile::tempdir().unwrap();
+    let (sec_port, lost_port) = (free_port().unwrap(), free_port().unwrap());
+    let map = |vol: &str, port: u16| format!("--service-address={vol}-meta.default.svc:7480=127.0.0.1:{port}");
+    let _operator = chart_operator(&cp, root.path(), &[&map("sec", sec_port), &map("lost", lost_port)]).await;
+    apply(&cp, "secret", &secret("minio", &minio.access_key, &minio.secret_key));
+    apply(&cp, "store", &block_store("store", &minio.bucket, &minio.endpoint, "minio"));
+    let enc = |data: &str| {
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: enc, namespace: default}}\nstringData: {{{data}}}\n")
+    };
+    apply(&cp, "enc", &enc("secret: first-secret"));
+    apply(&cp, "sec", &volume("sec", "  encryption: {secretRef: {name: enc}}\n"));
+    apply(&cp, "lost", &volume("lost", ""));
+    let sec_pod = stand_in(&cp, root.path(), "sec", sec_port).await;
+    let mut lost_pod = stand_in(&cp, root.path(), "lost", lost_port).await;
+    condition_of(&cp, "svol", "sec", "Ready", Some("True"), Duration::from_secs(60)).await;
+    let trust = |vol: &str| ClientTrust {
+        ca_pem: Some(secret_value(&cp, &format!("{vol}-ca"), "ca.crt")),
+        server_name: Some(format!("{vol}-meta.default.svc")),
+        ..Default::default()
+    };
+    let mut admin =
+        AdminClient::connect(&sec_pod.address(7480), &trust("sec"), &secret_value(&cp, "sec-admin", "token"))
+            .await
+            .unwrap();
+    assert!(admin.volume("sec").await.unwrap().unwrap().encrypted, "made encrypted from the Secret");
+
+    // A mount with the secret writes; the server never saw it.
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = |name: &str, value: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, value).unwrap();
+        format!("encryption_secret_file={}", p.display())
+    };
+    let (fp, token) = (server_fingerprint(&cp, "sec"), secret_value(&cp, "sec-mount", "token"));
+    let first = secret_file("first", "first-secret");
+    let m = Mount::start_trusting(&sec_pod.address(7480), "sec", &token, &fp, &[&first]).await.unwrap();
+    std::fs::write(m.path.join("note"), b"sealed words").unwrap();
+    drop(m);
+
+    // Rekey: the Secret gets a new secret and the old one as previousSecret.
+    apply(&cp, "enc", &enc("secret: second-secret, previousSecret: first-secret"));
+    let started = Instant::now();
+    let (_, r, msg) = condition_of(&cp, "svol", "sec", "Rekeyed", Some("True"), Duration::from_secs(40)).await;
+    eprintln!("rekeyed {:?} after the Secret changed: {r}: {msg}", started.elapsed());
+    let key = |s: &str| fs_core::crypto::Secret::new(s.as_bytes().to_vec()).unwrap();
+    assert!(admin.secret_opens("sec", &key("second-secret")).await.unwrap());
+    assert!(!admin.secret_opens("sec", &key("first-secret")).await.unwrap());
+    let second = secret_file("second", "second-secret");
+    let m = Mount::start_trusting(&sec_pod.address(7480), "sec", &token, &fp, &[&second]).await.unwrap();
+    assert_eq!(std::fs::read(m.path.join("note")).unwrap(), b"sealed words");
+    drop(m);
+
+    // Rotated credentials reach the volume record, and a live mount uses them without a remount:
+    // a wrong key makes its next read of an uncached block fail, the right one again succeed.
+    let writer = Mount::start_trusting(&sec_pod.address(7480), "sec", &token, &fp, &[&second]).await.unwrap();
+    for f in ["one", "two"] {
+        std::fs::write(writer.path.join(f), vec![7u8; 300_000]).unwrap();
+    }
+    drop(writer);
+    let live =
+        Mount::start_trusting(&sec_pod.address(7480), "sec", &token, &fp, &[&second, "store_wait=2"]).await.unwrap();
+    let switched = |n: usize| {
+        let log = std::fs::read_to_string(live.log_path()).unwrap_or_default();
+        log.matches("block-store spec changed on the server").count() >= n
+    };
+    apply(&cp, "rotated", &secret("minio", &minio.access_key, "a-rotated-key"));
+    let started = Instant::now();
+    while !switched(1) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the live mount did not take the rotated spec");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!("a live mount took rotated credentials {:?} after the Secret changed", started.elapsed());
+    match admin.volume("sec").await.unwrap().unwrap().block_store {
+        fs_core::BackendSpec::S3 { secret_access_key, .. } => {
+            assert_eq!(secret_access_key.as_deref(), Some("a-rotated-key"), "the volume record")
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = std::fs::read(live.path.join("one")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "a read with the wrong key: {e}");
+    apply(&cp, "secret", &secret("minio", &minio.access_key, &minio.secret_key));
+    while !switched(2) {
+        assert!(started.elapsed() < Duration::from_secs(120), "the live mount did not take the restored spec");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(std::fs::read(live.path.join("two")).unwrap(), vec![7u8; 300_000], "after the right key is back");
+    drop(live);
+
+    // A lost database: the server comes back empty. The Volume says so and nothing is created.
+    condition_of(&cp, "svol", "lost", "Ready", Some("True"), Duration::from_secs(60)).await;
+    lost_pod.stop();
+    let uid = kubectl_ok(&cp, &["get", "pvc", "data-lost-meta-0", "-o", "jsonpath={.metadata.uid}"]);
+    std::fs::remove_dir_all(root.path().join("pvc").join(uid.trim())).unwrap();
+    std::fs::create_dir(root.path().join("pvc").join(uid.trim())).unwrap();
+    lost_pod.start().await.unwrap();
+    let (_, r, msg) = condition_of(&cp, "svol", "lost", "MetadataReady", Some("False"), Duration::from_secs(40)).await;
+    eprintln!("a lost database: {r}: {msg}");
+    assert!(r == "MetadataLost" && msg.contains("data-lost-meta-0"), "{r}: {msg}");
+    let mut admin =
+        AdminClient::connect(&lost_pod.address(7480), &trust("lost"), &secret_value(&cp, "lost-admin", "token"))
+            .await
+            .unwrap();
+    assert!(admin.volumes().await.unwrap().is_empty(), "the operator created a volume over the lost one");
+    assert_eq!(status(&cp, "lost")["phase"], "Degraded");
+}

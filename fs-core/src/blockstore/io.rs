@@ -41,7 +41,9 @@ pub fn zeros(out: &mut Vec<Bytes>, mut n: usize) {
 /// The block store of one volume, with the mount's L1 cache and its I/O limit.
 #[derive(Clone)]
 pub struct BlockIo {
-    pub store: Arc<dyn ObjectStore>,
+    /// The store's client: replaced when the volume's spec changes on the server (rotated
+    /// credentials); requests under way finish on the old one.
+    pub store: Arc<parking_lot::RwLock<Arc<dyn ObjectStore>>>,
     pub cache: Arc<BlockCache>,
     pub io: Arc<Semaphore>,
     /// Whole-block fetches a random reader's misses may have under way ([`BlockIo::prefetch`]).
@@ -58,6 +60,11 @@ pub struct BlockIo {
 }
 
 impl BlockIo {
+    /// The store's client now.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.read().clone()
+    }
+
     /// Where sealed bytes of object `object` at `index` belong, on an encrypted volume.
     fn seal_at(&self, object: u64, index: u32) -> Option<codec::SealAt<'_>> {
         self.keys.as_deref().map(|keys| codec::SealAt { keys, object, index })
@@ -245,7 +252,7 @@ impl BlockIo {
             }
             None => {
                 let payload: PutPayload = e.parts.iter().cloned().collect();
-                self.store.put(&key, payload).await.map_err(|e| failed(&e))?;
+                self.store().put(&key, payload).await.map_err(|e| failed(&e))?;
             }
         }
         if cache {
@@ -413,8 +420,8 @@ impl BlockIo {
             return got.map_err(|e| failed(&e));
         }
         let got = match range {
-            Some(r) => self.store.get_range(&key, r).await,
-            None => match self.store.get(&key).await {
+            Some(r) => self.store().get_range(&key, r).await,
+            None => match self.store().get(&key).await {
                 Ok(got) => got.bytes().await,
                 Err(e) => Err(e),
             },
@@ -456,7 +463,7 @@ mod tests {
 
     fn io() -> BlockIo {
         BlockIo {
-            store: Arc::new(InMemory::new()),
+            store: Arc::new(parking_lot::RwLock::new(Arc::new(InMemory::new()))),
             cache: Arc::new(BlockCache::new(1 << 20)),
             io: Arc::new(Semaphore::new(4)),
             prefetch: Arc::new(Semaphore::new(1)),
@@ -552,15 +559,15 @@ mod tests {
         let b =
             bio.upload(0, 1, codec::chunks(&data, len), len, pb::compression::Kind::None, None, false).await.unwrap();
         let key = layout::block_key("v", 1);
-        let mut obj = bio.store.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
+        let mut obj = bio.store().get(&key).await.unwrap().bytes().await.unwrap().to_vec();
         obj[codec::table_len(3) + 2 * codec::CHUNK_SIZE + 5] ^= 1;
-        bio.store.put(&key, obj.clone().into()).await.unwrap();
+        bio.store().put(&key, obj.clone().into()).await.unwrap();
         assert_eq!(concat(bio.range(&b, 0, 100).await.unwrap()), data[..100], "chunk 0 is intact");
         assert_eq!(bio.range(&b, 2 * codec::CHUNK_SIZE, 100).await.unwrap_err(), libc::EIO);
         assert_eq!(bio.whole(&b).await.unwrap_err(), libc::EIO, "a whole fetch checks every chunk");
         // The table changed: nothing of the block is trusted.
         obj[3] ^= 1;
-        bio.store.put(&layout::block_key("v", 2), obj.into()).await.unwrap();
+        bio.store().put(&layout::block_key("v", 2), obj.into()).await.unwrap();
         let b2 = pb::BlockRef { id: 2, ..b.clone() };
         assert_eq!(bio.range(&b2, 0, 100).await.unwrap_err(), libc::EIO);
         // A block of the first format (one piece, chunk_size 0) is read whole and checked.
@@ -573,7 +580,7 @@ mod tests {
             compression: pb::compression::Kind::Lz4 as i32,
             ..Default::default()
         };
-        bio.store.put(&layout::block_key("v", 3), stored.into()).await.unwrap();
+        bio.store().put(&layout::block_key("v", 3), stored.into()).await.unwrap();
         assert_eq!(concat(bio.range(&old, 1000, 70_000).await.unwrap()), data[1000..71_000]);
     }
 
@@ -587,7 +594,7 @@ mod tests {
         let b =
             bio.upload(0, 1, codec::chunks(&data, len), len, pb::compression::Kind::None, None, false).await.unwrap();
         // The object as a sequential reader leaves it in L2: whole.
-        let obj = bio.store.get(&layout::block_key("v", 1)).await.unwrap().bytes().await.unwrap();
+        let obj = bio.store().get(&layout::block_key("v", 1)).await.unwrap().bytes().await.unwrap();
         l2.insert(1, None, &obj);
         let fresh = || BlockIo { cache: Arc::new(BlockCache::new(1 << 20)), ..bio.clone() };
         let at = 4 * codec::CHUNK_SIZE + 9;

@@ -21,6 +21,8 @@ pub struct Session {
     volume: String,
     token: String,
     client: String,
+    /// The volume's block-store spec as the server last said it (heartbeats carry it).
+    backend: tokio::sync::watch::Sender<String>,
 }
 
 impl Session {
@@ -70,7 +72,10 @@ impl Session {
             })
             .await?
             .into_inner();
+        let backend =
+            tokio::sync::watch::Sender::new(reply.volume.as_ref().map(|v| v.backend_json.clone()).unwrap_or_default());
         Ok(Arc::new(Session {
+            backend,
             rpc,
             id: RwLock::new(reply.session.clone()),
             // Numbers only grow, across the processes that hold one session in turn (a handover):
@@ -126,6 +131,12 @@ impl Session {
         Ok(reply.resumed)
     }
 
+    /// The volume's block-store spec (JSON), changing when an admin changes it on the server
+    /// (rotated credentials); seen at the next heartbeat.
+    pub fn backend_spec(&self) -> tokio::sync::watch::Receiver<String> {
+        self.backend.subscribe()
+    }
+
     /// Keeps the session alive: a heartbeat every third of the lease, resuming after errors.
     pub fn spawn_heartbeat(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = Arc::downgrade(self);
@@ -136,7 +147,16 @@ impl Session {
                 let Some(s) = me.upgrade() else { return };
                 let ctx = s.root();
                 match s.rpc.clone().heartbeat(ctx).await {
-                    Ok(_) => {}
+                    Ok(r) => {
+                        let spec = r.into_inner().backend_json;
+                        if !spec.is_empty() {
+                            s.backend.send_if_modified(|b| {
+                                let changed = *b != spec;
+                                *b = spec;
+                                changed
+                            });
+                        }
+                    }
                     Err(st) if st.code() == tonic::Code::Unauthenticated => match s.resume().await {
                         Ok(resumed) => {
                             tracing::warn!(resumed, "the metadata server had lost this session; reopened it")

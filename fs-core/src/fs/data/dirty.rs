@@ -356,7 +356,7 @@ mod tests {
 
     fn io() -> BlockIo {
         BlockIo {
-            store: Arc::new(object_store::memory::InMemory::new()),
+            store: Arc::new(parking_lot::RwLock::new(Arc::new(object_store::memory::InMemory::new()))),
             cache: Arc::new(BlockCache::new(64 << 20)),
             io: Arc::new(Semaphore::new(4)),
             prefetch: Arc::new(Semaphore::new(1)),

@@ -29,8 +29,10 @@ pub mod state;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
+use object_store::ObjectStore;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::blockstore::cache::BlockCache;
@@ -65,6 +67,36 @@ pub struct DataPath {
     pub attrs: RecentAttrs,
 }
 
+/// Switches the mount to the volume's block-store spec whenever the server's changes (an admin
+/// rotated its credentials): new requests use the new client, without a remount. Ends with the
+/// session.
+fn follow_spec(session: &Arc<Session>, store: &Arc<parking_lot::RwLock<Arc<dyn ObjectStore>>>, wait: Duration) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    let mut changes = session.backend_spec();
+    changes.mark_unchanged();
+    let store = Arc::downgrade(store);
+    rt.spawn(async move {
+        while changes.changed().await.is_ok() {
+            let Some(store) = store.upgrade() else { return };
+            let json = changes.borrow_and_update().clone();
+            let opened = serde_json::from_str::<BackendSpec>(&json)
+                .map_err(|e| e.to_string())
+                .and_then(|spec| open_backend_with(&spec, &Tuning::waiting(wait)).map_err(|e| e.to_string()));
+            match opened {
+                Ok(new) => {
+                    *store.write() = new;
+                    tracing::info!(
+                        "the volume's block-store spec changed on the server (rotated credentials): using it now"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the volume's new block-store spec cannot be used; keeping the old one")
+                }
+            }
+        }
+    });
+}
+
 impl DataPath {
     /// The data path of `volume`, whose blocks live in the store `spec` describes.
     pub fn new(
@@ -86,10 +118,13 @@ impl DataPath {
             }
             (None, _) => None,
         };
+        let store = open_backend_with(spec, &Tuning::waiting(cfg.store_wait)).map_err(|e| e.to_string())?;
+        let store = Arc::new(parking_lot::RwLock::new(store));
+        follow_spec(&session, &store, cfg.store_wait);
         Ok(DataPath {
             session,
             blocks: BlockIo {
-                store: open_backend_with(spec, &Tuning::waiting(cfg.store_wait)).map_err(|e| e.to_string())?,
+                store,
                 cache: Arc::new(BlockCache::new(cfg.cache_bytes)),
                 io: Arc::new(Semaphore::new(cfg.io_concurrency.max(1))),
                 prefetch: Arc::new(Semaphore::new(cfg.prefetch_blocks)),

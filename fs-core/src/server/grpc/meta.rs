@@ -12,8 +12,9 @@ impl pb::meta_server::Meta for MetaService {
 
     async fn heartbeat(&self, req: Request<pb::Context>) -> R<pb::HeartbeatReply> {
         self.call("heartbeat", async {
-            self.srv.session(Some(req.get_ref()))?;
-            Ok(pb::HeartbeatReply { lease_ms: self.srv.cfg.lease.as_millis() as u32 })
+            let (s, _) = self.srv.session(Some(req.get_ref()))?;
+            let backend_json = s.volume.info().backend_json;
+            Ok(pb::HeartbeatReply { lease_ms: self.srv.cfg.lease.as_millis() as u32, backend_json })
         })
         .await
     }
