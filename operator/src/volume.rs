@@ -27,7 +27,7 @@ use fs_core::crypto::Secret as EncryptionSecret;
 use fs_core::{AdminClient, BackendSpec, ClientTrust};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -79,6 +79,7 @@ enum Reached {
 async fn apply_volume(vol: Arc<Volume>, ctx: &Ctx) -> Result<Action, Error> {
     let ns = vol.namespace().unwrap_or_default();
     let ca = children_of(&vol, ctx).await?;
+    let resized = grow_database(&vol, ctx).await?;
 
     let stores: Api<BlockStore> = Api::namespaced(ctx.client.clone(), &ns);
     let store = stores.get_opt(&vol.spec.block_store).await?;
@@ -140,6 +141,9 @@ async fn apply_volume(vol: Arc<Volume>, ctx: &Ctx) -> Result<Action, Error> {
             }
         }
     }
+    if let Some((ok, reason, message)) = &resized {
+        conditions.push(condition(&old.conditions, "StorageResized", *ok, reason, message, generation));
+    }
     status.phase = Some(match (ready, &status.volume_id) {
         (true, _) => Phase::Ready,
         (false, Some(_)) => Phase::Degraded,
@@ -197,9 +201,45 @@ async fn children_of(vol: &Volume, ctx: &Ctx) -> Result<certs::Ca, Error> {
         apply(&secrets, owned_secret(vol, children::admin_secret(vol), [("token", random_token())])).await?;
     }
     apply(&Api::<Service>::namespaced(ctx.client.clone(), &ns), children::meta_service(vol)).await?;
-    apply(&Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns), children::meta_statefulset(vol, &ctx.image))
-        .await?;
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut set = children::meta_statefulset(vol, &ctx.image);
+    if let Some(made) = sets.get_opt(&children::meta_name(vol)).await?
+        && let (Some(want), Some(made)) = (set.spec.as_mut(), made.spec)
+    {
+        // A StatefulSet's volumeClaimTemplates never change: it keeps the ones it was made with,
+        // and a larger size goes to the PVC itself (grow_database).
+        want.volume_claim_templates = made.volume_claim_templates;
+    }
+    apply(&sets, set).await?;
     Ok(ca)
+}
+
+/// `spec.metadataServer.storage.size` grown: the database's PVC is asked for it (the schema
+/// refuses a smaller size). A condition `StorageResized` says whether the apiserver took it; none
+/// while the PVC already asks for the size.
+async fn grow_database(vol: &Volume, ctx: &Ctx) -> Result<Option<(bool, &'static str, String)>, Error> {
+    let ns = vol.namespace().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = format!("data-{}-0", children::meta_name(vol));
+    let Some(pvc) = claims.get_opt(&name).await? else { return Ok(None) };
+    let want = &vol.spec.metadata_server.storage.size.0;
+    let has = pvc.spec.and_then(|s| s.resources?.requests?.get("storage").map(|q| q.0.clone())).unwrap_or_default();
+    let bytes = |q: &str| stratusfs_api::volume::quantity_bytes(q).unwrap_or(0);
+    if bytes(want) <= bytes(&has) {
+        return Ok(None);
+    }
+    let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": want}}}});
+    Ok(Some(match claims.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => {
+            let note = format!("the metadata PVC {name} was asked to grow from {has} to {want}");
+            ctx.event(vol, true, "StorageResized", &note).await;
+            (true, "Requested", note)
+        }
+        Err(kube::Error::Api(e)) => {
+            (false, "ResizeRefused", format!("growing the metadata PVC {name} from {has} to {want}: {}", e.message))
+        }
+        Err(e) => return Err(e.into()),
+    }))
 }
 
 /// A Secret of the Volume's, owned by it.

@@ -329,4 +329,18 @@ async fn volumes_follow_their_secrets_and_never_build_over_a_lost_database() {
             .unwrap();
     assert!(admin.volumes().await.unwrap().is_empty(), "the operator created a volume over the lost one");
     assert_eq!(status(&cp, "lost")["phase"], "Degraded");
+
+    // Growing the database's storage: the StatefulSet keeps its claim template (immutable) and the
+    // PVC itself is asked; this apiserver refuses it for a claim no volume is bound to, and the
+    // condition says so.
+    let grow = r#"{"spec":{"metadataServer":{"storage":{"size":"20Gi"}}}}"#;
+    kubectl_ok(&cp, &["patch", "svol", "lost", "--type=merge", "-p", grow]);
+    let (s, r, m) = condition_of(&cp, "svol", "lost", "StorageResized", None, Duration::from_secs(30)).await;
+    eprintln!("growing the metadata storage: StorageResized={s} {r}: {m}");
+    assert!(s == "False" && r == "ResizeRefused" && m.contains("data-lost-meta-0") && m.contains("20Gi"), "{m}");
+    let template = kubectl_ok(
+        &cp,
+        &["get", "sts", "lost-meta", "-o", "jsonpath={.spec.volumeClaimTemplates[0].spec.resources.requests.storage}"],
+    );
+    assert_eq!(template, "10Gi");
 }
