@@ -57,6 +57,8 @@ pub struct Ctx {
     /// Where to dial a Service's `HOST:PORT` instead (`--service-address`); TLS is still verified
     /// for the Service's name.
     pub service_addresses: std::collections::BTreeMap<String, String>,
+    /// Each Volume's admin client, kept while its server answers.
+    pub admins: parking_lot::Mutex<std::collections::HashMap<ObjectRef<Volume>, fs_core::AdminClient>>,
 }
 
 impl Ctx {
@@ -206,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
         namespace: lease_ns.clone(),
         image,
         service_addresses: args.service_addresses.into_iter().collect(),
+        admins: Default::default(),
     });
     let controller = Controller::new(scoped::<BlockStore>(&client, &args.namespace), watcher::Config::default());
     let cache = controller.store();
@@ -221,7 +224,11 @@ async fn main() -> anyhow::Result<()> {
     let volumes = Controller::new(scoped::<Volume>(&client, ns), watcher::Config::default());
     let volume_cache = volumes.store();
     let (secret_stores, secret_volumes) = (cache.clone(), volume_cache.clone());
+    let (trigger, triggered) = futures::channel::mpsc::unbounded();
+    tokio::spawn(volume::refresh(ctx.clone(), volume_cache.clone(), trigger));
     let volume_run = volumes
+        // A server whose usage changed or that stopped answering (volume::refresh).
+        .reconcile_on(triggered)
         // A BlockStore that changes (turns Ready, its credentials): every Volume on it.
         .watches(scoped::<BlockStore>(&client, ns), watcher::Config::default(), move |bs: BlockStore| {
             let (ns, name) = (bs.namespace(), bs.name_any());

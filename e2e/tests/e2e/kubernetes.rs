@@ -51,7 +51,7 @@ pub(crate) fn install_crds(cp: &ControlPlane) {
         &[
             "wait",
             "--for=condition=Established",
-            "--timeout=60s",
+            "--timeout=180s",
             "crd/volumes.stratusfs.io",
             "crd/blockstores.stratusfs.io",
         ],
@@ -86,7 +86,7 @@ pub(crate) fn helm_install(cp: &ControlPlane) -> String {
         &[
             "wait",
             "--for=condition=Established",
-            "--timeout=60s",
+            "--timeout=180s",
             "crd/volumes.stratusfs.io",
             "crd/blockstores.stratusfs.io",
         ],
