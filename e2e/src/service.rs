@@ -15,11 +15,20 @@ use nix::unistd::Pid;
 use crate::{HarnessError, Result};
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; the listener is closed before returning, so a
-/// service started right after can bind it).
+/// service started right after can bind it). Never one this process was given before: a port
+/// handed out for a service not started yet is not handed out again.
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(HarnessError::io("binding 127.0.0.1:0"))?;
-    let port = l.local_addr().map_err(HarnessError::io("reading a bound address"))?.port();
-    Ok(port)
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..1000 {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(HarnessError::io("binding 127.0.0.1:0"))?;
+        let port = l.local_addr().map_err(HarnessError::io("reading a bound address"))?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err(HarnessError::setup("finding a free port", "1000 tries gave only ports handed out before"))
 }
 
 /// A running child process. Dropping it kills its whole process group (the program and anything

@@ -46,6 +46,11 @@ pub(crate) fn apply_ok(cp: &ControlPlane, name: &str, yaml: &str) {
 pub(crate) fn install_crds(cp: &ControlPlane) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
     kubectl_ok(cp, &["apply", "--server-side", "-f", dir.to_str().unwrap()]);
+    crds_established(cp);
+}
+
+/// Waits until the stratusfs CRDs are established.
+fn crds_established(cp: &ControlPlane) {
     kubectl_ok(
         cp,
         &[
@@ -81,16 +86,7 @@ pub(crate) fn helm(cp: &ControlPlane, args: &[&str]) -> (bool, String) {
 pub(crate) fn helm_install(cp: &ControlPlane) -> String {
     let (ok, text) = helm(cp, &["install", "rel", &chart_dir(), "-n", CHART_NS, "--create-namespace"]);
     assert!(ok, "helm install: {text}");
-    kubectl_ok(
-        cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=180s",
-            "crd/volumes.stratusfs.io",
-            "crd/blockstores.stratusfs.io",
-        ],
-    );
+    crds_established(cp);
     text
 }
 

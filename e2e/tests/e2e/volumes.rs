@@ -344,3 +344,108 @@ async fn volumes_follow_their_secrets_and_never_build_over_a_lost_database() {
     );
     assert_eq!(template, "10Gi");
 }
+
+/// `(utime + stime)` seconds and resident KiB of process `pid`.
+fn cpu_and_rss(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap();
+    (ticks / hz, rss.parse().unwrap())
+}
+
+/// Requests the apiserver has served so far (the sum of `apiserver_request_total`).
+fn apiserver_requests(cp: &ControlPlane) -> f64 {
+    kubectl_ok(cp, &["get", "--raw", "/metrics"])
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// The benchmark of [7]: apply N Volumes (`STRATUSFS_BENCH_VOLUMES`, default 100) with a
+/// metadata server run for each; print the time until all are Ready, the operator's memory and
+/// CPU, and the apiserver's requests per minute once settled, beside a minute with the operator
+/// stopped (the rest of the control plane's own) and a minute before any Volume existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: the operator with 100 Volumes (a benchmark)"]
+async fn bench_a_hundred_volumes() {
+    e2e::init();
+    let n: usize = std::env::var("STRATUSFS_BENCH_VOLUMES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let (cp, minio) = (ControlPlane::start().await.unwrap(), Minio::start().await.unwrap());
+    helm_install(&cp);
+    apply(&cp, "secret", &secret("minio", &minio.access_key, &minio.secret_key));
+    apply(&cp, "store", &block_store("store", &minio.bucket, &minio.endpoint, "minio"));
+    let minute = Duration::from_secs(60);
+    let before = apiserver_requests(&cp);
+    tokio::time::sleep(minute).await;
+    let baseline = apiserver_requests(&cp) - before;
+
+    let root = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..n).map(|_| free_port().unwrap()).collect();
+    let maps: Vec<String> =
+        (0..n).map(|i| format!("--service-address=v{i}-meta.default.svc:7480=127.0.0.1:{}", ports[i])).collect();
+    let maps: Vec<&str> = maps.iter().map(String::as_str).collect();
+    let operator = chart_operator(&cp, root.path(), &maps).await;
+    let pid = operator.service().unwrap().pid();
+    let yaml: String = (0..n).map(|i| format!("---\n{}", volume(&format!("v{i}"), ""))).collect();
+    let started = Instant::now();
+    apply(&cp, "volumes", &yaml);
+    let mut pods = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        pods.push(stand_in(&cp, root.path(), &format!("v{i}"), *port).await);
+    }
+    let servers_up = started.elapsed();
+    loop {
+        let list: serde_json::Value = serde_json::from_str(&kubectl_ok(&cp, &["get", "svol", "-o", "json"])).unwrap();
+        let ready = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| {
+                v["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            })
+            .count();
+        if ready == n {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(900), "{ready} of {n} Ready after 15 minutes");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let all_ready = started.elapsed();
+    let (cpu_ready, rss_ready) = cpu_and_rss(pid);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let (cpu0, _) = cpu_and_rss(pid);
+    let before = apiserver_requests(&cp);
+    tokio::time::sleep(minute).await;
+    let settled = apiserver_requests(&cp) - before;
+    let (cpu1, rss_settled) = cpu_and_rss(pid);
+    // The same minute with the operator stopped (SIGSTOP): what the rest of the control plane
+    // asks on its own with these objects (kube-controller-manager re-checking the unbound PVCs).
+    let stop = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+    stop(nix::sys::signal::Signal::SIGSTOP);
+    let before = apiserver_requests(&cp);
+    tokio::time::sleep(minute).await;
+    let without = apiserver_requests(&cp) - before;
+    stop(nix::sys::signal::Signal::SIGCONT);
+    println!(
+        "{n} Volumes: all Ready {:.1} s after the apply (their metadata servers all started after {:.1} s, one at a time by the runner)",
+        all_ready.as_secs_f64(),
+        servers_up.as_secs_f64()
+    );
+    println!(
+        "operator: {:.1} s CPU and {} MiB resident when all were Ready; settled: {:.2} s CPU per minute, {} MiB",
+        cpu_ready,
+        rss_ready / 1024,
+        cpu1 - cpu0,
+        rss_settled / 1024
+    );
+    println!(
+        "apiserver requests per minute, settled: {settled:.0}; the same minute with the operator stopped: {without:.0} (so the operator's: {:.0}); before any Volume existed: {baseline:.0}",
+        settled - without
+    );
+}

@@ -328,16 +328,7 @@ impl AdminClient {
         old: &crate::crypto::Secret,
         new: &crate::crypto::Secret,
     ) -> Result<Volume, ClientError> {
-        let volumes = self.rpc.list_volumes(pb::Empty {}).await?.into_inner().volumes;
-        let v = volumes
-            .into_iter()
-            .find(|v| v.name == name)
-            .ok_or_else(|| ClientError::Meta(MetaError::fs(libc::ENOENT, format!("no volume named {name:?}"))))?;
-        let Some(env) = v.encryption else {
-            return Err(ClientError::BadInput(format!(
-                "volume {name:?} is not encrypted: there is no secret to change"
-            )));
-        };
+        let (_, env) = self.envelope(name, "there is no secret to change").await?;
         let (old, new) = (old.clone(), new.clone());
         let env = tokio::task::spawn_blocking(move || crate::crypto::rewrap(&env, old.expose(), new.expose(), None))
             .await
@@ -350,18 +341,24 @@ impl AdminClient {
     /// Whether `secret` opens encrypted volume `name`'s key (an operator asks before rewrapping,
     /// so a rekey already done is not done again).
     pub async fn secret_opens(&mut self, name: &str, secret: &crate::crypto::Secret) -> Result<bool, ClientError> {
+        let (uuid, env) = self.envelope(name, "no secret opens it").await?;
+        let secret = secret.clone();
+        tokio::task::spawn_blocking(move || crate::crypto::VolumeKeys::open(&env, secret.expose(), &uuid).is_ok())
+            .await
+            .map_err(|e| ClientError::BadInput(format!("opening the volume's key: {e}")))
+    }
+
+    /// Encrypted volume `name`'s uuid and key envelope; `open`: what an open volume's error says.
+    async fn envelope(&mut self, name: &str, open: &str) -> Result<(String, pb::EncryptionEnvelope), ClientError> {
         let volumes = self.rpc.list_volumes(pb::Empty {}).await?.into_inner().volumes;
         let v = volumes
             .into_iter()
             .find(|v| v.name == name)
             .ok_or_else(|| ClientError::Meta(MetaError::fs(libc::ENOENT, format!("no volume named {name:?}"))))?;
-        let Some(env) = v.encryption else {
-            return Err(ClientError::BadInput(format!("volume {name:?} is not encrypted: no secret opens it")));
-        };
-        let secret = secret.clone();
-        tokio::task::spawn_blocking(move || crate::crypto::VolumeKeys::open(&env, secret.expose(), &v.uuid).is_ok())
-            .await
-            .map_err(|e| ClientError::BadInput(format!("opening the volume's key: {e}")))
+        match v.encryption {
+            Some(env) => Ok((v.uuid, env)),
+            None => Err(ClientError::BadInput(format!("volume {name:?} is not encrypted: {open}"))),
+        }
     }
 
     pub async fn volumes(&mut self) -> Result<Vec<Volume>, ClientError> {
