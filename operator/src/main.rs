@@ -57,6 +57,8 @@ pub struct Ctx {
     /// Where to dial a Service's `HOST:PORT` instead (`--service-address`); TLS is still verified
     /// for the Service's name.
     pub service_addresses: std::collections::BTreeMap<String, String>,
+    /// Failures in a row per object (the error policy's backoff).
+    pub failures: parking_lot::Mutex<std::collections::HashMap<String, u32>>,
     /// Each Volume's admin client, kept while its server answers.
     pub admins: parking_lot::Mutex<std::collections::HashMap<ObjectRef<Volume>, fs_core::AdminClient>>,
 }
@@ -109,12 +111,33 @@ where
     }
 }
 
-/// Logs a controller's reconcile error (the error policy has said what happens next).
-fn report<T, E: std::fmt::Display>(r: Result<T, E>) -> futures::future::Ready<()> {
-    if let Err(e) = r {
-        tracing::debug!(error = %e, "reconcile");
+/// What a controller's reconcile ended with: a success ends the object's run of failures (its
+/// backoff starts again from the shortest wait); an error was logged by the error policy.
+fn reported<K, E: std::fmt::Display>(
+    ctx: Arc<Ctx>,
+) -> impl FnMut(Result<(ObjectRef<K>, Action), E>) -> futures::future::Ready<()>
+where
+    K: Resource<DynamicType = ()>,
+{
+    move |r| {
+        match r {
+            Ok((o, _)) => {
+                ctx.failures.lock().remove(&failure_key::<K>(o.namespace.as_deref(), &o.name));
+            }
+            Err(e) => tracing::debug!(error = %e, "reconcile"),
+        }
+        futures::future::ready(())
     }
-    futures::future::ready(())
+}
+
+/// The key of an object's run of failures.
+fn failure_key<K: Resource<DynamicType = ()>>(ns: Option<&str>, name: &str) -> String {
+    format!("{}/{}/{name}", K::kind(&()), ns.unwrap_or_default())
+}
+
+/// How long to wait after the `n`th failure in a row: 5 s, doubling, at most 5 minutes.
+fn backoff(n: u32) -> Duration {
+    Duration::from_secs(5u64 << n.saturating_sub(1).min(6)).min(Duration::from_secs(300))
 }
 
 /// A condition of `type_` with this status, reason and message; its transition time is kept from
@@ -173,8 +196,15 @@ fn parse_mapping(s: &str) -> Result<(String, String), String> {
 
 fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, e: &Error, ctx: Arc<Ctx>) -> Action {
     ctx.count::<K>("error");
-    tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), error = %e, "reconcile failed; trying again in 10 s");
-    Action::requeue(Duration::from_secs(10))
+    let n = {
+        let mut failures = ctx.failures.lock();
+        let n = failures.entry(failure_key::<K>(obj.namespace().as_deref(), &obj.name_any())).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let wait = backoff(n);
+    tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), error = %e, failures = n, "reconcile failed; trying again in {wait:?}");
+    Action::requeue(wait)
 }
 
 #[tokio::main]
@@ -209,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
         image,
         service_addresses: args.service_addresses.into_iter().collect(),
         admins: Default::default(),
+        failures: Default::default(),
     });
     let controller = Controller::new(scoped::<BlockStore>(&client, &args.namespace), watcher::Config::default());
     let cache = controller.store();
@@ -267,7 +298,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .shutdown_on_signal()
         .run(volume::reconcile, error_policy, ctx.clone())
-        .for_each(report);
+        .for_each(reported::<Volume, _>(ctx.clone()));
     let blockstore_run = controller
         // A Volume that comes or goes: its BlockStore (a deletion held for it may go on).
         .watches(scoped::<Volume>(&client, ns), watcher::Config::default(), |v: Volume| {
@@ -284,8 +315,8 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
         })
         .shutdown_on_signal()
-        .run(blockstore::reconcile, error_policy, ctx)
-        .for_each(report);
+        .run(blockstore::reconcile, error_policy, ctx.clone())
+        .for_each(reported::<BlockStore, _>(ctx));
     tokio::select! {
         _ = futures::future::join(blockstore_run, volume_run) => {
             leader.release().await;
@@ -317,4 +348,15 @@ fn names_secret(bs: &BlockStore, name: &str) -> bool {
     .into_iter()
     .flatten()
     .any(|r| r.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_from_5_seconds_to_5_minutes() {
+        let waits: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
 }

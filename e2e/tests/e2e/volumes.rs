@@ -277,6 +277,25 @@ async fn volumes_follow_their_secrets_and_never_build_over_a_lost_database() {
     assert_eq!(std::fs::read(m.path.join("note")).unwrap(), b"sealed words");
     drop(m);
 
+    // The server certificate is issued again once its renewal time has come (set in the past here).
+    let cert = secret_value(&cp, "sec-meta-tls", "tls.crt");
+    kubectl_ok(
+        &cp,
+        &["annotate", "secret", "sec-meta-tls", "stratusfs.io/renew-after=2020-01-01T00:00:00Z", "--overwrite"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while secret_value(&cp, "sec-meta-tls", "tls.crt") == cert {
+        assert!(Instant::now() < deadline, "the certificate was not issued again within 30 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let after = kubectl_ok(
+        &cp,
+        &["get", "secret", "sec-meta-tls", "-o", "jsonpath={.metadata.annotations.stratusfs\\.io/renew-after}"],
+    );
+    assert!(after.as_str() > "2027", "the next renewal is in the future: {after}");
+    let events = kubectl_ok(&cp, &["get", "events", "--field-selector", "involvedObject.name=sec", "-o", "json"]);
+    assert!(events.contains("CertificateRenewed"), "{events}");
+
     // Rotated credentials reach the volume record, and a live mount uses them without a remount:
     // a wrong key makes its next read of an uncached block fail, the right one again succeed.
     let writer = Mount::start_trusting(&sec_pod.address(7480), "sec", &token, &fp, &[&second]).await.unwrap();
