@@ -28,6 +28,11 @@ pub fn operator_binary() -> Result<PathBuf> {
     program("stratusfs-operator", "STRATUSFS_OPERATOR_BIN", "stratusfs-operator")
 }
 
+/// The `stratusfs-csi` program of this build (`$STRATUSFS_CSI_BIN` overrides).
+pub fn csi_binary() -> Result<PathBuf> {
+    program("stratusfs-csi", "STRATUSFS_CSI_BIN", "stratusfs-csi")
+}
+
 /// Program `name` built beside the running test, or the path in `$var`.
 fn program(name: &str, var: &str, package: &str) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(var) {

@@ -41,6 +41,7 @@ macro_rules! on_each_backend {
 mod block_store_url;
 mod chart;
 mod crds;
+mod csi;
 mod encryption;
 mod fuse_delegations;
 mod fuse_failures;
