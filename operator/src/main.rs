@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::core::NamespaceResourceScope;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -57,6 +58,9 @@ pub struct Ctx {
     /// Where to dial a Service's `HOST:PORT` instead (`--service-address`); TLS is still verified
     /// for the Service's name.
     pub service_addresses: std::collections::BTreeMap<String, String>,
+    /// Each BlockStore's last check: the spec it checked (credentials included, hashed), when,
+    /// and what it found; a reconcile within a minute of it for the same spec reuses it.
+    pub checks: parking_lot::Mutex<std::collections::HashMap<String, (u64, std::time::Instant, blockstore::Checked)>>,
     /// Failures in a row per object (the error policy's backoff).
     pub failures: parking_lot::Mutex<std::collections::HashMap<String, u32>>,
     /// Each Volume's admin client, kept while its server answers.
@@ -240,6 +244,7 @@ async fn main() -> anyhow::Result<()> {
         service_addresses: args.service_addresses.into_iter().collect(),
         admins: Default::default(),
         failures: Default::default(),
+        checks: Default::default(),
     });
     let controller = Controller::new(scoped::<BlockStore>(&client, &args.namespace), watcher::Config::default());
     let cache = controller.store();
@@ -252,8 +257,16 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(lease = leader::LEASE, namespace = %lease_ns, "leading: reconciling");
     metrics.leader.set(1);
     let ns = &args.namespace;
-    let volumes = Controller::new(scoped::<Volume>(&client, ns), watcher::Config::default());
-    let volume_cache = volumes.store();
+    // Volumes trigger a reconcile when their spec, finalizers or deletion change, not when the
+    // operator writes their status (a busy volume's usage would otherwise loop reconciles); the
+    // cache still sees every change.
+    let (volume_cache, volume_writer) = kube::runtime::reflector::store();
+    let changed = watcher(scoped::<Volume>(&client, ns), watcher::Config::default())
+        .default_backoff()
+        .reflect(volume_writer)
+        .applied_objects()
+        .predicate_filter(spec_or_lifecycle, Default::default());
+    let volumes = Controller::for_stream(changed, volume_cache.clone());
     let (secret_stores, secret_volumes) = (cache.clone(), volume_cache.clone());
     let (trigger, triggered) = futures::channel::mpsc::unbounded();
     tokio::spawn(volume::refresh(ctx.clone(), volume_cache.clone(), trigger));
@@ -325,6 +338,16 @@ async fn main() -> anyhow::Result<()> {
         }
         _ = leader.keep() => anyhow::bail!("lost the lease: exiting, so that only one replica reconciles"),
     }
+}
+
+/// What makes a Volume worth reconciling: its spec (generation), its finalizers and its deletion.
+fn spec_or_lifecycle(v: &Volume) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.meta().generation.hash(&mut h);
+    v.meta().finalizers.hash(&mut h);
+    v.meta().deletion_timestamp.as_ref().map(|t| t.0.to_string()).hash(&mut h);
+    Some(h.finish())
 }
 
 /// SIGINT or SIGTERM.

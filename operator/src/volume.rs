@@ -98,7 +98,7 @@ async fn apply_volume(vol: Arc<Volume>, ctx: &Ctx) -> Result<Action, Error> {
         Some(bs) => backend_spec(&ctx.client, &ns, &bs.spec).await.map_err(|c| c.message),
         None => Err(bs_message.clone()),
     };
-    let reached = on_server(&vol, ctx, &ca.cert_pem, backend).await;
+    let (reached, known_uuid) = on_server(&vol, ctx, &ca.cert_pem, backend).await;
 
     let old = vol.status.clone().unwrap_or_default();
     let generation = vol.meta().generation;
@@ -125,6 +125,9 @@ async fn apply_volume(vol: Arc<Volume>, ctx: &Ctx) -> Result<Action, Error> {
         conditions: Vec::new(),
         ..old.clone()
     };
+    if known_uuid.is_some() {
+        status.volume_id = known_uuid;
+    }
     match reached {
         Reached::Serving { uuid, usage, sessions, rekey } => {
             status.volume_id = Some(uuid);
@@ -141,8 +144,12 @@ async fn apply_volume(vol: Arc<Volume>, ctx: &Ctx) -> Result<Action, Error> {
             }
         }
     }
-    if let Some((ok, reason, message)) = &resized {
-        conditions.push(condition(&old.conditions, "StorageResized", *ok, reason, message, generation));
+    match &resized {
+        Some((ok, reason, message)) => {
+            conditions.push(condition(&old.conditions, "StorageResized", *ok, reason, message, generation))
+        }
+        // Kept: the last resize's outcome stays visible.
+        None => conditions.extend(old.conditions.iter().find(|c| c.type_ == "StorageResized").cloned()),
     }
     status.phase = Some(match (ready, &status.volume_id) {
         (true, _) => Phase::Ready,
@@ -230,8 +237,11 @@ async fn grow_database(vol: &Volume, ctx: &Ctx) -> Result<Option<(bool, &'static
     if bytes(want) <= bytes(&has) {
         return Ok(None);
     }
-    let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": want}}}});
-    Ok(Some(match claims.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    let patch = serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+        "spec": {"resources": {"requests": {"storage": want}}}
+    });
+    Ok(Some(match claims.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
         Ok(_) => {
             let note = format!("the metadata PVC {name} was asked to grow from {has} to {want}");
             ctx.event(vol, true, "StorageResized", &note).await;
@@ -297,27 +307,50 @@ async fn admin_client(vol: &Volume, ctx: &Ctx, ca_pem: &str) -> Result<(AdminCli
 /// Everything done through the metadata server's admin calls.
 /// The client that succeeded is kept for the next reconcile and for [`refresh`]; a kept one that
 /// fails is dropped and a new connection tried once.
-async fn on_server(vol: &Volume, ctx: &Ctx, ca_pem: &str, backend: Result<BackendSpec, String>) -> Reached {
+/// Also returns the volume's uuid when the server has it (written to the status even when a later
+/// step failed, so a lost database is still recognised and a deletion still finds the blocks).
+async fn on_server(
+    vol: &Volume,
+    ctx: &Ctx,
+    ca_pem: &str,
+    backend: Result<BackendSpec, String>,
+) -> (Reached, Option<String>) {
     let key = ObjectRef::from_obj(vol);
+    let mut uuid = None;
     for _ in 0..2 {
         let (mut admin, kept) = match admin_client(vol, ctx, ca_pem).await {
             Ok(c) => c,
-            Err(r) => return r,
+            Err(r) => return (r, uuid),
         };
-        match on_server_inner(vol, ctx, &mut admin, ca_pem, backend.clone()).await {
+        match on_server_inner(vol, ctx, &mut admin, ca_pem, backend.clone(), &mut uuid).await {
             Ok(r) => {
                 ctx.admins.lock().insert(key, admin);
-                return r;
+                return (r, uuid);
             }
             Err(r) => {
                 ctx.admins.lock().remove(&key);
                 if !kept {
-                    return r;
+                    return (r, uuid);
                 }
             }
         }
     }
     unreachable!("the second round uses a new connection and returns")
+}
+
+/// Whether two block-store specs name the same place (backend, bucket or container, prefix,
+/// endpoint, account): they may differ only in credentials.
+fn same_place(a: &BackendSpec, b: &BackendSpec) -> bool {
+    let place = |s: &BackendSpec| {
+        let mut v = serde_json::to_value(s).unwrap_or_default();
+        if let Some(m) = v.as_object_mut() {
+            for k in ["access_key_id", "secret_access_key", "session_token", "service_account_key", "access_key"] {
+                m.remove(k);
+            }
+        }
+        v
+    };
+    place(a) == place(b)
 }
 
 /// Every [`REFRESH`]: each Volume's usage and sessions read through its kept admin client; a
@@ -353,6 +386,7 @@ async fn on_server_inner(
     admin: &mut AdminClient,
     ca_pem: &str,
     backend: Result<BackendSpec, String>,
+    uuid: &mut Option<String>,
 ) -> Result<Reached, Reached> {
     let ns = vol.namespace().unwrap_or_default();
     let name = vol.name_any();
@@ -367,7 +401,8 @@ async fn on_server_inner(
             "MetadataLost",
             format!(
                 "{what}: the metadata database (PVC data-{}-0) was lost or replaced. Nothing was created over it; \
-                 restore that PVC, or delete and re-create this Volume to start an empty one",
+                 restore that PVC. To start an empty volume instead, delete and re-create this Volume \
+                 (under deletionPolicy Delete its old blocks are deleted then; set Retain first to keep them)",
                 children::meta_name(vol)
             ),
         )
@@ -423,14 +458,74 @@ async fn on_server_inner(
                 quota,
                 encryption,
             };
-            let made = timed(admin.create_volume(&spec)).await.map_err(call("creating the volume"))?;
+            // The server checks the store first (a few requests with short timeouts): more than
+            // the usual call's 5 s.
+            let made = tokio::time::timeout(Duration::from_secs(60), admin.create_volume(&spec))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(fs_core::ClientError::BadInput("the metadata server did not answer within 60 s".into()))
+                })
+                .map_err(call("creating the volume"))?;
+            *uuid = Some(made.uuid.clone());
             tracing::info!(volume = %name, namespace = %ns, uuid = %made.uuid, encrypted = made.encrypted, "created the volume on its metadata server");
             ctx.event(vol, true, "Created", &format!("volume {} created on the metadata server", made.uuid)).await;
             made
         }
-        (Some(v), _) => {
-            // The spec's quota and retention, and the BlockStore's current credentials.
-            let block_store = backend.ok().filter(|b| *b != v.block_store);
+        (Some(v), known) => {
+            if known.is_none() {
+                // Adopting a volume of this name (a Volume re-created under Retain): only one made
+                // as this spec would make it.
+                let want_encrypted = vol.spec.encryption.is_some();
+                let differs = [
+                    (v.encrypted != want_encrypted).then(|| {
+                        format!(
+                            "it is {}encrypted and the spec says {}",
+                            if v.encrypted { "" } else { "not " },
+                            if want_encrypted { "encrypted" } else { "not encrypted" }
+                        )
+                    }),
+                    (v.block_size != vol.spec.block_size.bytes()).then(|| {
+                        format!("its block size is {} bytes, the spec's {}", v.block_size, vol.spec.block_size.bytes())
+                    }),
+                    backend
+                        .as_ref()
+                        .ok()
+                        .filter(|b| !same_place(b, &v.block_store))
+                        .map(|b| format!("its blocks are in {}, the BlockStore's in {}", v.block_store.url(), b.url())),
+                ];
+                let differs: Vec<String> = differs.into_iter().flatten().collect();
+                if !differs.is_empty() {
+                    return Err(not(
+                        "AdoptionMismatch",
+                        format!(
+                            "the metadata server has a volume {name:?} ({}) that this Volume's spec does not describe: {}; \
+                             nothing was changed. Give the spec it was made with, or move its PVC data-{}-0 away",
+                            v.uuid,
+                            differs.join("; "),
+                            children::meta_name(vol)
+                        ),
+                    ));
+                }
+            }
+            *uuid = Some(v.uuid.clone());
+            // The spec's quota and retention, and the BlockStore's current credentials: only when
+            // the BlockStore still names the same place (a changed bucket or prefix would move the
+            // volume away from its blocks).
+            let block_store = match backend {
+                Ok(b) if b != v.block_store && same_place(&b, &v.block_store) => Some(b),
+                Ok(b) if b != v.block_store => {
+                    return Err(not(
+                        "BlockStoreMoved",
+                        format!(
+                            "the BlockStore now names {}, but the volume's blocks are in {}; nothing was changed: \
+                             point the BlockStore back (only its credentials may change)",
+                            b.url(),
+                            v.block_store.url()
+                        ),
+                    ));
+                }
+                _ => None,
+            };
             let update = VolumeUpdate {
                 quota: (v.quota != quota).then_some(quota),
                 retention_secs: (v.retention_secs != retention).then_some(retention),
@@ -553,10 +648,47 @@ async fn cleanup(vol: Arc<Volume>, ctx: &Ctx) -> Result<Action, Error> {
         (DeletionPolicy::Delete, Some(uuid)) => {
             let stores: Api<BlockStore> = Api::namespaced(ctx.client.clone(), &ns);
             let held = |why: String| Error::Held(format!("Volume {ns}/{name} (deletionPolicy Delete): {why}"));
+            let lost = status.conditions.iter().any(|c| c.type_ == "MetadataReady" && c.reason == "MetadataLost");
+            if lost {
+                let why = "its metadata database is lost (MetadataLost), so its blocks are the only copy left and \
+                           are not deleted: restore the PVC, or set deletionPolicy: Retain to delete the Volume and \
+                           keep the blocks";
+                let mut held_status = status.clone();
+                held_status.conditions.retain(|c| c.type_ != "DeletionHeld");
+                let generation = vol.meta().generation;
+                held_status.conditions.push(condition(
+                    &status.conditions,
+                    "DeletionHeld",
+                    true,
+                    "MetadataLost",
+                    why,
+                    generation,
+                ));
+                if held_status != status {
+                    ctx.patch_status(vol.as_ref(), &held_status).await?;
+                    ctx.event(vol.as_ref(), false, "DeletionHeld", why).await;
+                }
+                return Err(held(why.to_string()));
+            }
             let bs = stores.get_opt(&vol.spec.block_store).await?.ok_or_else(|| {
                 held(format!("its BlockStore {} is gone; its blocks cannot be deleted", vol.spec.block_store))
             })?;
             let spec = backend_spec(&ctx.client, &ns, &bs.spec).await.map_err(|c| held(c.message))?;
+            // The server first: its sessions end, so no mount uploads into what is being deleted.
+            let ca = installation_ca(ctx).await?;
+            match admin_client(&vol, ctx, &ca.cert_pem).await {
+                Ok((mut admin, _)) => match timed(admin.delete_volume(&name)).await {
+                    Ok(()) => {
+                        tracing::info!(volume = %name, namespace = %ns, "deleted the volume on its metadata server")
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume = %name, namespace = %ns, error = %e, "deleting the volume on its metadata server failed; its database goes with the PVC")
+                    }
+                },
+                Err(_) => {
+                    tracing::info!(volume = %name, namespace = %ns, "the metadata server does not answer; its database goes with the PVC")
+                }
+            }
             let n = fs_core::delete_volume_objects(&spec, &uuid)
                 .await
                 .map_err(|e| held(format!("deleting the blocks of volume {uuid}: {e}")))?;
@@ -622,4 +754,27 @@ fn random_token() -> String {
     let mut b = [0u8; 32];
     aws_lc_rs::rand::fill(&mut b).expect("the system's random number generator");
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_place_may_differ_only_in_credentials() {
+        let s3 = |bucket: &str, prefix: &str, key: &str| BackendSpec::S3 {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            endpoint: Some("http://minio:9000".into()),
+            region: None,
+            access_key_id: Some("id".into()),
+            secret_access_key: Some(key.into()),
+            session_token: None,
+            virtual_hosted_style: false,
+            server_side_encryption: None,
+        };
+        assert!(same_place(&s3("b", "p", "old"), &s3("b", "p", "rotated")));
+        assert!(!same_place(&s3("b", "p", "k"), &s3("b", "other", "k")), "another prefix");
+        assert!(!same_place(&s3("b", "p", "k"), &s3("c", "p", "k")), "another bucket");
+    }
 }

@@ -349,6 +349,15 @@ async fn volumes_follow_their_secrets_and_never_build_over_a_lost_database() {
     assert!(admin.volumes().await.unwrap().is_empty(), "the operator created a volume over the lost one");
     assert_eq!(status(&cp, "lost")["phase"], "Degraded");
 
+    // Deleting it under Delete is held: its blocks are the only copy left of a lost database.
+    kubectl_ok(&cp, &["patch", "svol", "lost", "--type=merge", "-p", r#"{"spec":{"deletionPolicy":"Delete"}}"#]);
+    kubectl_ok(&cp, &["delete", "svol", "lost", "--wait=false"]);
+    let (_, r, m) = condition_of(&cp, "svol", "lost", "DeletionHeld", Some("True"), Duration::from_secs(30)).await;
+    assert!(r == "MetadataLost" && m.contains("Retain"), "{r}: {m}");
+    kubectl_ok(&cp, &["patch", "svol", "lost", "--type=merge", "-p", r#"{"spec":{"deletionPolicy":"Retain"}}"#]);
+    gone(&cp, "svol", "lost", Duration::from_secs(60)).await;
+    apply(&cp, "lost-again", &volume("lost", ""));
+
     // Growing the database's storage: the StatefulSet keeps its claim template (immutable) and the
     // PVC itself is asked; this apiserver refuses it for a claim no volume is bound to, and the
     // condition says so.
