@@ -1,10 +1,18 @@
 //! The stratusfs CSI driver (`csi.stratusfs.io`). The gRPC types come from `proto/csi.proto`, the
 //! CSI spec's messages written in this repository with the spec's field numbers.
 //!
-//! Built so far: the Identity service and the server on a Unix socket. The Controller and Node
-//! services are [8]'s next steps (docs/csi.md).
+//! One binary: the Controller (dynamic provisioning of claims: `controller.rs`, with what it reads
+//! and writes in Kubernetes in `cluster.rs`) and the Node (FUSE sessions and bind mounts:
+//! `node.rs`), each with Identity; errors become gRPC status codes in `error.rs` only
+//! (docs/csi.md).
 
+pub mod caps;
+pub mod cluster;
+pub mod controller;
+pub mod error;
 pub mod identity;
+pub mod metrics;
+pub mod node;
 pub mod server;
 
 /// The CSI v1 protocol.

@@ -1,12 +1,18 @@
 //! The gRPC server on the Unix socket of `--endpoint` (`unix:///csi/csi.sock` or a path), as
-//! kubelet and the sidecars reach a CSI driver.
+//! kubelet and the sidecars reach a CSI driver: Identity always, Controller and Node as the
+//! process serves them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::controller::ControllerService;
+use crate::csi::controller_server::ControllerServer;
 use crate::csi::identity_server::IdentityServer;
+use crate::csi::node_server::NodeServer;
 use crate::identity::IdentityService;
+use crate::node::NodeService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -24,11 +30,17 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, ServeError> {
     if path.starts_with('/') { Ok(PathBuf::from(path)) } else { Err(ServeError::Endpoint(endpoint.into())) }
 }
 
+/// What one process serves.
+pub struct Services {
+    pub controller: Option<ControllerService>,
+    pub node: Option<Arc<NodeService>>,
+}
+
 /// Serves the driver on `path` until `shutdown` completes. A socket left by an earlier process is
 /// replaced.
 pub async fn serve(
     path: &Path,
-    identity: IdentityService,
+    services: Services,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let listen = |source| ServeError::Listen { path: path.to_path_buf(), source };
@@ -37,13 +49,38 @@ pub async fn serve(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(listen(e)),
     }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(listen)?;
+    }
     let listener = tokio::net::UnixListener::bind(path).map_err(listen)?;
-    tracing::info!(socket = %path.display(), controller = identity.controller, "stratusfs-csi serving");
+    let identity = IdentityService { controller: services.controller.is_some() };
+    tracing::info!(
+        socket = %path.display(),
+        controller = services.controller.is_some(),
+        node = services.node.is_some(),
+        "stratusfs-csi serving"
+    );
     tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
+        .add_optional_service(services.controller.map(ControllerServer::new))
+        .add_optional_service(services.node.map(NodeServer::new))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
+}
+
+/// A gRPC channel to a driver's socket, as kubelet and the sidecars open one (the tests use it).
+pub async fn connect(path: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    // The URI is not dialled: every connection is the socket.
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
 }
 
 #[cfg(test)]

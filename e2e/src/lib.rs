@@ -11,6 +11,7 @@
 
 pub mod azurite;
 pub mod certs;
+pub mod csi;
 pub mod error;
 pub mod gcs;
 pub mod kube;

@@ -24,6 +24,7 @@ use crate::{HarnessError, Result};
 
 /// A pod template running as a process.
 pub struct Pod {
+    /// The pod's name (`<workload>-0`), with `.<container>` when a container was chosen.
     pub name: String,
     /// Container port → the port of this machine it listens on.
     pub ports: BTreeMap<i32, u16>,
@@ -42,6 +43,9 @@ pub struct RunOptions<'a> {
     pub ports: &'a [(i32, u16)],
     /// Arguments added after the template's.
     pub extra_args: &'a [&'a str],
+    /// The container to run (default: the first). The containers of one pod share its volumes
+    /// (an emptyDir is one directory for all of them), as in a pod.
+    pub container: Option<&'a str>,
 }
 
 fn kubectl_json(cp: &ControlPlane, args: &[&str]) -> Result<Value> {
@@ -55,13 +59,40 @@ fn kubectl_json(cp: &ControlPlane, args: &[&str]) -> Result<Value> {
     serde_json::from_slice(&out.stdout).map_err(|e| HarnessError::setup(format!("kubectl {}", args.join(" ")), e))
 }
 
-/// The program a container's `command[0]` names, built in this workspace.
+/// The program a container's `command[0]` names, built in this workspace; or, for a container
+/// without a command, its image's entry point: the community sidecars, built by the installer
+/// at the version the image's tag names.
 fn program_of(name: &str) -> Result<PathBuf> {
     match name {
         "stratusfs" => crate::stratusfs::binary(),
         "stratusfs-operator" => crate::stratusfs::operator_binary(),
+        "stratusfs-csi" => crate::stratusfs::csi_binary(),
         other => Err(HarnessError::setup("running a pod template", format!("no program {other:?} here"))),
     }
+}
+
+/// The sidecar an image is (`registry.k8s.io/sig-storage/csi-provisioner:v6.4.0`): the tool of
+/// that name, which must be pinned at the image's tag.
+fn sidecar_of(image: &str) -> Result<PathBuf> {
+    let fail = |m: String| HarnessError::setup("running a pod template", m);
+    let (path, tag) = image.rsplit_once(':').ok_or_else(|| fail(format!("image {image:?} has no tag")))?;
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let pinned = crate::tools::version(name)?;
+    if pinned != tag {
+        return Err(fail(format!(
+            "image {image}: e2e/tools/versions pins {name} {pinned}; make the chart and the pin agree"
+        )));
+    }
+    crate::tools::binary(name)
+}
+
+/// Kubernetes' `$(VAR)` references in a container's arguments, from its environment.
+fn expand(arg: &str, env: &[(String, String)]) -> String {
+    let mut out = arg.to_string();
+    for (k, v) in env {
+        out = out.replace(&format!("$({k})"), v);
+    }
+    out
 }
 
 impl Pod {
@@ -73,7 +104,15 @@ impl Pod {
         let fail = |m: String| HarnessError::setup(what.clone(), m);
         let name = format!("{}-0", w["metadata"]["name"].as_str().unwrap_or_default());
         let spec = &w["spec"]["template"]["spec"];
-        let c = &spec["containers"][0];
+        let c = match o.container {
+            None => &spec["containers"][0],
+            Some(want) => spec["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["name"] == want)
+                .ok_or_else(|| fail(format!("the pod has no container {want}")))?,
+        };
         let dir = root.join(&name);
         std::fs::create_dir_all(&dir).map_err(HarnessError::io(format!("creating {}", dir.display())))?;
 
@@ -141,9 +180,14 @@ impl Pod {
                 Some((f, v)) if f.starts_with("--") => (format!("{f}="), v.to_string()),
                 _ => (String::new(), arg.to_string()),
             };
+            // A path under a volume mount (also as a `unix://` socket address).
+            let (scheme, path_value) = match value.strip_prefix("unix://") {
+                Some(p) => ("unix://", p.to_string()),
+                None => ("", value.clone()),
+            };
             for (path, at) in &mounts {
-                if value == *path || value.starts_with(&format!("{path}/")) {
-                    return format!("{flag}{}{}", at.display(), &value[path.len()..]);
+                if path_value == *path || path_value.starts_with(&format!("{path}/")) {
+                    return format!("{flag}{scheme}{}{}", at.display(), &path_value[path.len()..]);
                 }
             }
             for (port, host) in &ports {
@@ -159,9 +203,11 @@ impl Pod {
             v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect()
         };
         let command = strings(&c["command"]);
-        let program = program_of(command.first().ok_or_else(|| fail("the container names no command".into()))?)?;
-        let mut args: Vec<String> = command[1..].iter().chain(&strings(&c["args"])).map(|a| rewrite(a)).collect();
-        args.extend(o.extra_args.iter().map(|a| a.to_string()));
+        let (program, sidecar) = match command.first() {
+            Some(name) => (program_of(name)?, false),
+            None => (sidecar_of(c["image"].as_str().unwrap_or_default())?, true),
+        };
+        let template_args: Vec<String> = command.iter().skip(1).chain(&strings(&c["args"])).cloned().collect();
 
         // Environment.
         let mut env = Vec::new();
@@ -188,6 +234,8 @@ impl Pod {
             };
             env.push((key, value));
         }
+        let mut args: Vec<String> = template_args.iter().map(|a| rewrite(&expand(a, &env))).collect();
+        args.extend(o.extra_args.iter().map(|a| a.to_string()));
         // The ServiceAccount's token, as a kubeconfig where in-cluster config would be.
         if let Some(sa) = spec["serviceAccountName"].as_str()
             && spec["automountServiceAccountToken"] != false
@@ -205,6 +253,10 @@ impl Pod {
             );
             std::fs::write(&kubeconfig, text).map_err(HarnessError::io("writing the ServiceAccount's kubeconfig"))?;
             env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+            if sidecar {
+                // client-go's sidecars read in-cluster config unless given a kubeconfig.
+                args.push(format!("--kubeconfig={}", kubeconfig.display()));
+            }
         }
         let ready_port = c["readinessProbe"]["httpGet"].as_object().and_then(|g| {
             let port = match &g["port"] {
@@ -216,7 +268,11 @@ impl Pod {
             };
             Some((*ports.get(&port)?, g["path"].as_str().unwrap_or("/").to_string()))
         });
-        let mut pod = Pod { name, ports, program, args, env, dir, ready_port, service: None };
+        let label = match o.container {
+            Some(c) => format!("{name}.{c}"),
+            None => name,
+        };
+        let mut pod = Pod { name: label, ports, program, args, env, dir, ready_port, service: None };
         pod.start().await?;
         Ok(pod)
     }

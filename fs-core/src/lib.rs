@@ -50,9 +50,10 @@ pub(crate) mod wire;
 pub mod admin {
     pub use crate::metaclient::ClientError;
     pub use crate::metaclient::admin::{
-        AdminClient, Claim, ClaimSpec, Compression, GcReport, NewToken, Quota, QuotaUsage, SessionInfo, TokenInfo,
-        TokenScope, Usage, Volume, VolumeSpec, VolumeUpdate,
+        AdminClient, Claim, ClaimSpec, ClaimState, Compression, GcReport, NewToken, Quota, QuotaUsage, SessionInfo,
+        TokenInfo, TokenScope, Usage, Volume, VolumeSpec, VolumeUpdate,
     };
+    pub use crate::wire::MetaError;
 }
 
 pub use admin::{AdminClient, ClientError};

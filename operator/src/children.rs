@@ -17,22 +17,12 @@ use stratusfs_api::Volume;
 use stratusfs_api::volume::DeletionPolicy;
 
 /// The metadata server's gRPC (TLS) and HTTP ports.
-pub const GRPC_PORT: i32 = 7480;
+pub const GRPC_PORT: i32 = stratusfs_api::volume::GRPC_PORT as i32;
 pub const HTTP_PORT: i32 = 7481;
-
-/// `<vol>-meta`: the StatefulSet and Service of a Volume's metadata server.
-pub fn meta_name(vol: &Volume) -> String {
-    format!("{}-meta", vol.name_any())
-}
 
 /// `<vol>-meta-tls`: its server certificate (`tls.crt`, `tls.key`).
 pub fn tls_secret(vol: &Volume) -> String {
     format!("{}-meta-tls", vol.name_any())
-}
-
-/// `<vol>-admin`: the account token the operator uses (`token`).
-pub fn admin_secret(vol: &Volume) -> String {
-    format!("{}-admin", vol.name_any())
 }
 
 /// The labels of a Volume's metadata server (its pods are selected by them).
@@ -63,7 +53,7 @@ pub fn meta_service(vol: &Volume) -> Service {
         ..Default::default()
     };
     Service {
-        metadata: child_meta(vol, meta_name(vol)),
+        metadata: child_meta(vol, vol.meta_name()),
         spec: Some(ServiceSpec {
             selector: Some(labels(vol)),
             ports: Some(vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)]),
@@ -157,10 +147,10 @@ pub fn meta_statefulset(vol: &Volume, image: &str) -> StatefulSet {
         ..Default::default()
     };
     StatefulSet {
-        metadata: child_meta(vol, meta_name(vol)),
+        metadata: child_meta(vol, vol.meta_name()),
         spec: Some(StatefulSetSpec {
             replicas: Some(1),
-            service_name: Some(meta_name(vol)),
+            service_name: Some(vol.meta_name()),
             selector: LabelSelector { match_labels: Some(labels(vol)), ..Default::default() },
             persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
                 when_deleted: Some(when_deleted.into()),
@@ -172,7 +162,7 @@ pub fn meta_statefulset(vol: &Volume, image: &str) -> StatefulSet {
                     containers: vec![container],
                     volumes: Some(vec![
                         secret_volume("tls", tls_secret(vol)),
-                        secret_volume("admin", admin_secret(vol)),
+                        secret_volume("admin", vol.admin_secret()),
                     ]),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),

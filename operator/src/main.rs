@@ -187,15 +187,8 @@ struct Args {
     /// Dial `SERVICE_HOST:PORT` (e.g. `data-meta.team.svc:7480`) at `HOST:PORT` instead, still
     /// verifying TLS for the Service's name: for an operator outside the cluster's network (a
     /// port-forward, the tests). Repeatable.
-    #[arg(long = "service-address", value_name = "SERVICE_HOST:PORT=HOST:PORT", value_parser = parse_mapping)]
+    #[arg(long = "service-address", value_name = "SERVICE_HOST:PORT=HOST:PORT", value_parser = stratusfs_api::parse_service_address)]
     service_addresses: Vec<(String, String)>,
-}
-
-fn parse_mapping(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((a, b)) if a.contains(':') && b.contains(':') => Ok((a.to_string(), b.to_string())),
-        _ => Err(format!("{s:?}: give SERVICE_HOST:PORT=HOST:PORT, e.g. data-meta.team.svc:7480=127.0.0.1:7480")),
-    }
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, e: &Error, ctx: Arc<Ctx>) -> Action {

@@ -110,7 +110,7 @@ async fn apply_volume(vol: Arc<Volume>, ctx: &Ctx) -> Result<Action, Error> {
     };
     let ready = bs_ok && meta_ok;
     let (reason, message) = match (bs_ok, meta_ok) {
-        (true, true) => ("Ready", format!("serving at {}", endpoint(&vol))),
+        (true, true) => ("Ready", format!("serving at {}", vol.endpoint())),
         (false, _) => (bs_reason, bs_message.clone()),
         (true, false) => (meta_reason, meta_message.clone()),
     };
@@ -120,7 +120,7 @@ async fn apply_volume(vol: Arc<Volume>, ctx: &Ctx) -> Result<Action, Error> {
         condition(&old.conditions, "Ready", ready, reason, &message, generation),
     ];
     let mut status = VolumeStatus {
-        endpoint: Some(endpoint(&vol)),
+        endpoint: Some(vol.endpoint()),
         observed_generation: generation,
         conditions: Vec::new(),
         ..old.clone()
@@ -171,31 +171,16 @@ async fn apply_volume(vol: Arc<Volume>, ctx: &Ctx) -> Result<Action, Error> {
     Ok(Action::requeue(if ready { Duration::from_secs(3600) } else { Duration::from_secs(10) }))
 }
 
-/// `stratusfs://<vol>-meta.<ns>.svc:7480/<vol>`: where mounts reach the volume.
-pub fn endpoint(vol: &Volume) -> String {
-    format!("stratusfs://{}/{}", server_address(vol), vol.name_any())
-}
-
-/// `<vol>-meta.<ns>.svc:7480`.
-fn server_address(vol: &Volume) -> String {
-    format!("{}:{}", server_host(vol), children::GRPC_PORT)
-}
-
-/// `<vol>-meta.<ns>.svc`: the name the server's certificate carries.
-fn server_host(vol: &Volume) -> String {
-    format!("{}.{}.svc", children::meta_name(vol), vol.namespace().unwrap_or_default())
-}
-
 /// The CA, the server certificate, the admin token, the Service and the StatefulSet; returns the CA.
 async fn children_of(vol: &Volume, ctx: &Ctx) -> Result<certs::Ca, Error> {
     let ns = vol.namespace().unwrap_or_default();
     let ca = installation_ca(ctx).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    apply(&secrets, owned_secret(vol, format!("{}-ca", vol.name_any()), [("ca.crt", ca.cert_pem.clone())])).await?;
+    apply(&secrets, owned_secret(vol, vol.ca_secret(), [("ca.crt", ca.cert_pem.clone())])).await?;
     let tls = secrets.get_opt(&children::tls_secret(vol)).await?;
     let renew_after = tls.as_ref().and_then(|s| s.annotations().get(RENEW_AFTER)?.parse::<Timestamp>().ok());
     if renew_after.is_none_or(|t| Timestamp::now() >= t) {
-        let (cert, key) = certs::issue(&ca, &certs::service_names(&children::meta_name(vol), &ns))
+        let (cert, key) = certs::issue(&ca, &certs::service_names(&vol.meta_name(), &ns))
             .map_err(|e| Error::Certificate(e.to_string()))?;
         let mut secret = owned_secret(vol, children::tls_secret(vol), [("tls.crt", cert), ("tls.key", key)]);
         let renew = Timestamp::now() + Duration::from_secs(certs::SERVER_DAYS * 2 / 3 * 86_400);
@@ -206,13 +191,13 @@ async fn children_of(vol: &Volume, ctx: &Ctx) -> Result<certs::Ca, Error> {
             ctx.event(vol, true, "CertificateRenewed", "the metadata server's certificate was issued again").await;
         }
     }
-    if secrets.get_opt(&children::admin_secret(vol)).await?.is_none() {
-        apply(&secrets, owned_secret(vol, children::admin_secret(vol), [("token", random_token())])).await?;
+    if secrets.get_opt(&vol.admin_secret()).await?.is_none() {
+        apply(&secrets, owned_secret(vol, vol.admin_secret(), [("token", random_token())])).await?;
     }
     apply(&Api::<Service>::namespaced(ctx.client.clone(), &ns), children::meta_service(vol)).await?;
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let mut set = children::meta_statefulset(vol, &ctx.image);
-    if let Some(made) = sets.get_opt(&children::meta_name(vol)).await?
+    if let Some(made) = sets.get_opt(&vol.meta_name()).await?
         && let (Some(want), Some(made)) = (set.spec.as_mut(), made.spec)
     {
         // A StatefulSet's volumeClaimTemplates never change: it keeps the ones it was made with,
@@ -229,7 +214,7 @@ async fn children_of(vol: &Volume, ctx: &Ctx) -> Result<certs::Ca, Error> {
 async fn grow_database(vol: &Volume, ctx: &Ctx) -> Result<Option<(bool, &'static str, String)>, Error> {
     let ns = vol.namespace().unwrap_or_default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = format!("data-{}-0", children::meta_name(vol));
+    let name = format!("data-{}-0", vol.meta_name());
     let Some(pvc) = claims.get_opt(&name).await? else { return Ok(None) };
     let want = &vol.spec.metadata_server.storage.size.0;
     let has = pvc.spec.and_then(|s| s.resources?.requests?.get("storage").map(|q| q.0.clone())).unwrap_or_default();
@@ -283,20 +268,17 @@ async fn admin_client(vol: &Volume, ctx: &Ctx, ca_pem: &str) -> Result<(AdminCli
     }
     let ns = vol.namespace().unwrap_or_default();
     let not = |reason, message| Reached::Not { reason, message };
-    let token = match secret_value(ctx, &ns, &children::admin_secret(vol), "token").await {
+    let token = match secret_value(ctx, &ns, &vol.admin_secret(), "token").await {
         Ok(Some(t)) => t,
         Ok(None) => {
-            return Err(not(
-                "Starting",
-                format!("the admin token Secret {} is not made yet", children::admin_secret(vol)),
-            ));
+            return Err(not("Starting", format!("the admin token Secret {} is not made yet", vol.admin_secret())));
         }
         Err(e) => return Err(not("Starting", e.to_string())),
     };
-    let address = server_address(vol);
+    let address = vol.server_address();
     let dial = ctx.service_addresses.get(&address).cloned().unwrap_or_else(|| address.clone());
     let trust =
-        ClientTrust { ca_pem: Some(ca_pem.to_string()), server_name: Some(server_host(vol)), ..Default::default() };
+        ClientTrust { ca_pem: Some(ca_pem.to_string()), server_name: Some(vol.server_host()), ..Default::default() };
     match tokio::time::timeout(CALL_TIMEOUT, AdminClient::connect(&dial, &trust, &token)).await {
         Ok(Ok(c)) => Ok((c, false)),
         Ok(Err(e)) => Err(not("Unreachable", format!("the metadata server at {address} does not answer: {e}"))),
@@ -403,7 +385,7 @@ async fn on_server_inner(
                 "{what}: the metadata database (PVC data-{}-0) was lost or replaced. Nothing was created over it; \
                  restore that PVC. To start an empty volume instead, delete and re-create this Volume \
                  (under deletionPolicy Delete its old blocks are deleted then; set Retain first to keep them)",
-                children::meta_name(vol)
+                vol.meta_name()
             ),
         )
     };
@@ -502,7 +484,7 @@ async fn on_server_inner(
                              nothing was changed. Give the spec it was made with, or move its PVC data-{}-0 away",
                             v.uuid,
                             differs.join("; "),
-                            children::meta_name(vol)
+                            vol.meta_name()
                         ),
                     ));
                 }
@@ -614,7 +596,7 @@ async fn mount_secrets(vol: &Volume, ctx: &Ctx, admin: &mut AdminClient, ca_pem:
         let secret = owned_secret(
             vol,
             name,
-            [("token", token.token), ("ca.crt", ca_pem.to_string()), ("source", endpoint(vol))],
+            [("token", token.token), ("ca.crt", ca_pem.to_string()), ("source", vol.endpoint())],
         );
         apply(&secrets, secret).await.map_err(|e| Reached::Not { reason: "ApiError", message: e.to_string() })?;
     }
@@ -637,7 +619,7 @@ async fn cleanup(vol: Arc<Volume>, ctx: &Ctx) -> Result<Action, Error> {
             let note = format!(
                 "deletionPolicy Retain: the blocks of volume {} and the PVC data-{}-0 are kept; a Volume named {name} adopts them",
                 uuid.as_deref().unwrap_or("(never created)"),
-                children::meta_name(&vol)
+                vol.meta_name()
             );
             tracing::info!(volume = %name, namespace = %ns, "{note}");
             ctx.event(vol.as_ref(), true, "Retained", &note).await;

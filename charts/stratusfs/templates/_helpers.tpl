@@ -18,3 +18,17 @@ app.kubernetes.io/component: operator
 {{- define "stratusfs.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
+
+{{/* The CSI controller's selector labels. */}}
+{{- define "stratusfs.csiControllerSelector" -}}
+app.kubernetes.io/name: stratusfs
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: csi-controller
+{{- end }}
+
+{{/* The CSI node plugin's selector labels. */}}
+{{- define "stratusfs.csiNodeSelector" -}}
+app.kubernetes.io/name: stratusfs
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: csi-node
+{{- end }}

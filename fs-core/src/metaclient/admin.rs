@@ -181,6 +181,8 @@ pub struct NewToken {
 pub struct TokenInfo {
     pub id: String,
     pub subpath: String,
+    /// The inode of the directory it is limited to (the root's when it is not).
+    pub root_ino: u64,
     pub read_only: bool,
     pub root_squash: bool,
     pub comment: String,
@@ -240,6 +242,15 @@ pub struct ClaimSpec {
     pub gid: u32,
     /// The claim's token is read-only.
     pub read_only: bool,
+}
+
+/// A claim as the server has it: its token (by id) and its quota with what is used under it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimState {
+    pub token_id: String,
+    pub read_only: bool,
+    /// The quota of its directory and what is used (`None`: made without a quota).
+    pub quota: Option<QuotaUsage>,
 }
 
 /// A claim's directory and its token.
@@ -412,6 +423,7 @@ impl AdminClient {
             .map(|t| TokenInfo {
                 id: t.id,
                 subpath: if t.subpath.is_empty() { "/".into() } else { t.subpath },
+                root_ino: t.root_ino,
                 read_only: t.read_only,
                 root_squash: t.root_squash,
                 comment: t.comment,
@@ -488,6 +500,25 @@ impl AdminClient {
         };
         let r = self.rpc.create_claim(req).await?.into_inner();
         Ok(Claim { ino: r.ino, token: NewToken { token: r.token, id: r.token_id }, created: r.created })
+    }
+
+    /// The claim at `path` (`/pvc-1`), if it exists: one made by [`AdminClient::create_claim`]
+    /// whose token is still valid.
+    pub async fn claim(&mut self, volume: &str, path: &str) -> Result<Option<ClaimState>, ClientError> {
+        let comment = crate::wire::claim_comment(path);
+        let Some(token) = self.tokens(volume).await?.into_iter().find(|t| t.comment == comment) else {
+            return Ok(None);
+        };
+        let quota = self.usage(volume).await?.quotas.into_iter().find(|q| q.ino == token.root_ino);
+        Ok(Some(ClaimState { token_id: token.id, read_only: token.read_only, quota }))
+    }
+
+    /// Deletes a claim: revokes its tokens and moves its directory into the volume's trash, which
+    /// the server empties in the background. A claim already gone is not an error.
+    pub async fn delete_claim(&mut self, volume: &str, path: &str) -> Result<(), ClientError> {
+        let req = pb::DeleteClaimRequest { volume: volume.to_string(), path: path.to_string() };
+        self.rpc.delete_claim(req).await?;
+        Ok(())
     }
 
     /// Deletes the block objects of `volume` nothing may need any more (or counts them).

@@ -61,6 +61,10 @@ pub enum MountError {
     Encryption(String),
     #[error("resolving the subpath {path:?}: {why}")]
     Subpath { path: String, why: String },
+    #[error(
+        "the token is limited to {token_path}; the source names /{path}, outside it (give a source inside {token_path})"
+    )]
+    OutsideToken { path: String, token_path: String },
     #[error("mounting on {}: {source}", mountpoint.display())]
     Kernel { mountpoint: PathBuf, source: std::io::Error },
     #[error("the FUSE session on {} ended: {source}", mountpoint.display())]
@@ -75,6 +79,24 @@ pub enum MountError {
     Adopt { mountpoint: PathBuf, why: String },
     #[error(transparent)]
     Handover(#[from] HandoverError),
+}
+
+/// Where a source's path is below the directory its token is limited to: the source names a
+/// directory by its path in the volume, so a token limited to `/team` mounts `vol/team` (or
+/// `vol/team/a`, or `vol` for the token's own directory), and refuses anything outside it.
+pub fn path_below_token<'a>(token_subpath: &str, source_subpath: &'a str) -> Result<&'a str, MountError> {
+    let token = token_subpath.trim_matches('/');
+    let path = source_subpath.trim_matches('/');
+    if token.is_empty() || path.is_empty() {
+        return Ok(path);
+    }
+    if path == token {
+        return Ok("");
+    }
+    match path.strip_prefix(token).and_then(|rest| rest.strip_prefix('/')) {
+        Some(rest) => Ok(rest),
+        None => Err(MountError::OutsideToken { path: path.to_string(), token_path: format!("/{token}") }),
+    }
 }
 
 /// The capabilities a stratusfs mount asks the kernel for. Not ATOMIC_O_TRUNC: with it the
@@ -198,10 +220,9 @@ impl Mount {
             })?;
         let keys = open_keys(&session, &options.fs, true).await?;
         let mut fs = StratusFs::new(session.clone(), options.fs.clone(), keys).map_err(MountError::DataPath)?;
-        if !source.subpath.is_empty() {
-            fs.set_root_path(&source.subpath)
-                .await
-                .map_err(|why| MountError::Subpath { path: source.subpath.clone(), why })?;
+        let below = path_below_token(&session.reply.subpath, &source.subpath)?;
+        if !below.is_empty() {
+            fs.set_root_path(below).await.map_err(|why| MountError::Subpath { path: source.subpath.clone(), why })?;
         }
         let mut kernel = options.kernel.clone();
         kernel.max_read = MAX_WRITE;
@@ -564,4 +585,24 @@ pub fn remount(mountpoint: &Path, o: &MountOptions) -> Result<(), MountError> {
         what: if o.kernel.read_only { "read-only" } else { "read-write" },
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_names_its_directory_by_its_path_in_the_volume() {
+        // A whole-volume token: the path is the path.
+        assert_eq!(path_below_token("", "team/a").unwrap(), "team/a");
+        assert_eq!(path_below_token("/", "").unwrap(), "");
+        // A token limited to /team: its own directory, or one inside it.
+        assert_eq!(path_below_token("/team", "team").unwrap(), "");
+        assert_eq!(path_below_token("/team", "").unwrap(), "");
+        assert_eq!(path_below_token("/team/", "team/a/b").unwrap(), "a/b");
+        for outside in ["other", "teamx", "te", "other/team"] {
+            let e = path_below_token("/team", outside).unwrap_err().to_string();
+            assert!(e.contains("limited to /team") && e.contains(&format!("/{outside}")), "{e}");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 pub(crate) mod access;
 pub(crate) mod acl;
+pub(crate) mod claims;
 pub(crate) mod config;
 pub(crate) mod data;
 #[cfg(any(test, feature = "testkit"))]

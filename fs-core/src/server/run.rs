@@ -91,6 +91,9 @@ pub async fn background(server: Arc<MetaServer>, cert: Arc<ServerCert>) {
     loop {
         tick.tick().await;
         server.expire_sessions().await;
+        if server.trash_pending.swap(false, std::sync::atomic::Ordering::SeqCst) && server.empty_trash().await {
+            server.trash_pending.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         if last_sweep.elapsed() > Duration::from_secs(60) {
             last_sweep = Instant::now();
             for v in server.volumes() {

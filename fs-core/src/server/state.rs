@@ -72,6 +72,8 @@ pub struct MetaServer {
     pub(super) sessions: RwLock<HashMap<SessionId, Arc<SessionState>>>,
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
+    /// A deleted claim waits in a volume's trash (`claims.rs`): the background task empties it.
+    pub trash_pending: AtomicBool,
 }
 
 impl MetaServer {
@@ -117,6 +119,8 @@ impl MetaServer {
             sessions: RwLock::new(HashMap::new()),
             metrics: Arc::new(Metrics::new()),
             ready: AtomicBool::new(false),
+            // A trash left by an earlier run is emptied after a start.
+            trash_pending: AtomicBool::new(true),
             cfg,
         });
         server.restore_sessions()?;
@@ -384,72 +388,6 @@ impl MetaServer {
         Ok(pb::CreateTokenReply { token, id })
     }
 
-    /// A claim's directory, its quota and a token limited to it (see the `CreateClaim` RPC).
-    pub async fn create_claim(&self, req: pb::CreateClaimRequest) -> MetaResult<pb::CreateClaimReply> {
-        let v = self.volume(&req.volume)?;
-        let path = req.path.trim_matches('/').to_string();
-        if path.is_empty() {
-            return Err(MetaError::fs(libc::EINVAL, "a claim needs a directory of its own, not the volume's root"));
-        }
-        let (parent_path, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-        let parent = self.resolve_path(&v, parent_path)?;
-        let admin = Caller::admin();
-        let found = |r: MetaResult<(u64, rec::Inode)>| -> MetaResult<Option<u64>> {
-            match r {
-                Ok((ino, inode)) if crate::server::store::tx::kind_of(&inode) == pb::FileKind::Directory => {
-                    Ok(Some(ino))
-                }
-                Ok(_) => Err(MetaError::fs(libc::ENOTDIR, format!("claim path /{path} exists and is not a directory"))),
-                Err(e) if e.errno() == libc::ENOENT => Ok(None),
-                Err(e) => Err(e),
-            }
-        };
-        let (ino, created) = match found(v.lookup(&admin, parent, name.as_bytes()))? {
-            Some(ino) => (ino, false),
-            None => {
-                let maker = Caller { uid: req.uid, gid: req.gid, ..Caller::admin() };
-                let mk = pb::MkNodRequest {
-                    parent,
-                    name: name.as_bytes().to_vec(),
-                    kind: pb::FileKind::Directory as i32,
-                    perm: if req.mode == 0 { 0o755 } else { req.mode & 0o7777 },
-                    ..Default::default()
-                };
-                match v.mknod(&maker, mk).await {
-                    Ok((ino, _)) => (ino, true),
-                    // Made meanwhile by a call racing this one.
-                    Err(e) if e.errno() == libc::EEXIST => {
-                        let ino = found(v.lookup(&admin, parent, name.as_bytes()))?.ok_or(e)?;
-                        (ino, false)
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        let subpath = format!("/{path}");
-        if let Some(q) = req.quota.filter(|q| q.max_bytes > 0 || q.max_inodes > 0) {
-            let sq = pb::SetQuotaRequest { volume: req.volume.clone(), path: subpath.clone(), quota: Some(q) };
-            self.set_quota(sq).await?;
-        }
-        let comment = format!("claim {subpath}");
-        for t in self.list_tokens(&req.volume)? {
-            if t.comment == comment {
-                self.revoke_token(&req.volume, &t.id).await?;
-            }
-        }
-        let t = self
-            .create_token(pb::CreateTokenRequest {
-                volume: req.volume.clone(),
-                subpath: subpath.clone(),
-                read_only: req.read_only,
-                root_squash: false,
-                comment,
-            })
-            .await?;
-        tracing::info!(volume = %req.volume, path = %subpath, ino, created, token = %t.id, "claim ready");
-        Ok(pb::CreateClaimReply { ino, token: t.token, token_id: t.id, created })
-    }
-
     pub fn list_tokens(&self, volume: &str) -> MetaResult<Vec<pb::TokenInfo>> {
         let v = self.volume(volume)?;
         let r = v.read()?;
@@ -542,7 +480,7 @@ impl MetaServer {
             {
                 *s.deadline.lock() = deadline;
                 tracing::info!(session = %hex::encode(id), client = %req.client, "session resumed");
-                return Ok(self.session_reply(&s, true));
+                return Ok(self.session_reply(&s, true, &token.subpath));
             }
         }
         let mut id = [0u8; 16];
@@ -571,10 +509,10 @@ impl MetaServer {
         };
         self.metrics.sessions.set(n as i64);
         tracing::info!(session = %hex::encode(id), client = %req.client, token = %token.id, "session opened");
-        Ok(self.session_reply(&s, false))
+        Ok(self.session_reply(&s, false, &token.subpath))
     }
 
-    fn session_reply(&self, s: &SessionState, resumed: bool) -> pb::OpenSessionReply {
+    fn session_reply(&self, s: &SessionState, resumed: bool, subpath: &str) -> pb::OpenSessionReply {
         // Token limits bind the namespace, not the bucket: every session, read-only ones too, receives
         // the block store's spec with its credentials (docs/metadata-server.md says so).
         let volume = s.volume.info();
@@ -586,6 +524,7 @@ impl MetaServer {
             root_squash: s.rec.root_squash,
             lease_ms: self.cfg.lease.as_millis() as u32,
             resumed,
+            subpath: subpath.to_string(),
         }
     }
 

@@ -36,3 +36,9 @@ pub const DEFAULT_RETENTION_SECS: i64 = 7 * 24 * 3600;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: pb::ProtocolVersion = pb::ProtocolVersion::V1;
+
+/// The comment of a claim's tokens (`/pvc-1` → `claim /pvc-1`): how the server finds them on a
+/// retried create or a delete, and a client finds a claim.
+pub fn claim_comment(subpath: &str) -> String {
+    format!("claim /{}", subpath.trim_matches('/'))
+}

@@ -138,3 +138,51 @@ async fn a_claim_gets_its_directory_quota_and_token_in_one_call() {
     assert_eq!(ro_fs.create("x").await.unwrap_err(), libc::EROFS);
     assert!(admin.usage("v").await.unwrap().quotas.iter().all(|q| q.ino != ro.ino));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_claim_loses_its_token_at_once_and_its_files_in_the_background() {
+    let srv = TestServer::start(|_| {}).await;
+    let (_, token) = srv.volume("v", |_| {}).await;
+    let fs = Fs::new(srv.session("v", &token).await);
+    let mut admin = srv.admin_client().await;
+    let spec = ClaimSpec { path: "/pvc-9".into(), quota: Quota { bytes: 5 << 20, inodes: 1000 }, ..Default::default() };
+    let claim = admin.create_claim("v", &spec).await.unwrap();
+    let mine = Fs::new(Session::open(srv.channel().await, "v", &claim.token.token, "claim").await.unwrap());
+    for d in ["a", "a/b", "a/b/c"] {
+        mine.mkdir(d).await.unwrap();
+    }
+    for i in 0..50 {
+        mine.create(&format!("a/b/c/f{i}")).await.unwrap();
+        mine.create(&format!("g{i}")).await.unwrap();
+    }
+    let inodes_before = admin.usage("v").await.unwrap().inodes;
+    admin.delete_claim("v", "/pvc-9").await.unwrap();
+    // At once: the claim's token is revoked (its session ended) and its path is free.
+    assert_eq!(mine.getattr(claim.ino).await.unwrap_err(), libc::EACCES);
+    assert!(Session::open(srv.channel().await, "v", &claim.token.token, "again").await.is_err());
+    assert_eq!(fs.resolve("pvc-9").await.unwrap_err(), libc::ENOENT);
+    assert!(admin.tokens("v").await.unwrap().iter().all(|t| t.subpath != "/pvc-9"));
+    // In the background: the trash is emptied, the inodes given back.
+    let trash = fs.resolve(".stratusfs-trash").await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left: Vec<_> = fs.readdir(trash, 100).await.unwrap().into_iter().filter(|e| e.cookie > 2).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the trash still holds {left:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let after = admin.usage("v").await.unwrap();
+    // The claim's 104 inodes are given back; the root and the (empty) trash remain.
+    assert_eq!((inodes_before, after.inodes), (105, 2));
+    assert!(after.quotas.iter().all(|q| q.ino != claim.ino), "{:?}", after.quotas);
+    // A retried delete, and a claim of the same name made again, are fine.
+    admin.delete_claim("v", "/pvc-9").await.unwrap();
+    let again = admin.create_claim("v", &spec).await.unwrap();
+    assert!(again.created);
+    // Bad paths are refused with what is wrong.
+    assert_eq!(errno_of(admin.delete_claim("v", "/").await.unwrap_err()), libc::EINVAL);
+    assert_eq!(errno_of(admin.delete_claim("v", "/.stratusfs-trash").await.unwrap_err()), libc::EINVAL);
+    assert_eq!(errno_of(admin.delete_claim("v", "/a/../b").await.unwrap_err()), libc::EINVAL);
+}

@@ -28,6 +28,16 @@ pub struct SecretRef {
     pub name: String,
 }
 
+/// A `--service-address SERVICE_HOST:PORT=HOST:PORT` flag of the operator and the CSI driver:
+/// dial a Service's address somewhere else (a port-forward, the tests), still verifying TLS for
+/// the Service's name.
+pub fn parse_service_address(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((a, b)) if a.contains(':') && b.contains(':') => Ok((a.to_string(), b.to_string())),
+        _ => Err(format!("{s:?}: give SERVICE_HOST:PORT=HOST:PORT, e.g. data-meta.team.svc:7480=127.0.0.1:7480")),
+    }
+}
+
 /// Every CRD, with the file it is kept in.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![("blockstores.yaml", BlockStore::crd()), ("volumes.yaml", Volume::crd())]

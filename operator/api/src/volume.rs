@@ -344,6 +344,47 @@ pub fn quantity_bytes(s: &str) -> Result<u64, String> {
     u64::try_from(bytes).map_err(|_| bad())
 }
 
+/// The metadata server's gRPC (TLS) port.
+pub const GRPC_PORT: u16 = 7480;
+
+/// What the operator makes for a Volume, by name: the CSI driver and later parts find them so
+/// (docs/operator.md).
+impl Volume {
+    fn name_and_namespace(&self) -> (&str, &str) {
+        (self.metadata.name.as_deref().unwrap_or_default(), self.metadata.namespace.as_deref().unwrap_or_default())
+    }
+
+    /// `<vol>-meta`: the StatefulSet and Service of its metadata server.
+    pub fn meta_name(&self) -> String {
+        format!("{}-meta", self.name_and_namespace().0)
+    }
+
+    /// `<vol>-admin`: the account token (`token`).
+    pub fn admin_secret(&self) -> String {
+        format!("{}-admin", self.name_and_namespace().0)
+    }
+
+    /// `<vol>-ca`: the CA that signs its server's certificate (`ca.crt`).
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca", self.name_and_namespace().0)
+    }
+
+    /// `<vol>-meta.<ns>.svc`: the name its server's certificate carries.
+    pub fn server_host(&self) -> String {
+        format!("{}.{}.svc", self.meta_name(), self.name_and_namespace().1)
+    }
+
+    /// `<vol>-meta.<ns>.svc:7480`.
+    pub fn server_address(&self) -> String {
+        format!("{}:{GRPC_PORT}", self.server_host())
+    }
+
+    /// `stratusfs://<vol>-meta.<ns>.svc:7480/<vol>`: where mounts reach the volume.
+    pub fn endpoint(&self) -> String {
+        format!("stratusfs://{}/{}", self.server_address(), self.name_and_namespace().0)
+    }
+}
+
 #[cfg(test)]
 mod parse_tests {
     use super::*;

@@ -109,4 +109,14 @@ impl pb::admin_server::Admin for MetaService {
         })
         .await
     }
+
+    async fn delete_claim(&self, req: Request<pb::DeleteClaimRequest>) -> R<pb::Empty> {
+        self.call("admin_delete_claim", async {
+            self.admin(&req)?;
+            let r = req.into_inner();
+            self.srv.delete_claim(&r.volume, &r.path).await?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
 }

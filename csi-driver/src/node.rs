@@ -1,0 +1,559 @@
+//! The Node service: FUSE sessions run in this process, one per (source, token, options, mount
+//! group, read-only), each mounted under the state directory and bind-mounted into every pod's
+//! target that publishes it. A read-only publish never shares a read-write session (its session
+//! is mounted `ro`). The last target of a session unpublished ends the session.
+//!
+//! After a crash of this process its sessions are gone and their mounts answer ENOTCONN: at start
+//! the state directory's mounts are detached, and a publish onto, or an unpublish of, such a
+//! stale target detaches it first. (Mounts that survive the node plugin are [9].)
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fs_core::{ClientTrust, Credentials, Mount, MountOptions, MountSpec, Source};
+use nix::mount::{MntFlags, MsFlags};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+use crate::caps;
+use crate::csi::node_server::Node;
+use crate::csi::node_service_capability::{Type, rpc};
+use crate::csi::{self, NodeServiceCapability};
+use crate::error::{CsiError, CsiResult};
+
+/// The volume context keys a PV may carry (the sidecars' and kubelet's own are let through).
+const CONTEXT_SOURCE: &str = "source";
+const CONTEXT_AT_TIME: &str = "atTime";
+
+/// Options the driver sets itself; a PV's mountOptions may not.
+const DRIVER_OPTIONS: [&str; 7] =
+    ["token_file", "ca_file", "fingerprint", "log_file", "encryption_secret_file", "remount", "disk_cache_dir"];
+
+/// How the node plugin runs its sessions.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: String,
+    /// Sessions' mount points and secrets (a host path: `/var/lib/stratusfs-csi`).
+    pub state_dir: PathBuf,
+    /// The L2 disk cache's host path and size per session (`None`: no disk cache).
+    pub cache_dir: Option<PathBuf>,
+    pub cache_mib: u64,
+    /// Where to dial a Service's `HOST:PORT` instead (`--service-address`); TLS is still verified
+    /// against the Service's name.
+    pub service_addresses: BTreeMap<String, String>,
+}
+
+/// One FUSE session and the targets bound to it.
+struct Session {
+    mount: Mount,
+    dir: PathBuf,
+    targets: BTreeSet<PathBuf>,
+    volume_id: String,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<String, Session>,
+    /// Target → the key of its session.
+    targets: HashMap<PathBuf, String>,
+}
+
+pub struct NodeService {
+    cfg: NodeConfig,
+    state: Mutex<State>,
+}
+
+/// What one publish asks for, checked.
+struct Publish {
+    source: Source,
+    key: String,
+    options: MountOptions,
+    token: String,
+    ca_pem: String,
+    encryption_secret: Option<String>,
+    group: Option<u32>,
+    read_only: bool,
+}
+
+impl NodeService {
+    /// Starts the node service: mounts a crashed predecessor left under the state directory are
+    /// detached.
+    pub fn new(cfg: NodeConfig) -> CsiResult<NodeService> {
+        let sessions = cfg.state_dir.join("sessions");
+        std::fs::create_dir_all(&sessions)
+            .map_err(|e| CsiError::Internal(format!("making the state directory {}: {e}", sessions.display())))?;
+        for entry in std::fs::read_dir(&sessions).into_iter().flatten().flatten() {
+            let dir = entry.path();
+            let mnt = dir.join("mnt");
+            if mounted(&mnt) {
+                tracing::warn!(mount = %mnt.display(), "a session left by an earlier node plugin: detaching it");
+                let _ = nix::mount::umount2(&mnt, MntFlags::MNT_DETACH);
+            }
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing an old session's directory failed");
+            }
+        }
+        Ok(NodeService { cfg, state: Mutex::new(State::default()) })
+    }
+
+    /// Checks a publish request and works out its session.
+    fn check(&self, req: &csi::NodePublishVolumeRequest) -> CsiResult<Publish> {
+        if req.volume_id.is_empty() {
+            return Err(CsiError::InvalidArgument("volume_id is missing".into()));
+        }
+        if req.target_path.is_empty() {
+            return Err(CsiError::InvalidArgument("target_path is missing".into()));
+        }
+        let cap = req
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| CsiError::InvalidArgument("volume_capability is missing".into()))?;
+        let (mount, ro_mode) = caps::check(cap).map_err(CsiError::InvalidArgument)?;
+        let read_only = req.readonly || ro_mode;
+        let mut source = None;
+        let mut flags: Vec<String> = Vec::new();
+        for (k, v) in &req.volume_context {
+            match k.as_str() {
+                CONTEXT_SOURCE => source = Some(v.as_str()),
+                CONTEXT_AT_TIME => flags.push(format!("at_time={v}")),
+                k if k.starts_with("csi.storage.k8s.io/") || k.starts_with("storage.kubernetes.io/") => {}
+                k => {
+                    return Err(CsiError::InvalidArgument(format!(
+                        "unknown volumeAttributes key {k:?}: stratusfs knows source and atTime; other options go in mountOptions"
+                    )));
+                }
+            }
+        }
+        let source_text = source.ok_or_else(|| {
+            CsiError::InvalidArgument(
+                "volumeAttributes.source is missing: give stratusfs://HOST:PORT/VOLUME[/SUBPATH]".into(),
+            )
+        })?;
+        let source: Source =
+            source_text.parse().map_err(|e| CsiError::InvalidArgument(format!("volumeAttributes.source: {e}")))?;
+        for flag in mount.mount_flags.iter().flat_map(|f| f.split(',')).map(str::trim).filter(|f| !f.is_empty()) {
+            let key = flag.split_once('=').map(|(k, _)| k).unwrap_or(flag);
+            if DRIVER_OPTIONS.contains(&key) {
+                return Err(CsiError::InvalidArgument(format!(
+                    "mount option {flag:?} is set by the driver (from the publish Secret and the chart), not by mountOptions"
+                )));
+            }
+            flags.push(flag.to_string());
+        }
+        // Checked now, with its message naming the option; parsed again below with the driver's own.
+        MountOptions::parse(&flags).map_err(|e| CsiError::InvalidArgument(format!("mountOptions: {e}")))?;
+        let token = req.secrets.get("token").filter(|t| !t.is_empty()).ok_or_else(|| {
+            CsiError::InvalidArgument(
+                "the node-publish Secret has no `token` (give nodePublishSecretRef a Secret with token and ca.crt)"
+                    .into(),
+            )
+        })?;
+        let ca_pem = req.secrets.get("ca.crt").filter(|t| !t.is_empty()).ok_or_else(|| {
+            CsiError::InvalidArgument("the node-publish Secret has no `ca.crt` (the CA of the metadata server)".into())
+        })?;
+        let group = match mount.volume_mount_group.as_str() {
+            "" => None,
+            g => Some(g.parse::<u32>().map_err(|_| {
+                CsiError::InvalidArgument(format!(
+                    "volume_mount_group {g:?}: give a numeric group id (a pod's fsGroup)"
+                ))
+            })?),
+        };
+        let mut sorted = flags.clone();
+        sorted.sort();
+        let mut h = Sha256::new();
+        for part in [source_text, token, &sorted.join(","), &group.map(|g| g.to_string()).unwrap_or_default()] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.update([read_only as u8]);
+        let key = hex::encode(&h.finalize()[..12]);
+        let dir = self.cfg.state_dir.join("sessions").join(&key);
+        flags.push("allow_other".into());
+        if read_only {
+            flags.push("ro".into());
+        }
+        if let Some(cache) = &self.cfg.cache_dir {
+            flags.push(format!("disk_cache_dir={}", cache.join(&key).display()));
+            flags.push(format!("disk_cache_mib={}", self.cfg.cache_mib));
+        }
+        let encryption_secret = req.secrets.get("encryptionSecret").filter(|s| !s.is_empty()).cloned();
+        if encryption_secret.is_some() {
+            flags.push(format!("encryption_secret_file={}", dir.join("encryption-secret").display()));
+        }
+        let options =
+            MountOptions::parse(&flags).map_err(|e| CsiError::InvalidArgument(format!("mountOptions: {e}")))?;
+        Ok(Publish {
+            source,
+            key,
+            options,
+            token: token.clone(),
+            ca_pem: ca_pem.clone(),
+            encryption_secret,
+            group,
+            read_only,
+        })
+    }
+
+    /// Starts a session for `p` under the state directory.
+    async fn start(&self, p: &Publish, volume_id: &str) -> CsiResult<Session> {
+        let dir = self.cfg.state_dir.join("sessions").join(&p.key);
+        let mnt = dir.join("mnt");
+        let internal = |what: &str, e: std::io::Error| CsiError::Internal(format!("{what} {}: {e}", dir.display()));
+        std::fs::create_dir_all(&mnt).map_err(|e| internal("making", e))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| internal("securing", e))?;
+        if let Some(secret) = &p.encryption_secret {
+            write_private(&dir.join("encryption-secret"), secret).map_err(|e| internal("writing the secret in", e))?;
+        }
+        let mut source = p.source.clone();
+        let host = source.server.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+        if let Some(dial) = self.cfg.service_addresses.get(&source.server) {
+            source.server = dial.clone();
+        }
+        let trust = ClientTrust { ca_pem: Some(p.ca_pem.clone()), server_name: Some(host), ..Default::default() };
+        let spec = MountSpec {
+            source,
+            mountpoint: mnt.clone(),
+            options: p.options.clone(),
+            credentials: Credentials { token: p.token.clone(), trust },
+        };
+        let mount = match Mount::start(spec).await {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(CsiError::from_mount(e));
+            }
+        };
+        if let Some(gid) = p.group
+            && !p.read_only
+            && let Err(e) = apply_group(&mnt, gid)
+        {
+            tracing::warn!(mount = %mnt.display(), gid, error = %e, "giving the volume's root to the pod's fsGroup failed");
+        }
+        tracing::info!(session = %p.key, volume = volume_id, source = %p.source, read_only = p.read_only, "session started");
+        Ok(Session { mount, dir, targets: BTreeSet::new(), volume_id: volume_id.to_string() })
+    }
+
+    async fn publish(&self, req: csi::NodePublishVolumeRequest) -> CsiResult<()> {
+        let p = self.check(&req)?;
+        let target = PathBuf::from(&req.target_path);
+        let mut state = self.state.lock().await;
+        match std::fs::metadata(&target) {
+            Ok(m) if !m.is_dir() => {
+                return Err(CsiError::InvalidArgument(format!(
+                    "target_path {} is not a directory: a stratusfs volume is mounted on a directory",
+                    target.display()
+                )));
+            }
+            Ok(_) if state.targets.get(&target) == Some(&p.key) && mounted(&target) => return Ok(()),
+            Ok(_) if state.targets.contains_key(&target) && mounted(&target) => {
+                return Err(CsiError::AlreadyExists(format!(
+                    "target_path {} is published already with another source, token, options or read-only flag",
+                    target.display()
+                )));
+            }
+            Ok(_) if mount_type(&target).as_deref() == Some(FSTYPE) => {
+                // A target of a session that died with an earlier process (the kernel may still
+                // answer a stat from its cache for a moment).
+                tracing::warn!(target = %target.display(), "detaching a target left by an earlier node plugin");
+                detach(&target)?;
+                state.targets.remove(&target);
+            }
+            Ok(_) if mounted(&target) => {
+                return Err(CsiError::AlreadyExists(format!(
+                    "target_path {} is a mount point of something else already",
+                    target.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                // A target of a session that died with an earlier process.
+                tracing::warn!(target = %target.display(), "detaching a stale target before publishing it again");
+                detach(&target)?;
+                state.targets.remove(&target);
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                std::fs::create_dir(&target)
+                    .map_err(|e| CsiError::InvalidArgument(format!("making target_path {}: {e}", target.display())))?;
+            }
+            Err(e) => return Err(CsiError::Internal(format!("target_path {}: {e}", target.display()))),
+        }
+        if !state.sessions.contains_key(&p.key) {
+            let s = self.start(&p, &req.volume_id).await?;
+            state.sessions.insert(p.key.clone(), s);
+        }
+        let from = state.sessions[&p.key].dir.join("mnt");
+        let bound = nix::mount::mount(Some(&from), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).and_then(
+            |()| match p.read_only {
+                true => nix::mount::mount(
+                    None::<&str>,
+                    &target,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                ),
+                false => Ok(()),
+            },
+        );
+        if let Err(e) = bound {
+            let _ = nix::mount::umount2(&target, MntFlags::MNT_DETACH);
+            if state.sessions[&p.key].targets.is_empty() {
+                self.end(&mut state, &p.key).await;
+            }
+            return Err(CsiError::Internal(format!("bind-mounting the session onto {}: {e}", target.display())));
+        }
+        let session = state.sessions.get_mut(&p.key).expect("inserted above");
+        session.targets.insert(target.clone());
+        let shared = session.targets.len() > 1;
+        state.targets.insert(target.clone(), p.key.clone());
+        tracing::info!(volume = %req.volume_id, target = %target.display(), session = %p.key, shared, "published");
+        Ok(())
+    }
+
+    /// Ends a session (its last target is gone).
+    async fn end(&self, state: &mut State, key: &str) {
+        let Some(s) = state.sessions.remove(key) else { return };
+        if let Err(e) = s.mount.unmount().await {
+            tracing::warn!(session = key, error = %e, "ending the session's mount failed");
+        }
+        if let Err(e) = std::fs::remove_dir_all(&s.dir) {
+            tracing::warn!(dir = %s.dir.display(), error = %e, "removing the session's directory failed");
+        }
+        if let Some(cache) = &self.cfg.cache_dir {
+            let _ = std::fs::remove_dir_all(cache.join(key));
+        }
+        tracing::info!(session = key, volume = %s.volume_id, "session ended (its last target was unpublished)");
+    }
+
+    async fn unpublish(&self, req: csi::NodeUnpublishVolumeRequest) -> CsiResult<()> {
+        if req.volume_id.is_empty() {
+            return Err(CsiError::InvalidArgument("volume_id is missing".into()));
+        }
+        if req.target_path.is_empty() {
+            return Err(CsiError::InvalidArgument("target_path is missing".into()));
+        }
+        let target = PathBuf::from(&req.target_path);
+        let mut state = self.state.lock().await;
+        if mounted(&target) || std::fs::metadata(&target).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
+            detach(&target)?;
+        }
+        match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(CsiError::Internal(format!("removing target_path {}: {e}", target.display()))),
+        }
+        if let Some(key) = state.targets.remove(&target) {
+            let last = state.sessions.get_mut(&key).is_some_and(|s| {
+                s.targets.remove(&target);
+                s.targets.is_empty()
+            });
+            if last {
+                self.end(&mut state, &key).await;
+            }
+        }
+        tracing::info!(volume = %req.volume_id, target = %target.display(), "unpublished");
+        Ok(())
+    }
+
+    fn stats(&self, req: csi::NodeGetVolumeStatsRequest) -> CsiResult<csi::NodeGetVolumeStatsResponse> {
+        if req.volume_id.is_empty() {
+            return Err(CsiError::InvalidArgument("volume_id is missing".into()));
+        }
+        if req.volume_path.is_empty() {
+            return Err(CsiError::InvalidArgument("volume_path is missing".into()));
+        }
+        let path = Path::new(&req.volume_path);
+        let abnormal = |message: String| csi::NodeGetVolumeStatsResponse {
+            usage: Vec::new(),
+            volume_condition: Some(csi::VolumeCondition { abnormal: true, message }),
+        };
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(CsiError::NotFound(format!("volume_path {} does not exist", path.display())));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                return Ok(abnormal(format!(
+                    "the mount at {} lost its session (the node plugin restarted); the pod must be restarted to mount it again",
+                    path.display()
+                )));
+            }
+            _ => {}
+        }
+        let st = match nix::sys::statvfs::statvfs(path) {
+            Ok(st) => st,
+            Err(e) => return Ok(abnormal(format!("statfs of {}: {e}", path.display()))),
+        };
+        let frsize = st.fragment_size() as i64;
+        let (blocks, bfree, bavail) = (st.blocks() as i64, st.blocks_free() as i64, st.blocks_available() as i64);
+        let (files, ffree) = (st.files() as i64, st.files_free() as i64);
+        use csi::volume_usage::Unit;
+        Ok(csi::NodeGetVolumeStatsResponse {
+            usage: vec![
+                csi::VolumeUsage {
+                    total: blocks * frsize,
+                    available: bavail * frsize,
+                    used: (blocks - bfree) * frsize,
+                    unit: Unit::Bytes as i32,
+                },
+                csi::VolumeUsage { total: files, available: ffree, used: files - ffree, unit: Unit::Inodes as i32 },
+            ],
+            volume_condition: Some(csi::VolumeCondition { abnormal: false, message: String::new() }),
+        })
+    }
+
+    /// The live sessions and their targets, for metrics.
+    pub async fn published(&self) -> Vec<(String, usize, fs_core::MountStats)> {
+        let state = self.state.lock().await;
+        state.sessions.values().map(|s| (s.volume_id.clone(), s.targets.len(), s.mount.stats())).collect()
+    }
+}
+
+/// Makes a session's root belong to the pod's fsGroup, as kubelet would (group, setgid, group
+/// write), without walking the tree: new files inherit the group.
+fn apply_group(root: &Path, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(root)?;
+    if m.gid() != gid {
+        std::os::unix::fs::chown(root, None, Some(gid))?;
+    }
+    let mode = m.mode() & 0o7777;
+    if mode & 0o2070 != 0o2070 {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode | 0o2070))?;
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// Unmounts a target (lazily when busy or stale).
+fn detach(target: &Path) -> CsiResult<()> {
+    match nix::mount::umount2(target, MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) => Ok(()), // not mounted
+        Err(_) => nix::mount::umount2(target, MntFlags::MNT_DETACH)
+            .map_err(|e| CsiError::Internal(format!("unmounting {}: {e}", target.display()))),
+    }
+}
+
+/// The filesystem type of a session's mount (and of the targets bound to it).
+const FSTYPE: &str = "fuse.stratusfs";
+
+/// Whether `path` is a mount point (by /proc/self/mountinfo: works for a stale FUSE mount too).
+fn mounted(path: &Path) -> bool {
+    mount_type(path).is_some()
+}
+
+/// The filesystem type of what is mounted at `path` (the topmost mount), if anything is.
+fn mount_type(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    info.lines()
+        .rev()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|p| unescape(p) == want))
+        .find_map(|l| l.split(" - ").nth(1).and_then(|rest| rest.split(' ').next()).map(String::from))
+}
+
+/// mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn rpc_capability(t: rpc::Type) -> NodeServiceCapability {
+    NodeServiceCapability { r#type: Some(Type::Rpc(csi::node_service_capability::Rpc { r#type: t as i32 })) }
+}
+
+#[tonic::async_trait]
+impl Node for Arc<NodeService> {
+    async fn node_publish_volume(
+        &self,
+        req: Request<csi::NodePublishVolumeRequest>,
+    ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        self.publish(req.into_inner()).await?;
+        Ok(Response::new(csi::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        req: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        self.unpublish(req.into_inner()).await?;
+        Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        req: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        let me = self.clone();
+        let req = req.into_inner();
+        // statfs goes to the metadata server: off the async threads.
+        let r = tokio::task::spawn_blocking(move || me.stats(req))
+            .await
+            .map_err(|e| CsiError::Internal(format!("volume stats: {e}")))?;
+        Ok(Response::new(r?))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        let capabilities = [
+            rpc::Type::GetVolumeStats,
+            rpc::Type::VolumeCondition,
+            rpc::Type::VolumeMountGroup,
+            rpc::Type::SingleNodeMultiWriter,
+        ]
+        .into_iter()
+        .map(rpc_capability)
+        .collect();
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse { capabilities }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<csi::NodeGetInfoRequest>,
+    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: self.cfg.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_read() {
+        assert_eq!(unescape("/var/lib/a\\040b"), "/var/lib/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(mount_type(Path::new("/proc")).as_deref(), Some("proc"));
+        assert!(!mounted(Path::new("/proc/self")));
+    }
+}
