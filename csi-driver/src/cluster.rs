@@ -51,6 +51,22 @@ impl ClaimId {
     pub fn path(&self) -> String {
         format!("/{}", self.name)
     }
+
+    /// The name of the claim's token Secret: the claim's own (a PV's name, `pvc-<uid>`, which the
+    /// StorageClass's `${pv.name}` names), or, for a name that cannot be a Secret's (CSI allows
+    /// any string; only callers outside Kubernetes send one), `claim-<hash of the handle>`.
+    pub fn secret_name(&self) -> String {
+        let n = &self.name;
+        let dns = n.len() <= 253
+            && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && n.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if dns {
+            return n.clone();
+        }
+        use sha2::Digest;
+        format!("claim-{}", hex::encode(&sha2::Sha256::digest(self.to_string().as_bytes())[..10]))
+    }
 }
 
 impl std::fmt::Display for ClaimId {
@@ -227,5 +243,8 @@ mod tests {
         for bad in ["", "a/b", "a/b/c/d", "a//c", "a/b/..", "a/b/c d", "static-volume-1"] {
             assert_eq!(ClaimId::parse(bad), None, "{bad}");
         }
+        assert_eq!(id.secret_name(), "pvc-1234", "a PV's name is its Secret's");
+        let odd = ClaimId::parse("team/data/Sanity-Volume-1").unwrap();
+        assert!(odd.secret_name().starts_with("claim-") && odd.secret_name().len() == 26, "{}", odd.secret_name());
     }
 }

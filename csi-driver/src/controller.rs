@@ -149,7 +149,7 @@ impl ControllerService {
             self.cluster.forget(&vol);
             CsiError::from_client(&format!("{what} claim {id}"), e)
         };
-        let secret = self.cluster.claim_secret(&req.name).await?;
+        let secret = self.cluster.claim_secret(&id.secret_name()).await?;
         let secret_token =
             secret.as_ref().and_then(|s| s.metadata.annotations.as_ref()).and_then(|a| a.get(TOKEN_ID)).cloned();
         let existing = admin.claim(&id.volume, &id.path()).await.map_err(|e| failed("looking up", e))?;
@@ -196,7 +196,7 @@ impl ControllerService {
             (TOKEN_ID.to_string(), claim.token.id.clone()),
             ("stratusfs.io/volume-handle".to_string(), id.to_string()),
         ]);
-        self.cluster.put_claim_secret(&req.name, data, annotations).await?;
+        self.cluster.put_claim_secret(&id.secret_name(), data, annotations).await?;
         tracing::info!(claim = %id, bytes, inodes, created = claim.created, token = %claim.token.id, "claim made");
         Ok(answer(bytes))
     }
@@ -215,7 +215,7 @@ impl ControllerService {
             Err(CsiError::NotFound(m)) => {
                 // The Volume is gone, and its claims with it (or kept by its own deletion policy).
                 tracing::info!(claim = %id, "{m}: nothing to delete but the claim's Secret");
-                return self.cluster.delete_claim_secret(&id.name).await;
+                return self.cluster.delete_claim_secret(&id.secret_name()).await;
             }
             Err(e) => return Err(e),
         };
@@ -224,7 +224,7 @@ impl ControllerService {
             self.cluster.forget(&vol);
             CsiError::from_client(&format!("deleting claim {id}"), e)
         })?;
-        self.cluster.delete_claim_secret(&id.name).await?;
+        self.cluster.delete_claim_secret(&id.secret_name()).await?;
         tracing::info!(claim = %id, "claim deleted; its directory is emptied in the background");
         Ok(())
     }

@@ -103,6 +103,7 @@ impl CsiError {
                 "{message} (the driver's ServiceAccount lacks this permission: check the chart's RBAC)"
             )),
             kube::Error::Api(s) if s.code == 409 => CsiError::Aborted(message),
+            kube::Error::Api(s) if s.code == 422 => CsiError::InvalidArgument(message),
             _ => CsiError::Unavailable(message),
         }
     }
