@@ -1,5 +1,6 @@
 //! The node plugin's plain-HTTP endpoints: `/metrics` (Prometheus, OpenMetrics text: per
-//! published volume, its targets and cache counters) and `/healthz`.
+//! published volume, its sessions and targets, requests, errors, bytes, cache counters) and
+//! `/healthz`.
 
 use std::sync::Arc;
 
@@ -29,6 +30,10 @@ async fn encode(node: &NodeService) -> String {
     let l1_fetches = family(&mut registry, "l1_fetches", "Chunks fetched from the block store or the disk cache");
     let l2_hits = family(&mut registry, "l2_hits", "Blocks read from the disk cache");
     let l2_misses = family(&mut registry, "l2_misses", "Blocks the disk cache did not have");
+    let requests = family(&mut registry, "requests", "Requests the kernel sent to the volume's sessions");
+    let errors = family(&mut registry, "errors", "Requests answered with an error (but ENOENT and ENODATA)");
+    let read = family(&mut registry, "read_bytes", "Bytes read through the volume's sessions");
+    let written = family(&mut registry, "written_bytes", "Bytes written through the volume's sessions");
     for (volume_id, n, st) in node.published().await {
         let l = VolumeLabels { volume_id };
         sessions.get_or_create(&l).inc();
@@ -37,6 +42,10 @@ async fn encode(node: &NodeService) -> String {
         l1_fetches.get_or_create(&l).inc_by(st.l1_fetches as i64);
         l2_hits.get_or_create(&l).inc_by(st.l2_hits as i64);
         l2_misses.get_or_create(&l).inc_by(st.l2_misses as i64);
+        requests.get_or_create(&l).inc_by(st.requests as i64);
+        errors.get_or_create(&l).inc_by(st.errors as i64);
+        read.get_or_create(&l).inc_by(st.bytes_read as i64);
+        written.get_or_create(&l).inc_by(st.bytes_written as i64);
     }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");

@@ -32,6 +32,20 @@ async fn the_chart_installs_an_operator_that_works_under_its_own_service_account
     std::fs::write(&file, &rendered).unwrap();
     kubectl_ok(&cp, &["apply", "--server-side", "--dry-run=server", "-f", file.to_str().unwrap()]);
 
+    // The StorageClass example: named after the Volume it provisions from, refused without one.
+    let sc_args = ["template", "rel", chart, "-n", "stratusfs", "--kube-version", kube_version];
+    let (ok, text) = helm(&cp, &[&sc_args[..], &["--set", "csi.storageClass.create=true"]].concat());
+    assert!(!ok && text.contains("csi.storageClass.volume"), "{text}");
+    let (ok, sc) = helm(
+        &cp,
+        &[&sc_args[..], &["--set", "csi.storageClass.create=true", "--set", "csi.storageClass.volume=team/data"]]
+            .concat(),
+    );
+    assert!(ok && sc.contains("volume: \"team/data\"") && sc.contains("${pv.name}"), "{sc}");
+    let file = cp.dir().join("rendered-sc.yaml");
+    std::fs::write(&file, &sc).unwrap();
+    kubectl_ok(&cp, &["apply", "--server-side", "--dry-run=server", "-f", file.to_str().unwrap()]);
+
     let text = helm_install(&cp);
     assert!(text.contains("kubectl apply"), "helm install's NOTES say what to apply next: {text}");
 
@@ -47,6 +61,34 @@ async fn the_chart_installs_an_operator_that_works_under_its_own_service_account
         assert!(can(verb, what, "default"), "the operator may not {verb} {what}");
     }
     assert!(can("update", "leases.coordination.k8s.io", "stratusfs"));
+    // The CSI controller: claims' Secrets in its own namespace only; Volumes and Secrets read by name.
+    let csi = "system:serviceaccount:stratusfs:stratusfs-csi-controller";
+    let csi_can = |verb: &str, what: &str, ns: &str| {
+        let out = cp.kubectl(&["auth", "can-i", verb, what, "-n", ns, "--as", csi]).unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for (verb, what, ns) in [
+        ("create", "secrets", "stratusfs"),
+        ("delete", "secrets", "stratusfs"),
+        ("get", "secrets", "default"),
+        ("get", "volumes.stratusfs.io", "default"),
+        ("create", "persistentvolumes", "default"),
+        ("patch", "persistentvolumeclaims/status", "default"),
+    ] {
+        assert!(csi_can(verb, what, ns), "the CSI controller may not {verb} {what} in {ns}");
+    }
+    for (verb, what, ns) in [
+        ("create", "secrets", "default"),
+        ("list", "secrets", "default"),
+        ("delete", "secrets", "default"),
+        ("patch", "volumes.stratusfs.io", "default"),
+        ("create", "pods", "default"),
+    ] {
+        assert!(!csi_can(verb, what, ns), "the CSI controller may {verb} {what} in {ns}");
+    }
+    for kind in ["csidriver/csi.stratusfs.io", "daemonset/rel-csi-node", "deployment/rel-csi-controller"] {
+        kubectl_ok(&cp, &["get", kind, "-n", "stratusfs"]);
+    }
     for (verb, what, ns) in [
         ("list", "nodes", "default"),
         ("create", "pods", "default"),

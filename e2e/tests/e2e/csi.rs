@@ -354,3 +354,105 @@ async fn claims_get_directories_with_quotas_and_tokens_of_their_own() {
         node.node_unpublish_volume(req).await.unwrap();
     }
 }
+
+/// The resident memory of process `pid`, MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: the CSI driver's benchmark (publish times, 50 parallel CreateVolumes, node memory)"]
+async fn csi_benchmark_publish_create_and_node_memory() {
+    let w = World::start().await;
+    let kubeconfig = w.cp.kubeconfig.display().to_string();
+    let ns = format!("--namespace={CHART_NS}");
+    let driver = Driver::start(&["--controller", "--node", &ns, &w.map], &[("KUBECONFIG", &kubeconfig)]).await.unwrap();
+    let cap = || capability(Mode::MultiNodeMultiWriter, &[], "");
+    let create = |name: String| {
+        let socket = driver.socket.clone();
+        async move {
+            let mut c = stratusfs_csi::csi::controller_client::ControllerClient::new(
+                stratusfs_csi::server::connect(&socket).await.unwrap(),
+            );
+            let started = Instant::now();
+            let v = c
+                .create_volume(csi::CreateVolumeRequest {
+                    name,
+                    capacity_range: Some(csi::CapacityRange { required_bytes: 1 << 30, limit_bytes: 0 }),
+                    volume_capabilities: vec![cap()],
+                    parameters: [("volume".to_string(), "default/data".to_string())].into_iter().collect(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .volume
+                .unwrap();
+            (started.elapsed(), v)
+        }
+    };
+    // 50 claims at once, as a provisioner with 50 workers would ask.
+    let started = Instant::now();
+    let made = futures::future::join_all((0..50).map(|i| create(format!("pvc-bench-{i:02}")))).await;
+    let wall = started.elapsed();
+    let mut lat: Vec<Duration> = made.iter().map(|(d, _)| *d).collect();
+    lat.sort();
+    println!(
+        "CreateVolume, 50 in parallel: all made in {wall:?}; latency median {:?}, p90 {:?}, max {:?}",
+        lat[25], lat[45], lat[49]
+    );
+    // Publish: the first pod of a claim on a node (a new session) and the second (shared).
+    let token = w.secret("default", "data-mount", "token");
+    let ca = w.secret("default", "data-ca", "ca.crt");
+    let secrets = [("token", token.as_str()), ("ca.crt", ca.as_str())];
+    let mut node = driver.node().await.unwrap();
+    let targets = driver.dir().join("pods");
+    std::fs::create_dir(&targets).unwrap();
+    let idle = rss_mib(driver.pid());
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for (i, (_, v)) in made.iter().enumerate() {
+        let src = &v.volume_context["source"];
+        let t = Instant::now();
+        node.node_publish_volume(publish(&v.volume_id, src, &targets.join(format!("{i}-a")), &secrets, cap(), false))
+            .await
+            .unwrap();
+        first.push(t.elapsed());
+        if i == 0 {
+            println!(
+                "node plugin memory with 1 published target: {:.1} MiB (idle {idle:.1} MiB)",
+                rss_mib(driver.pid())
+            );
+        }
+        let t = Instant::now();
+        node.node_publish_volume(publish(&v.volume_id, src, &targets.join(format!("{i}-b")), &secrets, cap(), false))
+            .await
+            .unwrap();
+        second.push(t.elapsed());
+    }
+    first.sort();
+    second.sort();
+    println!(
+        "NodePublish: first pod of a claim median {:?} (max {:?}); second pod median {:?} (max {:?})",
+        first[25], first[49], second[25], second[49]
+    );
+    println!(
+        "node plugin memory with 50 claims published (50 sessions, 100 targets): {:.1} MiB",
+        rss_mib(driver.pid())
+    );
+    for i in 0..50 {
+        for s in ["a", "b"] {
+            let req = csi::NodeUnpublishVolumeRequest {
+                volume_id: "x".into(),
+                target_path: targets.join(format!("{i}-{s}")).display().to_string(),
+            };
+            node.node_unpublish_volume(req).await.unwrap();
+        }
+    }
+}

@@ -99,7 +99,9 @@ async fn node_publishes_share_sessions_refuse_what_they_must_and_survive_a_resta
     let b = admin.create_claim("vol", &claim("pvc-b")).await.unwrap();
     let port = meta.addr.rsplit_once(':').unwrap().1;
     let map = format!("--service-address={HOST}:7480=127.0.0.1:{port}");
-    let mut driver = Driver::start(&["--node", &map], &[]).await.unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", e2e::service::free_port().unwrap());
+    let metrics_flag = format!("--metrics-listen={metrics_addr}");
+    let mut driver = Driver::start(&["--node", &map, &metrics_flag], &[]).await.unwrap();
     let mut node = driver.node().await.unwrap();
     let src = |claim: &str| format!("stratusfs://{HOST}:7480/vol/{claim}");
     // A session's mount names the address it dials (the Service's, mapped here).
@@ -168,6 +170,27 @@ async fn node_publishes_share_sessions_refuse_what_they_must_and_survive_a_resta
     assert_eq!((inodes.total, inodes.used), (500, (df.files() - df.files_free()) as i64));
     assert!(!stats.volume_condition.unwrap().abnormal);
     eprintln!("NodeGetVolumeStats: {bytes:?} {inodes:?}; df: {} blocks of {frsize}", df.blocks());
+
+    // Metrics per published volume: its sessions, targets, requests and bytes.
+    let text = e2e::service::http_client()
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = |name: &str| -> f64 {
+        let prefix = format!("stratusfs_csi_{name}{{volume_id=\"team/vol/pvc-a\"}} ");
+        let found: Vec<f64> =
+            text.lines().filter_map(|l| l.strip_prefix(&prefix)).filter_map(|v| v.parse().ok()).collect();
+        assert!(!found.is_empty(), "no {prefix} in\n{text}");
+        found.iter().sum()
+    };
+    assert_eq!(metric("published_targets"), 4.0, "{text}");
+    assert_eq!(metric("sessions"), 2.0);
+    assert!(metric("written_bytes") >= (3 << 20) as f64, "{text}");
+    assert!(metric("read_bytes") >= 8.0 && metric("requests") > 10.0, "{text}");
 
     // fsGroup (VOLUME_MOUNT_GROUP): the claim's root belongs to the group, setgid, group-writable.
     let group = capability(Mode::SingleNodeWriter, &[], "4321");

@@ -16,6 +16,17 @@ pub struct Adapter {
     pub fs: Arc<StratusFs>,
     pub params: InitParams,
     pub notifier: Notifier,
+    pub counters: OpCounters,
+}
+
+/// What a mount's kernel asked of it (since this process started serving it).
+#[derive(Debug, Default)]
+pub struct OpCounters {
+    pub requests: std::sync::atomic::AtomicU64,
+    /// Replies with an error, but for the answers that are normal negatives (ENOENT, ENODATA).
+    pub errors: std::sync::atomic::AtomicU64,
+    pub bytes_read: std::sync::atomic::AtomicU64,
+    pub bytes_written: std::sync::atomic::AtomicU64,
 }
 
 /// A reply body: one or more byte strings written after the header.
@@ -403,15 +414,37 @@ fn sized(v: Vec<u8>, size: u32) -> FsResult<Body> {
 impl Handler for Adapter {
     async fn handle(self: Arc<Self>, mut req: Request, reply: Replier) {
         tracing::trace!(unique = req.header.unique, opcode = req.header.opcode, nodeid = req.header.nodeid, "request");
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.counters;
+        c.requests.fetch_add(1, Relaxed);
         let r = match req.header.opcode {
             // READ answers with the cached chunks' own bytes (no copy into a reply buffer).
-            opcode::READ => self.read(&req).await,
-            opcode::WRITE => self.write(&mut req).await.map(|body| vec![body.into()]),
+            opcode::READ => {
+                let r = self.read(&req).await;
+                if let Ok(pieces) = &r {
+                    c.bytes_read.fetch_add(pieces.iter().map(|p| p.len() as u64).sum(), Relaxed);
+                }
+                r
+            }
+            opcode::WRITE => {
+                let r = self.write(&mut req).await;
+                if let Ok(body) = &r
+                    && let Some(size) = body.get(..4)
+                {
+                    c.bytes_written.fetch_add(u32::from_le_bytes(size.try_into().expect("4 bytes")) as u64, Relaxed);
+                }
+                r.map(|body| vec![body.into()])
+            }
             _ => self.dispatch(&req).await.map(|body| vec![body.into()]),
         };
         match r {
             Ok(pieces) => reply.ok(&pieces.iter().map(|p| &p[..]).collect::<Vec<_>>()),
-            Err(errno) => reply.err(errno),
+            Err(errno) => {
+                if errno != libc::ENOENT && errno != libc::ENODATA {
+                    c.errors.fetch_add(1, Relaxed);
+                }
+                reply.err(errno)
+            }
         }
     }
 

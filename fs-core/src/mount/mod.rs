@@ -135,6 +135,13 @@ pub struct MountStats {
     pub l2_hits: u64,
     pub l2_misses: u64,
     pub l2_damaged: u64,
+    /// Requests the kernel sent, those answered with an error (but ENOENT and ENODATA, the
+    /// normal negative answers), and the bytes read and written through the mount, since this
+    /// process began serving it.
+    pub requests: u64,
+    pub errors: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
 }
 
 /// The parts of a mount that outlive a quiesce.
@@ -324,7 +331,20 @@ impl Mount {
     pub fn stats(&self) -> MountStats {
         let (l1_hits, l1_fetches) = self.parts.fs.cache_stats();
         let (l2_hits, l2_misses, l2_damaged) = self.parts.fs.disk_cache_stats().unwrap_or_default();
-        MountStats { l1_hits, l1_fetches, channels: self.parts.fuse.channels(), l2_hits, l2_misses, l2_damaged }
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.parts.adapter.counters;
+        MountStats {
+            l1_hits,
+            l1_fetches,
+            channels: self.parts.fuse.channels(),
+            l2_hits,
+            l2_misses,
+            l2_damaged,
+            requests: c.requests.load(Relaxed),
+            errors: c.errors.load(Relaxed),
+            bytes_read: c.bytes_read.load(Relaxed),
+            bytes_written: c.bytes_written.load(Relaxed),
+        }
     }
 
     /// Waits until the mount ends from outside (umount, `fusermount -u`, the connection
@@ -450,7 +470,12 @@ impl Mount {
 impl Parts {
     fn new(spec: MountSpec, session: Arc<Session>, fs: StratusFs, fuse: Arc<FuseSession>) -> Box<Parts> {
         let fs = fs.into_arc();
-        let adapter = Arc::new(Adapter { fs: fs.clone(), params: fuse.params, notifier: fuse.notifier() });
+        let adapter = Arc::new(Adapter {
+            fs: fs.clone(),
+            params: fuse.params,
+            notifier: fuse.notifier(),
+            counters: Default::default(),
+        });
         Box::new(Parts { spec, session, fs, fuse, adapter })
     }
 }
