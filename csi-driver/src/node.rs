@@ -1,5 +1,5 @@
 //! The Node service: FUSE sessions run in this process, one per (source, token, options, mount
-//! group, read-only), each mounted under the state directory and bind-mounted into every pod's
+//! group, read-only, encryption secret), each mounted under the state directory and bind-mounted into every pod's
 //! target that publishes it. A read-only publish never shares a read-write session (its session
 //! is mounted `ro`). The last target of a session unpublished ends the session.
 //!
@@ -165,8 +165,13 @@ impl NodeService {
         };
         let mut sorted = flags.clone();
         sorted.sort();
+        // The encryption secret is part of what a session is: a publish without it (or with
+        // another) never shares a session that was opened with it.
+        let encryption_secret = req.secrets.get("encryptionSecret").filter(|s| !s.is_empty()).cloned();
         let mut h = Sha256::new();
-        for part in [source_text, token, &sorted.join(","), &group.map(|g| g.to_string()).unwrap_or_default()] {
+        let group_text = group.map(|g| g.to_string()).unwrap_or_default();
+        let secret_text = encryption_secret.as_deref().unwrap_or_default();
+        for part in [source_text, token, &sorted.join(","), &group_text, secret_text] {
             h.update(part.as_bytes());
             h.update([0]);
         }
@@ -181,7 +186,6 @@ impl NodeService {
             flags.push(format!("disk_cache_dir={}", cache.join(&key).display()));
             flags.push(format!("disk_cache_mib={}", self.cfg.cache_mib));
         }
-        let encryption_secret = req.secrets.get("encryptionSecret").filter(|s| !s.is_empty()).cloned();
         if encryption_secret.is_some() {
             flags.push(format!("encryption_secret_file={}", dir.join("encryption-secret").display()));
         }

@@ -209,6 +209,31 @@ async fn node_publishes_share_sessions_refuse_what_they_must_and_survive_a_resta
     std::fs::write(t("grp").join("f"), b"x").unwrap();
     assert_eq!(std::fs::metadata(t("grp").join("f")).unwrap().gid(), 4321, "new files take the group");
 
+    // An encrypted volume: the Secret's encryptionSecret opens it; without it the publish says why.
+    let enc = "correct horse battery staple";
+    meta.volume("sealed", |v| v.encryption = Some(fs_core::crypto::Secret::new(enc.as_bytes().to_vec()).unwrap()))
+        .await
+        .unwrap();
+    let sc = admin.create_claim("sealed", &claim("pvc-s")).await.unwrap();
+    let sealed_src = format!("stratusfs://{HOST}:7480/sealed/pvc-s");
+    let sealed_secrets = [("token", sc.token.token.as_str()), ("ca.crt", ca_pem.as_str()), ("encryptionSecret", enc)];
+    node.node_publish_volume(publish("team/sealed/pvc-s", &sealed_src, &t("sealed"), &sealed_secrets, rw(), false))
+        .await
+        .unwrap();
+    std::fs::write(t("sealed").join("plain"), b"only the pod sees this").unwrap();
+    assert_eq!(std::fs::read(t("sealed").join("plain")).unwrap(), b"only the pod sees this");
+    let e = node
+        .node_publish_volume(publish("team/sealed/pvc-s", &sealed_src, &t("nokey"), &sealed_secrets[..2], rw(), false))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("encrypt"), "a publish without encryptionSecret: {e:?}");
+    node.node_unpublish_volume(unpublish("team/sealed/pvc-s", &t("sealed"))).await.unwrap();
+    let secret_files = e2e::files_under(&driver.dir().join("state"));
+    assert!(
+        secret_files.iter().all(|f| !f.ends_with("encryption-secret")),
+        "the secret file went with its session: {secret_files:?}"
+    );
+
     // Bad input: the code the spec asks for, and a message naming the problem.
     let bad_target = t("bad");
     let cases: Vec<(&str, csi::NodePublishVolumeRequest, Code, &str)> = vec![
