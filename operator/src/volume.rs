@@ -589,6 +589,17 @@ async fn mount_secrets(vol: &Volume, ctx: &Ctx, admin: &mut AdminClient, ca_pem:
             continue;
         }
         let scope = TokenScope { read_only, comment: format!("Kubernetes Secret {ns}/{name}"), ..Default::default() };
+        // A Secret made again (deleted by someone): the token of the one it replaces goes, so a
+        // copy of the old Secret no longer mounts.
+        let failed = |what: &str, e: fs_core::ClientError| Reached::Not {
+            reason: "AdminCallFailed",
+            message: format!("{what} of {name}: {e}"),
+        };
+        let old = timed(admin.tokens(&vol.name_any())).await.map_err(|e| failed("listing the tokens", e))?;
+        for t in old.iter().filter(|t| t.comment == scope.comment) {
+            timed(admin.revoke_token(&vol.name_any(), &t.id)).await.map_err(|e| failed("revoking the old token", e))?;
+            tracing::info!(volume = %vol.name_any(), namespace = %ns, secret = %name, token = %t.id, "revoked the token of a replaced mount Secret");
+        }
         let token = timed(admin.create_token(&vol.name_any(), &scope)).await.map_err(|e| Reached::Not {
             reason: "AdminCallFailed",
             message: format!("making the token of {name}: {e}"),

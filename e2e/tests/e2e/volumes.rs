@@ -166,6 +166,23 @@ async fn a_volume_turns_ready_serves_mounts_and_goes_as_its_deletion_policy_says
     }
     drop(mount);
 
+    // A mount Secret deleted is made again with a new token; the old token no longer mounts.
+    kubectl_ok(&cp, &["delete", "secret", "keep-mount"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new_token = loop {
+        if kubectl(&cp, &["get", "secret", "keep-mount"]).0 {
+            break secret_value(&cp, "keep-mount", "token");
+        }
+        assert!(Instant::now() < deadline, "keep-mount was not made again within 30 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_ne!(new_token, token);
+    let old = Mount::start_trusting(&keep_pod.address(7480), "keep", &token, &fingerprint, &[]).await;
+    assert!(old.is_err(), "the replaced Secret's token still mounts");
+    let fresh = Mount::start_trusting(&keep_pod.address(7480), "keep", &new_token, &fingerprint, &[]).await.unwrap();
+    assert_eq!(std::fs::read(fresh.path.join("file")).unwrap(), data);
+    drop(fresh);
+
     // The metadata server stops: not Ready within 30 s, saying why; back, Ready again.
     keep_pod.stop();
     let stopped = Instant::now();
