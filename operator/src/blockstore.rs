@@ -69,44 +69,44 @@ async fn release(bs: Arc<BlockStore>, ctx: &Ctx) -> Result<Action, Error> {
     Err(Error::Held(format!("BlockStore {ns}/{}: {message}", bs.name_any())))
 }
 
+/// Probes the store `spec` describes (the BlockStore `key`, `NS/NAME`): a spec (credentials
+/// included) that passed less than a minute ago is not probed again; a failure always is. The
+/// BlockStore reconciler and a Volume about to take new credentials both ask here.
+pub async fn probe(ctx: &Ctx, key: &str, spec: &fs_core::BackendSpec) -> Checked {
+    let hash = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(spec).unwrap_or_default().hash(&mut h);
+        h.finish()
+    };
+    let recent = ctx
+        .checks
+        .lock()
+        .get(key)
+        .filter(|(h, at, _)| *h == hash && at.elapsed() < Duration::from_secs(60))
+        .map(|c| c.2.clone());
+    if let Some(c) = recent {
+        return c;
+    }
+    let c = match fs_core::check_backend(spec).await {
+        Ok(()) => Checked {
+            ready: true,
+            reason: "Probed",
+            message: format!("a probe object was written, read and deleted in {}", spec.url()),
+        },
+        Err(e) => Checked { ready: false, reason: reason_of(&e), message: e.to_string() },
+    };
+    if c.ready {
+        ctx.checks.lock().insert(key.to_string(), (hash, std::time::Instant::now(), c.clone()));
+    }
+    c
+}
+
 /// Checks the store and writes the Ready condition.
 async fn check(bs: Arc<BlockStore>, ctx: &Ctx) -> Result<Action, Error> {
     let ns = bs.namespace().unwrap_or_default();
     let checked = match backend_spec(&ctx.client, &ns, &bs.spec).await {
-        Ok(spec) => {
-            // Volumes' changes bring their BlockStore here too: a spec (credentials included)
-            // that passed less than a minute ago is not probed again (a failure always is).
-            let hash = {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                serde_json::to_string(&spec).unwrap_or_default().hash(&mut h);
-                h.finish()
-            };
-            let key = format!("{ns}/{}", bs.name_any());
-            let recent = ctx
-                .checks
-                .lock()
-                .get(&key)
-                .filter(|(h, at, _)| *h == hash && at.elapsed() < Duration::from_secs(60))
-                .map(|c| c.2.clone());
-            match recent {
-                Some(c) => c,
-                None => {
-                    let c = match fs_core::check_backend(&spec).await {
-                        Ok(()) => Checked {
-                            ready: true,
-                            reason: "Probed",
-                            message: format!("a probe object was written, read and deleted in {}", spec.url()),
-                        },
-                        Err(e) => Checked { ready: false, reason: reason_of(&e), message: e.to_string() },
-                    };
-                    if c.ready {
-                        ctx.checks.lock().insert(key, (hash, std::time::Instant::now(), c.clone()));
-                    }
-                    c
-                }
-            }
-        }
+        Ok(spec) => probe(ctx, &format!("{ns}/{}", bs.name_any()), &spec).await,
         Err(c) => c,
     };
     let (backend, location) = describe(&bs.spec);

@@ -508,6 +508,21 @@ async fn on_server_inner(
                 }
                 _ => None,
             };
+            // New credentials reach the volume record (and every mount through it) only once they
+            // passed a probe: a bad rotation leaves the volume on the credentials it has.
+            if let Some(b) = &block_store {
+                let key = format!("{ns}/{}", vol.spec.block_store);
+                let probed = crate::blockstore::probe(ctx, &key, b).await;
+                if !probed.ready {
+                    return Err(not(
+                        "CredentialsRejected",
+                        format!(
+                            "the BlockStore's new credentials failed their probe ({}); the volume keeps the ones it has",
+                            probed.message
+                        ),
+                    ));
+                }
+            }
             let update = VolumeUpdate {
                 quota: (v.quota != quota).then_some(quota),
                 retention_secs: (v.retention_secs != retention).then_some(retention),
