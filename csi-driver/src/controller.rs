@@ -156,9 +156,7 @@ impl ControllerService {
         let answer = |bytes: u64| csi::Volume {
             capacity_bytes: bytes as i64,
             volume_id: id.to_string(),
-            volume_context: BTreeMap::from([("source".to_string(), format!("{}/{}", vol.endpoint(), id.name))])
-                .into_iter()
-                .collect(),
+            volume_context: [("source".to_string(), format!("{}/{}", vol.endpoint(), id.name))].into(),
             ..Default::default()
         };
         if let Some(claim) = &existing

@@ -71,6 +71,8 @@ pub struct NodeService {
 struct Publish {
     source: Source,
     key: String,
+    /// The session's directory under the state directory.
+    dir: PathBuf,
     options: MountOptions,
     token: String,
     ca_pem: String,
@@ -144,8 +146,6 @@ impl NodeService {
             }
             flags.push(flag.to_string());
         }
-        // Checked now, with its message naming the option; parsed again below with the driver's own.
-        MountOptions::parse(&flags).map_err(|e| CsiError::InvalidArgument(format!("mountOptions: {e}")))?;
         let token = req.secrets.get("token").filter(|t| !t.is_empty()).ok_or_else(|| {
             CsiError::InvalidArgument(
                 "the node-publish Secret has no `token` (give nodePublishSecretRef a Secret with token and ca.crt)"
@@ -194,6 +194,7 @@ impl NodeService {
         Ok(Publish {
             source,
             key,
+            dir,
             options,
             token: token.clone(),
             ca_pem: ca_pem.clone(),
@@ -205,7 +206,7 @@ impl NodeService {
 
     /// Starts a session for `p` under the state directory.
     async fn start(&self, p: &Publish, volume_id: &str) -> CsiResult<Session> {
-        let dir = self.cfg.state_dir.join("sessions").join(&p.key);
+        let dir = p.dir.clone();
         let mnt = dir.join("mnt");
         let internal = |what: &str, e: std::io::Error| CsiError::Internal(format!("{what} {}: {e}", dir.display()));
         std::fs::create_dir_all(&mnt).map_err(|e| internal("making", e))?;
@@ -246,45 +247,47 @@ impl NodeService {
         let p = self.check(&req)?;
         let target = PathBuf::from(&req.target_path);
         let mut state = self.state.lock().await;
-        match std::fs::metadata(&target) {
-            Ok(m) if !m.is_dir() => {
-                return Err(CsiError::InvalidArgument(format!(
-                    "target_path {} is not a directory: a stratusfs volume is mounted on a directory",
-                    target.display()
-                )));
+        // What is at the target now (mountinfo read once): a directory to mount on, this publish
+        // done already, something else, or a target of a session that died with an earlier
+        // process (ENOTCONN, or a stratusfs mount this process does not know: the kernel may
+        // still answer a stat from its cache for a moment).
+        let fstype = mount_type(&target);
+        let known = state.targets.get(&target).cloned();
+        let stat = std::fs::metadata(&target);
+        let stale = match &stat {
+            Err(e) => e.raw_os_error() == Some(libc::ENOTCONN),
+            Ok(m) => m.is_dir() && known.is_none() && fstype.as_deref() == Some(FSTYPE),
+        };
+        if stale {
+            tracing::warn!(target = %target.display(), "detaching a target left by an earlier node plugin before publishing it again");
+            detach(&target)?;
+            state.targets.remove(&target);
+        } else {
+            match stat {
+                Ok(m) if !m.is_dir() => {
+                    return Err(CsiError::InvalidArgument(format!(
+                        "target_path {} is not a directory: a stratusfs volume is mounted on a directory",
+                        target.display()
+                    )));
+                }
+                Ok(_) if fstype.is_some() && known.as_deref() == Some(p.key.as_str()) => return Ok(()),
+                Ok(_) if fstype.is_some() => {
+                    return Err(CsiError::AlreadyExists(match known {
+                        Some(_) => format!(
+                            "target_path {} is published already with another source, token, options or read-only flag",
+                            target.display()
+                        ),
+                        None => format!("target_path {} is a mount point of something else already", target.display()),
+                    }));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    std::fs::create_dir(&target).map_err(|e| {
+                        CsiError::InvalidArgument(format!("making target_path {}: {e}", target.display()))
+                    })?;
+                }
+                Err(e) => return Err(CsiError::Internal(format!("target_path {}: {e}", target.display()))),
             }
-            Ok(_) if state.targets.get(&target) == Some(&p.key) && mounted(&target) => return Ok(()),
-            Ok(_) if state.targets.contains_key(&target) && mounted(&target) => {
-                return Err(CsiError::AlreadyExists(format!(
-                    "target_path {} is published already with another source, token, options or read-only flag",
-                    target.display()
-                )));
-            }
-            Ok(_) if mount_type(&target).as_deref() == Some(FSTYPE) => {
-                // A target of a session that died with an earlier process (the kernel may still
-                // answer a stat from its cache for a moment).
-                tracing::warn!(target = %target.display(), "detaching a target left by an earlier node plugin");
-                detach(&target)?;
-                state.targets.remove(&target);
-            }
-            Ok(_) if mounted(&target) => {
-                return Err(CsiError::AlreadyExists(format!(
-                    "target_path {} is a mount point of something else already",
-                    target.display()
-                )));
-            }
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-                // A target of a session that died with an earlier process.
-                tracing::warn!(target = %target.display(), "detaching a stale target before publishing it again");
-                detach(&target)?;
-                state.targets.remove(&target);
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                std::fs::create_dir(&target)
-                    .map_err(|e| CsiError::InvalidArgument(format!("making target_path {}: {e}", target.display())))?;
-            }
-            Err(e) => return Err(CsiError::Internal(format!("target_path {}: {e}", target.display()))),
         }
         if !state.sessions.contains_key(&p.key) {
             let s = self.start(&p, &req.volume_id).await?;

@@ -25,7 +25,9 @@ use stratusfs_csi::csi::volume_capability::access_mode::Mode;
 use tonic::Code;
 
 use crate::csi_node::{capability, publish};
-use crate::kubernetes::{CHART_NS, apply_ok as apply, chart_operator, helm_install, kubectl, kubectl_ok};
+use crate::kubernetes::{
+    CHART_NS, apply_ok as apply, chart_operator, helm_install, kubectl, kubectl_ok, secret_value_in,
+};
 use crate::operator::{block_store, condition_of, ready_of, secret, version_of};
 
 /// csi-sanity's summary counts: (passed, failed, skipped).
@@ -77,10 +79,7 @@ impl World {
     }
 
     fn secret(&self, ns: &str, name: &str, key: &str) -> String {
-        use base64::Engine;
-        let path = format!("jsonpath={{.data.{}}}", key.replace('.', "\\."));
-        let b64 = kubectl_ok(&self.cp, &["get", "secret", name, "-n", ns, "-o", &path]);
-        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap()).unwrap()
+        secret_value_in(&self.cp, ns, name, key)
     }
 
     /// An admin client of the Volume's server, as the operator reaches it.

@@ -70,6 +70,14 @@ pub(crate) fn publish(
     }
 }
 
+fn stats_request(volume_id: &str, path: &Path) -> csi::NodeGetVolumeStatsRequest {
+    csi::NodeGetVolumeStatsRequest {
+        volume_id: volume_id.into(),
+        volume_path: path.display().to_string(),
+        ..Default::default()
+    }
+}
+
 fn unpublish(volume_id: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
     csi::NodeUnpublishVolumeRequest { volume_id: volume_id.into(), target_path: target.display().to_string() }
 }
@@ -150,15 +158,7 @@ async fn node_publishes_share_sessions_refuse_what_they_must_and_survive_a_resta
     // NodeGetVolumeStats says what df says inside the target: the claim's quota and use.
     std::fs::write(t("one").join("big"), vec![7u8; 3 << 20]).unwrap();
     nix::unistd::sync();
-    let stats = node
-        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
-            volume_id: "team/vol/pvc-a".into(),
-            volume_path: t("one").display().to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = node.node_get_volume_stats(stats_request("team/vol/pvc-a", &t("one"))).await.unwrap().into_inner();
     let df = nix::sys::statvfs::statvfs(&t("one")).unwrap();
     let bytes = stats.usage.iter().find(|u| u.unit == csi::volume_usage::Unit::Bytes as i32).unwrap();
     let inodes = stats.usage.iter().find(|u| u.unit == csi::volume_usage::Unit::Inodes as i32).unwrap();
@@ -333,14 +333,7 @@ async fn node_publishes_share_sessions_refuse_what_they_must_and_survive_a_resta
     unknown_attr.volume_context.insert("cacheSize".into(), "1".into());
     let e = node.node_publish_volume(unknown_attr).await.unwrap_err();
     assert!(e.code() == Code::InvalidArgument && e.message().contains("cacheSize"), "{e:?}");
-    let e = node
-        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
-            volume_id: "v".into(),
-            volume_path: t("nowhere").display().to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = node.node_get_volume_stats(stats_request("v", &t("nowhere"))).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
 
     // Unpublish: the last target of a session ends it; twice is fine.
@@ -363,15 +356,7 @@ async fn node_publishes_share_sessions_refuse_what_they_must_and_survive_a_resta
     driver.restart().await.unwrap();
     let mut node = driver.node().await.unwrap();
     assert_eq!(sessions_of(&dialled("pvc-a")), 0, "the old sessions' mounts were detached at start");
-    let stats = node
-        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
-            volume_id: "team/vol/pvc-a".into(),
-            volume_path: t("two").display().to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = node.node_get_volume_stats(stats_request("team/vol/pvc-a", &t("two"))).await.unwrap().into_inner();
     assert!(stats.volume_condition.as_ref().unwrap().abnormal, "a stale target is reported abnormal: {stats:?}");
     node.node_publish_volume(publish("team/vol/pvc-a", &src("pvc-a"), &t("one"), &secrets_a, rw(), false))
         .await

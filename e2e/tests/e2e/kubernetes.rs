@@ -26,6 +26,14 @@ pub(crate) fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
     out
 }
 
+/// Key `key` of Secret `ns/name`, decoded.
+pub(crate) fn secret_value_in(cp: &ControlPlane, ns: &str, name: &str, key: &str) -> String {
+    use base64::Engine;
+    let path = format!("jsonpath={{.data.{}}}", key.replace('.', "\\."));
+    let b64 = kubectl_ok(cp, &["get", "secret", name, "-n", ns, "-o", &path]);
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap()).unwrap()
+}
+
 /// `kubectl apply` of `yaml` (written to `NAME.yaml` in the control plane's folder): (success,
 /// stderr).
 pub(crate) fn apply(cp: &ControlPlane, name: &str, yaml: &str) -> (bool, String) {

@@ -18,7 +18,7 @@ use e2e::stratusfs::Mount;
 use fs_core::{AdminClient, ClientTrust};
 use futures::TryStreamExt;
 
-use crate::kubernetes::{apply_ok as apply, chart_operator, helm_install, kubectl, kubectl_ok};
+use crate::kubernetes::{apply_ok as apply, chart_operator, helm_install, kubectl, kubectl_ok, secret_value_in};
 use crate::operator::{block_store, condition_of, ready_of, secret, version_of};
 
 fn volume(name: &str, extra: &str) -> String {
@@ -29,9 +29,7 @@ fn volume(name: &str, extra: &str) -> String {
 
 /// A Secret's value, decoded.
 fn secret_value(cp: &ControlPlane, name: &str, key: &str) -> String {
-    let b64 =
-        kubectl_ok(cp, &["get", "secret", name, "-o", &format!("jsonpath={{.data.{}}}", key.replace('.', "\\."))]);
-    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap()).unwrap()
+    secret_value_in(cp, "default", name, key)
 }
 
 /// The SHA-256 fingerprint of the certificate in Secret `<vol>-meta-tls`.
