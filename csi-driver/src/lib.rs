@@ -7,6 +7,7 @@
 //! (docs/csi.md).
 
 pub mod caps;
+pub mod cli;
 pub mod cluster;
 pub mod controller;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod identity;
 pub mod metrics;
 pub mod node;
 pub mod server;
+pub mod takeover;
 
 /// The CSI v1 protocol.
 #[allow(clippy::all, missing_docs)]

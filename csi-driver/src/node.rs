@@ -3,17 +3,21 @@
 //! target that publishes it. A read-only publish never shares a read-write session (its session
 //! is mounted `ro`). The last target of a session unpublished ends the session.
 //!
-//! After a crash of this process its sessions are gone and their mounts answer ENOTCONN: at start
-//! the state directory's mounts are detached, and a publish onto, or an unpublish of, such a
-//! stale target detaches it first. (Mounts that survive the node plugin are [9].)
+//! A plugin starting while another serves the node takes every live session over from it
+//! (`takeover.rs`: a rollout or upgrade, nothing in the pods notices). A plugin that finds no one
+//! serving (a first start, or after a crash) owns the state directory alone: its leftover mounts
+//! answer ENOTCONN and are detached, and a publish onto, or an unpublish of, such a stale target
+//! detaches it first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use fs_core::{ClientTrust, Credentials, Mount, MountOptions, MountSpec, Source};
+use fs_core::{ClientTrust, Credentials, Mount, MountError, MountOptions, MountSpec, Quiesced, Source};
 use nix::mount::{MntFlags, MsFlags};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
@@ -24,6 +28,11 @@ use crate::csi::node_server::Node;
 use crate::csi::node_service_capability::{Type, rpc};
 use crate::csi::{self, NodeServiceCapability};
 use crate::error::{CsiError, CsiResult};
+use crate::takeover::{self, SessionInfo};
+
+/// How long a starting plugin waits for the owner lock's holder to answer on the handover socket
+/// (it holds the lock from its start until it listens).
+const OWNER_WAIT: Duration = Duration::from_secs(60);
 
 /// The volume context keys a PV may carry (the sidecars' and kubelet's own are let through).
 const CONTEXT_SOURCE: &str = "source";
@@ -55,16 +64,55 @@ struct Session {
     volume_id: String,
 }
 
+impl Session {
+    fn info(&self, key: &str) -> SessionInfo {
+        SessionInfo {
+            key: key.to_string(),
+            dir: self.dir.clone(),
+            targets: self.targets.iter().cloned().collect(),
+            volume_id: self.volume_id.clone(),
+        }
+    }
+
+    fn from_info(info: SessionInfo, mount: Mount) -> Session {
+        Session { mount, dir: info.dir, targets: info.targets.into_iter().collect(), volume_id: info.volume_id }
+    }
+}
+
 #[derive(Default)]
 struct State {
     sessions: HashMap<String, Session>,
     /// Target → the key of its session.
     targets: HashMap<PathBuf, String>,
+    /// The owner lock (`takeover.rs`); `None` once handed over.
+    lock: Option<OwnedFd>,
+    /// The sessions are the successor's: this process only exits.
+    handed_over: bool,
+}
+
+impl State {
+    fn serving(&self) -> CsiResult<()> {
+        match self.handed_over {
+            false => Ok(()),
+            true => Err(CsiError::Unavailable(
+                "this node plugin handed its sessions to its successor and is exiting; retry".into(),
+            )),
+        }
+    }
+
+    fn insert(&mut self, info: SessionInfo, mount: Mount) {
+        for t in &info.targets {
+            self.targets.insert(t.clone(), info.key.clone());
+        }
+        self.sessions.insert(info.key.clone(), Session::from_info(info, mount));
+    }
 }
 
 pub struct NodeService {
     cfg: NodeConfig,
     state: Mutex<State>,
+    /// Whether the sessions were handed over (the process then serves nothing).
+    handed: tokio::sync::watch::Sender<bool>,
 }
 
 /// What one publish asks for, checked.
@@ -82,24 +130,164 @@ struct Publish {
 }
 
 impl NodeService {
-    /// Starts the node service: mounts a crashed predecessor left under the state directory are
-    /// detached.
-    pub fn new(cfg: NodeConfig) -> CsiResult<NodeService> {
+    /// Starts the node service on the node's state directory: takes the sessions over from the
+    /// plugin serving the node, if one answers on the handover socket; else owns the directory
+    /// (detaching the mounts a crashed predecessor left). Then listens on the handover socket for
+    /// its own successor.
+    pub async fn start(cfg: NodeConfig) -> CsiResult<Arc<NodeService>> {
         let sessions = cfg.state_dir.join("sessions");
         std::fs::create_dir_all(&sessions)
             .map_err(|e| CsiError::Internal(format!("making the state directory {}: {e}", sessions.display())))?;
-        for entry in std::fs::read_dir(&sessions).into_iter().flatten().flatten() {
-            let dir = entry.path();
-            let mnt = dir.join("mnt");
-            if mounted(&mnt) {
-                tracing::warn!(mount = %mnt.display(), "a session left by an earlier node plugin: detaching it");
-                let _ = nix::mount::umount2(&mnt, MntFlags::MNT_DETACH);
+        let sock_path = takeover::socket_path(&cfg.state_dir);
+        let deadline = Instant::now() + OWNER_WAIT;
+        let mut state = State::default();
+        let rt = tokio::runtime::Handle::current();
+        loop {
+            if let Ok(sock) = std::os::unix::net::UnixStream::connect(&sock_path) {
+                let started = Instant::now();
+                match tokio::task::block_in_place(|| rt.block_on(takeover::take(&sock))) {
+                    Ok(taken) => {
+                        let n = taken.sessions.len();
+                        for (info, mount) in taken.sessions {
+                            state.insert(info, mount);
+                        }
+                        state.lock = Some(taken.lock);
+                        tracing::info!(sessions = n, took = ?started.elapsed(), "took the node's sessions over from the plugin serving before");
+                        break;
+                    }
+                    Err(e @ takeover::TakeoverError::Gone(_)) if Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "the handover broke off");
+                    }
+                    Err(e) => return Err(CsiError::Internal(e.to_string())),
+                }
+            } else {
+                let lock = takeover::try_lock(&cfg.state_dir).map_err(|e| {
+                    CsiError::Internal(format!(
+                        "taking the owner lock {}: {e}",
+                        takeover::lock_path(&cfg.state_dir).display()
+                    ))
+                })?;
+                if let Some(lock) = lock {
+                    detach_leftovers(&sessions);
+                    state.lock = Some(lock);
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(CsiError::Internal(format!(
+                        "another node plugin holds {} but does not answer on {} within {OWNER_WAIT:?}: is it stuck?",
+                        takeover::lock_path(&cfg.state_dir).display(),
+                        sock_path.display()
+                    )));
+                }
             }
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "removing an old session's directory failed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The owner lock is held: no live process listens on the socket's path.
+        let _ = std::fs::remove_file(&sock_path);
+        let listener = tokio::net::UnixListener::bind(&sock_path)
+            .map_err(|e| CsiError::Internal(format!("listening on {}: {e}", sock_path.display())))?;
+        std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| CsiError::Internal(format!("securing {}: {e}", sock_path.display())))?;
+        let node =
+            Arc::new(NodeService { cfg, state: Mutex::new(state), handed: tokio::sync::watch::Sender::new(false) });
+        tokio::spawn(node.clone().listen(listener));
+        Ok(node)
+    }
+
+    /// Resolves once this plugin handed its sessions to a successor.
+    pub async fn handed_over(&self) {
+        let _ = self.handed.subscribe().wait_for(|&h| h).await;
+    }
+
+    /// Whether this plugin handed its sessions to a successor.
+    pub fn is_handed_over(&self) -> bool {
+        *self.handed.borrow()
+    }
+
+    /// Answers successors on the handover socket until one takes the sessions.
+    async fn listen(self: Arc<Self>, listener: tokio::net::UnixListener) {
+        loop {
+            let conn = match listener.accept().await {
+                Ok((c, _)) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting on the handover socket failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let sock = match conn.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a handover connection");
+                    continue;
+                }
+            };
+            if self.hand_over(&sock).await {
+                self.handed.send_replace(true);
+                return;
             }
         }
-        Ok(NodeService { cfg, state: Mutex::new(State::default()) })
+    }
+
+    /// Hands every session to the successor on `sock`; `false`: this plugin keeps them all.
+    async fn hand_over(&self, sock: &std::os::unix::net::UnixStream) -> bool {
+        if !tokio::task::block_in_place(|| takeover::asks_takeover(sock)) {
+            return false;
+        }
+        let started = Instant::now();
+        let mut state = self.state.lock().await;
+        if state.handed_over {
+            return true;
+        }
+        tracing::info!(sessions = state.sessions.len(), "a successor asks for the node's sessions: quiescing them");
+        let mut quiescing = tokio::task::JoinSet::new();
+        for (key, s) in state.sessions.drain() {
+            let info = s.info(&key);
+            quiescing.spawn(async move { (info, s.mount.quiesce(takeover::QUIESCE_WAIT).await) });
+        }
+        let mut quiesced: Vec<(SessionInfo, Quiesced)> = Vec::new();
+        let mut failed: Vec<(SessionInfo, Mount, MountError)> = Vec::new();
+        while let Some(r) = quiescing.join_next().await {
+            match r {
+                Ok((info, Ok(q))) => quiesced.push((info, q)),
+                Ok((info, Err((m, e)))) => failed.push((info, m, e)),
+                Err(e) => tracing::error!(error = %e, "a quiesce task failed; its session is lost"),
+            }
+        }
+        let paused = started.elapsed();
+        let outcome = match failed.first() {
+            Some((info, _, e)) => {
+                let why = format!("session {} (volume {}) would not quiesce: {e}", info.key, info.volume_id);
+                tokio::task::block_in_place(|| takeover::refuse(sock, &why));
+                Err(why)
+            }
+            None => {
+                let lock = state.lock.as_ref().expect("the owner holds the lock until it hands over");
+                tokio::task::block_in_place(|| takeover::give(sock, lock, &quiesced))
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                for (_, q) in quiesced {
+                    q.release();
+                }
+                state.targets.clear();
+                state.lock = None;
+                state.handed_over = true;
+                tracing::info!(paused = ?paused, took = ?started.elapsed(), "handed every session to the successor");
+                true
+            }
+            Err(why) => {
+                tracing::error!(why, "the successor did not take the sessions over; serving them on");
+                for (info, q) in quiesced {
+                    state.insert(info, q.resume());
+                }
+                for (info, m, _) in failed {
+                    state.insert(info, m);
+                }
+                false
+            }
+        }
     }
 
     /// Checks a publish request and works out its session.
@@ -205,7 +393,7 @@ impl NodeService {
     }
 
     /// Starts a session for `p` under the state directory.
-    async fn start(&self, p: &Publish, volume_id: &str) -> CsiResult<Session> {
+    async fn start_session(&self, p: &Publish, volume_id: &str) -> CsiResult<Session> {
         let dir = p.dir.clone();
         let mnt = dir.join("mnt");
         let internal = |what: &str, e: std::io::Error| CsiError::Internal(format!("{what} {}: {e}", dir.display()));
@@ -247,6 +435,7 @@ impl NodeService {
         let p = self.check(&req)?;
         let target = PathBuf::from(&req.target_path);
         let mut state = self.state.lock().await;
+        state.serving()?;
         // What is at the target now (mountinfo read once): a directory to mount on, this publish
         // done already, something else, or a target of a session that died with an earlier
         // process (ENOTCONN, or a stratusfs mount this process does not know: the kernel may
@@ -290,7 +479,7 @@ impl NodeService {
             }
         }
         if !state.sessions.contains_key(&p.key) {
-            let s = self.start(&p, &req.volume_id).await?;
+            let s = self.start_session(&p, &req.volume_id).await?;
             state.sessions.insert(p.key.clone(), s);
         }
         let from = state.sessions[&p.key].dir.join("mnt");
@@ -345,6 +534,7 @@ impl NodeService {
         }
         let target = PathBuf::from(&req.target_path);
         let mut state = self.state.lock().await;
+        state.serving()?;
         if mounted(&target) || std::fs::metadata(&target).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
             detach(&target)?;
         }
@@ -416,6 +606,21 @@ impl NodeService {
     pub async fn published(&self) -> Vec<(String, usize, fs_core::MountStats)> {
         let state = self.state.lock().await;
         state.sessions.values().map(|s| (s.volume_id.clone(), s.targets.len(), s.mount.stats())).collect()
+    }
+}
+
+/// Detaches the session mounts a crashed predecessor left and removes their directories.
+fn detach_leftovers(sessions: &Path) {
+    for entry in std::fs::read_dir(sessions).into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let mnt = dir.join("mnt");
+        if mounted(&mnt) {
+            tracing::warn!(mount = %mnt.display(), "a session left by a node plugin that is gone: detaching it");
+            let _ = nix::mount::umount2(&mnt, MntFlags::MNT_DETACH);
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing an old session's directory failed");
+        }
     }
 }
 

@@ -19,6 +19,10 @@ use crate::{HarnessError, Result};
 /// A running `stratusfs-csi`.
 pub struct Driver {
     pub socket: PathBuf,
+    /// The executable (`stratusfs-csi`, or another build a rollout switched to).
+    program: PathBuf,
+    /// Processes started so far (each logs to `stratusfs-csi.N.log`).
+    generation: usize,
     args: Vec<String>,
     env: Vec<(String, String)>,
     service: Option<Service>,
@@ -40,16 +44,31 @@ impl Driver {
         ];
         all.extend(args.iter().map(|a| a.to_string()));
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut d = Driver { socket, args: all, env, service: None, dir };
+        let program = crate::stratusfs::csi_binary()?;
+        let mut d = Driver { socket, program, generation: 0, args: all, env, service: None, dir };
         d.spawn().await?;
         Ok(d)
     }
 
-    async fn spawn(&mut self) -> Result<()> {
-        let mut cmd = Command::new(crate::stratusfs::csi_binary()?);
+    /// Starts one more process of the driver with the same arguments.
+    pub fn spawn_process(&mut self, program: &Path) -> Result<Service> {
+        self.generation += 1;
+        let mut cmd = Command::new(program);
         cmd.args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
-        let mut service = Service::spawn("stratusfs-csi", cmd, self.dir.path())?;
+        Service::spawn(&format!("stratusfs-csi.{}", self.generation), cmd, self.dir.path())
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let program = self.program.clone();
+        let mut service = self.spawn_process(&program)?;
+        self.ready(&mut service).await?;
+        self.service = Some(service);
+        Ok(())
+    }
+
+    /// Waits until `service` answers Probe on the socket.
+    async fn ready(&self, service: &mut Service) -> Result<()> {
         let socket = self.socket.clone();
         service
             .wait_ready(Duration::from_secs(30), || {
@@ -65,9 +84,77 @@ impl Driver {
                     }
                 }
             })
-            .await?;
+            .await
+    }
+
+    /// A rollout of the node plugin as a DaemonSet with `maxSurge: 1` makes it: a successor
+    /// (`program`, or the same executable) starts while this one runs and takes its sessions
+    /// over; once it serves, the predecessor gets SIGTERM (the DaemonSet removing the old pod)
+    /// and must exit 0. Returns the time from the successor's start until it served. A successor
+    /// that exits first (it refused the handover) is an error naming its log.
+    pub async fn roll(&mut self, program: Option<&Path>) -> Result<Duration> {
+        if let Some(p) = program {
+            self.program = p.to_path_buf();
+        }
+        let program = self.program.clone();
+        let mut successor = self.spawn_process(&program)?;
+        let took = Self::serving(&mut successor, Duration::from_secs(60)).await?;
+        if let Some(mut old) = self.service.take() {
+            match old.terminate(Duration::from_secs(10)) {
+                Some(s) if s.success() => {}
+                other => {
+                    return Err(HarnessError::setup(
+                        "a rollout",
+                        format!("the predecessor ended with {other:?} after SIGTERM:\n{}", old.log_tail(40)),
+                    ));
+                }
+            }
+        }
+        self.ready(&mut successor).await?;
+        self.service = Some(successor);
+        Ok(took)
+    }
+
+    /// Waits until `service` logs that it serves the socket (a successor does once it took the
+    /// sessions over); the time it took.
+    pub async fn serving(service: &mut Service, within: Duration) -> Result<Duration> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = service.try_exit() {
+                return Err(HarnessError::Exited {
+                    service: service.name().to_string(),
+                    status,
+                    log: service.log_path().to_path_buf(),
+                    tail: service.log_tail(40),
+                });
+            }
+            if service.logged("stratusfs-csi serving") {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > within {
+                return Err(HarnessError::setup(
+                    "a rollout",
+                    format!("{} did not serve within {within:?}:\n{}", service.name(), service.log_tail(40)),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The running process, taken out of the fixture (a test that rolls by hand).
+    pub fn take_process(&mut self) -> Option<Service> {
+        self.service.take()
+    }
+
+    /// The running process's exit status, if it exited.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.service.as_mut().and_then(|s| s.try_exit())
+    }
+
+    /// Takes another process of the driver as the one this fixture runs (a test that started
+    /// successors itself).
+    pub fn replace(&mut self, service: Service) {
         self.service = Some(service);
-        Ok(())
     }
 
     /// A directory for targets, kept with the driver's (cleaned up with it).

@@ -88,3 +88,87 @@ impl Drop for Probe {
         let _ = self.child.wait();
     }
 }
+
+/// `fsprobe steady` running: its count of records written, synced and read back, followed on a
+/// thread of its own.
+pub struct Steady {
+    stdin: Option<std::process::ChildStdin>,
+    pid: i32,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    follower: std::thread::JoinHandle<(std::process::ExitStatus, Option<u64>)>,
+}
+
+impl Steady {
+    /// Starts `fsprobe steady PATH RECORD` (see e2e/src/bin/fsprobe.rs) and waits for its first
+    /// record.
+    pub fn start(path: &Path, record: usize) -> Steady {
+        let mut child = Command::new(fsprobe())
+            .args(["steady", &path.to_string_lossy(), &record.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = count.clone();
+        let pid = child.id() as i32;
+        let follower = std::thread::spawn(move || {
+            let mut done = None;
+            let mut l = String::new();
+            while out.read_line(&mut l).unwrap_or(0) > 0 {
+                let mut words = l.split_whitespace();
+                match (words.next(), words.next().and_then(|n| n.parse::<u64>().ok())) {
+                    (Some("ok"), Some(n)) => seen.store(n, std::sync::atomic::Ordering::SeqCst),
+                    (Some("done"), Some(n)) => done = Some(n),
+                    _ => {}
+                }
+                l.clear();
+            }
+            (child.wait().expect("waiting for fsprobe"), done)
+        });
+        let s = Steady { stdin, pid, count, follower };
+        s.wait_past(0, std::time::Duration::from_secs(10));
+        s
+    }
+
+    /// Records written, synced and read back so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits until more than `n` records are done; panics after `timeout` (the writer is stuck).
+    pub fn wait_past(&self, n: u64, timeout: std::time::Duration) {
+        let start = std::time::Instant::now();
+        while self.count() <= n {
+            assert!(
+                !self.follower.is_finished(),
+                "fsprobe steady (pid {}) exited after {} records; its error is above",
+                self.pid,
+                self.count()
+            );
+            assert!(
+                start.elapsed() < timeout,
+                "fsprobe steady (pid {}) made no progress past record {n} in {timeout:?}",
+                self.pid
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Whether it exited already (a failed call).
+    pub fn exited(&self) -> bool {
+        self.follower.is_finished()
+    }
+
+    /// Stops it (closes stdin): its exit status and the records it finished (`None`: it did not
+    /// stop cleanly).
+    pub fn stop(mut self) -> (std::process::ExitStatus, Option<u64>) {
+        drop(self.stdin.take());
+        self.follower.join().expect("the follower thread")
+    }
+}

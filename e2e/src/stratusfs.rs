@@ -33,6 +33,12 @@ pub fn csi_binary() -> Result<PathBuf> {
     program("stratusfs-csi", "STRATUSFS_CSI_BIN", "stratusfs-csi")
 }
 
+/// `stratusfs-csi-next` (e2e/src/bin): the CSI driver built as another executable, for a rollout
+/// that switches binaries.
+pub fn csi_next_binary() -> Result<PathBuf> {
+    program("stratusfs-csi-next", "STRATUSFS_CSI_NEXT_BIN", "e2e")
+}
+
 /// Program `name` built beside the running test, or the path in `$var`.
 fn program(name: &str, var: &str, package: &str) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(var) {

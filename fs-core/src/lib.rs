@@ -58,8 +58,8 @@ pub mod admin {
 
 pub use admin::{AdminClient, ClientError};
 pub use blockstore::{BackendError, BackendSpec, check_backend, delete_volume_objects};
-pub use mount::handover::{Handover, HandoverError, HandoverState};
-pub use mount::{Credentials, Mount, MountError, MountOptions, MountSpec, MountStats, Quiesced, Source};
+pub use mount::handover::{Handover, HandoverError, HandoverState, receive_frame, send_frame};
+pub use mount::{Adopted, Credentials, Mount, MountError, MountOptions, MountSpec, MountStats, Quiesced, Source};
 pub use server::{ServerConfig, ServerError};
 pub use tls::ClientTrust;
 

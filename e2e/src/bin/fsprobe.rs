@@ -8,6 +8,12 @@
 //! fsprobe writer PATH RECORD
 //!     appends RECORD-byte records (record i filled with byte i % 251) with fsync after each and
 //!     prints `synced N` after the N-th fsync returned, until killed.
+//! fsprobe steady PATH RECORD
+//!     holds PATH open (made empty) with an fcntl write lock on its first RECORD bytes and keeps
+//!     writing RECORD-byte records (record i filled with byte i % 251), each followed by fsync and
+//!     a read back of it, and a read back of the whole file every 16 records, printing `ok N`
+//!     after the N-th; when stdin closes it finishes the record, prints `done N`, closes the file
+//!     and exits 0. Any failed call or different byte: the error on stderr, exit 1.
 //! fsprobe reader PATH
 //!     reads PATH whole, prints `ready`, then keeps reading 64 KiB pieces of it through the same
 //!     open file (a piece every 20 ms), checking each against the first read, and prints
@@ -103,6 +109,59 @@ fn writer(args: &[String]) {
     }
 }
 
+fn steady(args: &[String]) {
+    let [path, record] = args else { fail("usage: fsprobe steady PATH RECORD") };
+    let record: usize = record.parse().unwrap_or_else(|_| fail("RECORD"));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap_or_else(|e| fail(&format!("opening {path}: {e}")));
+    // SAFETY: a zeroed flock is valid; fields set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_len = record as i64;
+    // SAFETY: fcntl with a valid flock pointer on an fd we own.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) } != 0 {
+        fail(&format!("locking {path}: {}", std::io::Error::last_os_error()));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopper = stop.clone();
+    std::thread::spawn(move || {
+        for _ in std::io::stdin().lock().lines() {}
+        stopper.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let fill = |i: u64| vec![(i % 251) as u8; record];
+    let mut back = vec![0u8; record];
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let at = n * record as u64;
+        f.write_all_at(&fill(n), at).unwrap_or_else(|e| fail(&format!("writing record {n}: {e}")));
+        f.sync_all().unwrap_or_else(|e| fail(&format!("fsync after record {n}: {e}")));
+        f.read_exact_at(&mut back, at).unwrap_or_else(|e| fail(&format!("reading record {n} back: {e}")));
+        if back != fill(n) {
+            fail(&format!("record {n} read back different bytes"));
+        }
+        n += 1;
+        if n.is_multiple_of(16) {
+            let mut whole = vec![0u8; n as usize * record];
+            f.read_exact_at(&mut whole, 0).unwrap_or_else(|e| fail(&format!("reading {n} records back: {e}")));
+            for (i, r) in whole.chunks(record).enumerate() {
+                if r != fill(i as u64) {
+                    fail(&format!("record {i} of {n} read back different bytes"));
+                }
+            }
+        }
+        say(&format!("ok {n}"));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    drop(f);
+    say(&format!("done {n}"));
+}
+
 fn reader(args: &[String]) {
     let [path] = args else { fail("usage: fsprobe reader PATH") };
     let f = std::fs::File::open(path).unwrap_or_else(|e| fail(&format!("opening {path}: {e}")));
@@ -150,6 +209,7 @@ fn main() {
         Some("lock") => lock(&args[1..]),
         Some("writer") => writer(&args[1..]),
         Some("reader") => reader(&args[1..]),
+        Some("steady") => steady(&args[1..]),
         Some("smallfiles") => smallfiles(&args[1..]),
         _ => fail("usage: fsprobe lock ... | fsprobe writer ..."),
     }

@@ -20,10 +20,10 @@ use stratusfs_csi::csi::volume_capability::access_mode::Mode;
 use stratusfs_csi::csi::volume_capability::{AccessMode, AccessType, MountVolume};
 use tonic::Code;
 
-const HOST: &str = "meta.team.svc";
+pub(crate) const HOST: &str = "meta.team.svc";
 
 /// A metadata server with a certificate for [`HOST`] from a CA of its own; the CA's PEM.
-async fn server() -> (MetaServer, String, tempfile::TempDir) {
+pub(crate) async fn server() -> (MetaServer, String, tempfile::TempDir) {
     let ca = TestCa::new("stratusfs test CA").unwrap();
     let cert = ca.issue(HOST, &[HOST], &[]).unwrap();
     let files = tempfile::tempdir().unwrap();
@@ -78,12 +78,12 @@ fn stats_request(volume_id: &str, path: &Path) -> csi::NodeGetVolumeStatsRequest
     }
 }
 
-fn unpublish(volume_id: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
+pub(crate) fn unpublish(volume_id: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
     csi::NodeUnpublishVolumeRequest { volume_id: volume_id.into(), target_path: target.display().to_string() }
 }
 
 /// The (source) FUSE mounts of this volume on the machine: one line per session.
-fn sessions_of(source_prefix: &str) -> usize {
+pub(crate) fn sessions_of(source_prefix: &str) -> usize {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     mounts
         .lines()

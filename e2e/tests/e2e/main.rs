@@ -42,6 +42,7 @@ mod block_store_url;
 mod chart;
 mod crds;
 mod csi;
+mod csi_handover;
 mod csi_node;
 mod encryption;
 mod fuse_delegations;

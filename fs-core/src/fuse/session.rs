@@ -21,12 +21,15 @@
 //!
 //! Stopping ([`Session::stop`]): readers wait in a blocking read(2), where the kernel hands each
 //! request to the reader that has waited longest (so work spreads over the threads). To make them
-//! leave, the stop asks the kernel, once per reader, to retrieve zero bytes of the root
-//! (FUSE_NOTIFY_RETRIEVE); the kernel answers each with a FUSE_NOTIFY_REPLY request carrying the
-//! stop's nonce, queued behind the requests already pending. A reader that reads one leaves, so
-//! each reader reads at most up to its token: what the kernel queues behind the tokens stays queued
-//! for whoever reads the fds next (a token left over by a reader that had already gone is ignored
-//! there, its nonce being another's). docs/decisions.md tells why not epoll.
+//! leave, the stop makes the kernel queue one token request per reader: threads of this process
+//! each ask the mount's root for an extended attribute whose name carries the stop's nonce
+//! (`user.stratusfs-stop.NONCE`), queued behind the requests already pending. A reader that reads
+//! one answers it ENODATA and leaves, so each reader reads at most up to its token: what the kernel
+//! queues behind the tokens stays queued for whoever reads the fds next (a token of another run is
+//! answered ENODATA like any unknown attribute, its nonce being another's). Until kernel 6.18.44
+//! the tokens were FUSE_NOTIFY_RETRIEVE replies for the root; kernels now refuse a retrieval of
+//! anything but a regular file (EINVAL), and no regular file is sure to be in the kernel's cache.
+//! docs/decisions.md tells why not epoll.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -470,8 +473,8 @@ pub fn handshake(chan: &Channel, wanted: InitWanted) -> std::io::Result<InitPara
 /// The readers' stop switch for one [`Session::run`].
 struct Stop {
     stopping: AtomicBool,
-    /// The `unique` of the FUSE_NOTIFY_REPLY requests that make this run's readers leave: random,
-    /// so that a token another run (or process) left queued is told apart.
+    /// In the name of the attribute the stop's token requests ask for: random, so that a token of
+    /// another run (or process) is told apart.
     nonce: u64,
 }
 
@@ -480,22 +483,60 @@ impl Stop {
         Stop { stopping: AtomicBool::new(false), nonce: rand::random() }
     }
 
-    /// Whether a request is one of this run's stop tokens.
-    fn is_token(&self, h: &InHeader) -> bool {
-        h.opcode == opcode::NOTIFY_REPLY && h.unique == self.nonce
+    /// The attribute name the tokens ask the root for.
+    fn token_name(&self) -> String {
+        format!("user.stratusfs-stop.{:016x}", self.nonce)
     }
 
-    /// Sets the switch and queues one token per reader (once; later calls do nothing).
-    fn set(&self, chans: &[Arc<Channel>]) {
-        if self.stopping.swap(true, Ordering::SeqCst) {
-            return;
+    /// The attribute name a GETXATTR of the root asks for.
+    fn asked_name(req: &Request) -> Option<&[u8]> {
+        let h = &req.header;
+        if h.opcode != opcode::GETXATTR || h.nodeid != abi::ROOT_ID {
+            return None;
         }
-        let retrieve = abi::NotifyRetrieveOut { notify_unique: self.nonce, nodeid: abi::ROOT_ID, ..Default::default() };
-        for _ in 0..chans.len() {
-            if let Err(e) = chans[0].send(0, abi::notify::RETRIEVE, &[retrieve.bytes()]) {
-                // Unmounted: the readers leave on ENODEV.
-                tracing::debug!(error = %e, "stop token not queued");
-                return;
+        let name = req.body().get(std::mem::size_of::<abi::GetxattrIn>()..)?;
+        name.split(|&b| b == 0).next()
+    }
+
+    /// Whether a request is one of this run's stop tokens.
+    fn is_token(&self, req: &Request) -> bool {
+        Self::asked_name(req).is_some_and(|n| n == self.token_name().as_bytes())
+    }
+
+    /// Whether a request is any run's stop token.
+    fn is_any_token(req: &Request) -> bool {
+        Self::asked_name(req).is_some_and(|n| n.starts_with(b"user.stratusfs-stop."))
+    }
+
+    /// Sets the switch (once; later calls return `false`).
+    fn set(&self) -> bool {
+        !self.stopping.swap(true, Ordering::SeqCst)
+    }
+
+    /// Asks the root of the mount at `root` for the token attribute `n` times at once, each on a
+    /// thread of its own (each call returns once a reader answered it).
+    fn queue_tokens(&self, root: &std::path::Path, n: usize) {
+        use std::os::unix::ffi::OsStrExt;
+        let (Ok(path), Ok(name)) =
+            (std::ffi::CString::new(root.as_os_str().as_bytes()), std::ffi::CString::new(self.token_name()))
+        else {
+            tracing::error!(root = %root.display(), "a mount point with a NUL byte: no stop token queued");
+            return;
+        };
+        for _ in 0..n {
+            let (path, name) = (path.clone(), name.clone());
+            let spawned = std::thread::Builder::new().name("fuse-stop".into()).spawn(move || {
+                // SAFETY: both strings are NUL-terminated and live through the call; a null buffer
+                // of size 0 asks for the value's size only.
+                let r = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+                let e = std::io::Error::last_os_error();
+                if r >= 0 || e.raw_os_error() != Some(libc::ENODATA) {
+                    // Unmounted meanwhile: the readers leave on ENODEV.
+                    tracing::debug!(error = %e, "a stop token was not answered as a token");
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "starting a stop token's thread failed");
             }
         }
     }
@@ -610,10 +651,22 @@ impl Session {
 
     /// Makes the readers of the running (or next) [`Session::run`] leave (it returns once they
     /// have): each reads at most the requests the kernel queued before this call. Requests
-    /// already read go on and are answered.
-    pub fn stop(&self) {
+    /// already read go on and are answered. `root` is where the connection is mounted (the
+    /// tokens are requests on it).
+    pub fn stop(&self, root: &std::path::Path) {
         let s = self.stop.lock().clone();
-        s.set(&self.chans);
+        if s.set() {
+            s.queue_tokens(root, self.chans.len());
+        }
+    }
+
+    /// Sets the stop switch without queuing tokens; the name the tokens ask for (tests send
+    /// them as the kernel would).
+    #[cfg(test)]
+    fn stop_switch(&self) -> String {
+        let s = self.stop.lock().clone();
+        s.set();
+        s.token_name()
     }
 
     /// After a stop: the interruptible requests still waiting, taken from their tasks (aborted,
@@ -714,11 +767,16 @@ impl Reader {
                     self.interrupt(target.unique);
                     self.hook(Hook::AfterInterrupt(target.unique));
                 }
+                opcode::GETXATTR if self.stop.is_token(&req) => {
+                    let _ = chan.send(header.unique, -libc::ENODATA, &[]);
+                    return Ok(());
+                }
+                opcode::GETXATTR if Stop::is_any_token(&req) => {
+                    // Another run's token (its reader had left): not an attribute of the volume.
+                    let _ = chan.send(header.unique, -libc::ENODATA, &[]);
+                }
                 opcode::NOTIFY_REPLY => {
-                    if self.stop.is_token(&header) {
-                        return Ok(());
-                    }
-                    // Another run's token, or a retrieval nobody here asked for.
+                    // A retrieval nobody here asked for.
                     tracing::trace!(unique = header.unique, "FUSE_NOTIFY_REPLY ignored");
                 }
                 opcode::DESTROY => {
@@ -827,16 +885,14 @@ mod tests {
 
     /// Plays the kernel's part of a stop: reads the retrievals a stop wrote on `notified`, checks
     /// them, and answers each with a FUSE_NOTIFY_REPLY request on one reader's channel.
-    fn answer_stop(notified: &UnixDatagram, readers: &[&UnixDatagram]) {
-        for k in readers {
-            notified.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut buf = [0u8; 256];
-            let n = notified.recv(&mut buf).expect("a stop asks the kernel for one token per reader");
-            let h = OutHeader::read(&buf[..n]).unwrap();
-            assert_eq!((h.unique, h.error), (0, abi::notify::RETRIEVE), "a notification, not a reply");
-            let r = abi::NotifyRetrieveOut::read(&buf[std::mem::size_of::<OutHeader>()..n]).unwrap();
-            assert_eq!((r.nodeid, r.size), (abi::ROOT_ID, 0), "zero bytes of the root");
-            k.send(&request(opcode::NOTIFY_REPLY, r.notify_unique, &[0; 40])).unwrap();
+    /// Sends one stop token per reader, as the kernel queues them for the stop's getxattr calls,
+    /// and checks each is answered ENODATA.
+    fn answer_stop(name: &str, readers: &[&UnixDatagram]) {
+        for (i, k) in readers.iter().enumerate() {
+            let unique = 1000 + 2 * i as u64;
+            let body = [abi::GetxattrIn { size: 0, padding: 0 }.bytes(), name.as_bytes(), &[0]].concat();
+            k.send(&request(opcode::GETXATTR, unique, &body)).unwrap();
+            assert_eq!(reply(k).map(|r| (r.unique, r.error)), Some((unique, -libc::ENODATA)));
         }
     }
 
@@ -879,10 +935,13 @@ mod tests {
         // A later request is served as usual, and the stop ends the readers.
         ka.send(&request(opcode::GETATTR, 12, &[0; 16])).unwrap();
         assert_eq!(reply(&ka).map(|r| (r.unique, r.error)), Some((12, 0)));
-        // Another run's token is ignored.
-        kb.send(&request(opcode::NOTIFY_REPLY, 1, &[0; 40])).unwrap();
-        session.stop();
-        answer_stop(&ka, &[&ka, &kb]);
+        // Another run's token is answered and ignored.
+        let other =
+            [abi::GetxattrIn { size: 0, padding: 0 }.bytes(), b"user.stratusfs-stop.0000000000000001\0"].concat();
+        kb.send(&request(opcode::GETXATTR, 13, &other)).unwrap();
+        assert_eq!(reply(&kb).map(|r| (r.unique, r.error)), Some((13, -libc::ENODATA)));
+        let name = session.stop_switch();
+        answer_stop(&name, &[&ka, &kb]);
         assert_eq!(serving.join().unwrap().unwrap(), Ended::Stopped);
     }
 
@@ -898,8 +957,8 @@ mod tests {
         ka.send(&request(opcode::GETATTR, 21, &[0; 16])).unwrap();
         assert_eq!(reply(&ka).map(|r| r.unique), Some(21));
         std::thread::sleep(Duration::from_millis(50));
-        session.stop();
-        answer_stop(&ka, &[&ka]);
+        let name = session.stop_switch();
+        answer_stop(&name, &[&ka]);
         // Queued after the stop's token: nobody reads it.
         ka.send(&request(opcode::GETATTR, 22, &[0; 16])).unwrap();
         assert_eq!(serving.join().unwrap().unwrap(), Ended::Stopped);
@@ -919,8 +978,8 @@ mod tests {
         assert_eq!(reply(&ka).map(|r| r.unique), Some(22));
         ka.send(&request(opcode::INTERRUPT, 23, abi::InterruptIn { unique: 20 }.bytes())).unwrap();
         assert_eq!(reply(&ka).map(|r| (r.unique, r.error)), Some((20, -libc::EINTR)));
-        next.stop();
-        answer_stop(&ka, &[&ka]);
+        let name = next.stop_switch();
+        answer_stop(&name, &[&ka]);
         assert_eq!(serving.join().unwrap().unwrap(), Ended::Stopped);
     }
 }

@@ -119,55 +119,67 @@ impl HandoverState {
     }
 }
 
-impl Handover {
-    /// Sends the value and its fds over `sock`: a 4-byte length, the value, and the fds attached
-    /// to the first bytes (SCM_RIGHTS). The fds stay open here too until this value is dropped.
-    pub fn send(&self, sock: &UnixStream) -> Result<(), HandoverError> {
-        let body = self.state.to_bytes();
-        let len = (body.len() as u32).to_le_bytes();
-        let raw: Vec<RawFd> = self.fds.iter().map(|f| f.as_raw_fd()).collect();
-        let cmsg = [ControlMessage::ScmRights(&raw)];
-        let iov = [IoSlice::new(&len)];
-        let sent =
-            sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).map_err(std::io::Error::from)?;
-        if sent != len.len() {
-            (&*sock).write_all(&len[sent..])?;
+/// Sends one frame over `sock`: a 4-byte length, `body`, and `fds` attached to the first bytes
+/// (SCM_RIGHTS). The fds stay open here too. The handover value travels in one; a program that
+/// moves several mounts at once frames what goes with them the same way.
+pub fn send_frame(sock: &UnixStream, body: &[u8], fds: &[RawFd]) -> Result<(), HandoverError> {
+    let len = (body.len() as u32).to_le_bytes();
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    let iov = [IoSlice::new(&len)];
+    let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).map_err(std::io::Error::from)?;
+    if sent != len.len() {
+        (&*sock).write_all(&len[sent..])?;
+    }
+    (&*sock).write_all(body)?;
+    Ok(())
+}
+
+/// Receives a frame sent with [`send_frame`]: its body and the fds that came with it.
+pub fn receive_frame(sock: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), HandoverError> {
+    let mut len = [0u8; 4];
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (got, fds) = {
+        let mut iov = [IoSliceMut::new(&mut len)];
+        let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(std::io::Error::from)?;
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+            return Err(HandoverError::Parse("the fds arrived cut short (more than a message can carry)".into()));
         }
-        (&*sock).write_all(&body)?;
-        Ok(())
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these fds in this process for us; nothing
+                // else owns them.
+                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        (msg.bytes, fds)
+    };
+    if got == 0 {
+        return Err(HandoverError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    (&*sock).read_exact(&mut len[got..])?;
+    let n = u32::from_le_bytes(len) as usize;
+    if n > MAX_VALUE {
+        return Err(HandoverError::Parse(format!("a value of {n} bytes (at most {MAX_VALUE})")));
+    }
+    let mut body = vec![0u8; n];
+    (&*sock).read_exact(&mut body)?;
+    Ok((body, fds))
+}
+
+impl Handover {
+    /// Sends the value and its fds over `sock` (one frame, [`send_frame`]). The fds stay open
+    /// here too until this value is dropped.
+    pub fn send(&self, sock: &UnixStream) -> Result<(), HandoverError> {
+        let raw: Vec<RawFd> = self.fds.iter().map(|f| f.as_raw_fd()).collect();
+        send_frame(sock, &self.state.to_bytes(), &raw)
     }
 
     /// Receives a value sent with [`Handover::send`], checking its version and fd count.
     pub fn receive(sock: &UnixStream) -> Result<Handover, HandoverError> {
-        let mut len = [0u8; 4];
-        let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
-        let (got, fds) = {
-            let mut iov = [IoSliceMut::new(&mut len)];
-            let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-                .map_err(std::io::Error::from)?;
-            if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-                return Err(HandoverError::Parse("the fds arrived cut short (more than a message can carry)".into()));
-            }
-            let mut fds = Vec::new();
-            for c in msg.cmsgs().map_err(std::io::Error::from)? {
-                if let ControlMessageOwned::ScmRights(raw) = c {
-                    // SAFETY: the kernel just installed these fds in this process for us; nothing
-                    // else owns them.
-                    fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                }
-            }
-            (msg.bytes, fds)
-        };
-        if got == 0 {
-            return Err(HandoverError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        (&*sock).read_exact(&mut len[got..])?;
-        let n = u32::from_le_bytes(len) as usize;
-        if n > MAX_VALUE {
-            return Err(HandoverError::Parse(format!("a value of {n} bytes (at most {MAX_VALUE})")));
-        }
-        let mut body = vec![0u8; n];
-        (&*sock).read_exact(&mut body)?;
+        let (body, fds) = receive_frame(sock)?;
         let state = HandoverState::from_bytes(&body)?;
         if state.fds != fds.len() || fds.is_empty() {
             return Err(HandoverError::Fds { expected: state.fds, got: fds.len() });

@@ -180,6 +180,26 @@ pub struct Quiesced {
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
+/// A mount taken from a predecessor and ready to serve ([`Mount::prepare_adopt`]); nothing reads
+/// its kernel queue until [`Adopted::serve`].
+pub struct Adopted {
+    parts: Box<Parts>,
+    pending: Vec<PendingRequest>,
+}
+
+impl Adopted {
+    pub fn mountpoint(&self) -> &Path {
+        &self.parts.spec.mountpoint
+    }
+
+    /// Serves what the kernel queued meanwhile and the lock waits the predecessor had read.
+    pub fn serve(self) -> Mount {
+        let m = Mount::serve(self.parts, self.pending);
+        tracing::info!(mountpoint = %m.parts.spec.mountpoint.display(), source = %m.parts.spec.source, "adopted a live mount");
+        m
+    }
+}
+
 /// The keys of the session's volume when it is encrypted (the key derivation runs off the
 /// runtime's workers). On failure (no secret, a wrong one) a session this mount opened (`own`)
 /// is closed again: the mount leaves nothing behind on the server, and no object was touched. An
@@ -260,6 +280,15 @@ impl Mount {
     /// server session (open handles and locks live there), takes its root by inode, serves what
     /// the kernel queued meanwhile and the lock waits it had read.
     pub async fn adopt(h: Handover) -> Result<Mount, MountError> {
+        Ok(Mount::prepare_adopt(h).await?.serve())
+    }
+
+    /// The first half of [`Mount::adopt`]: everything but reading the kernel's queue (the
+    /// server session resumed, the handles taken, the keys opened). A program that takes several
+    /// mounts at once prepares them all before any serves, so that a failure leaves every one
+    /// with its predecessor: dropping an [`Adopted`] leaves the server session open and the
+    /// kernel's queue untouched.
+    pub async fn prepare_adopt(h: Handover) -> Result<Adopted, MountError> {
         let Handover { state, fds } = h;
         let adopt_err = |why: String| MountError::Adopt { mountpoint: state.mountpoint.clone(), why };
         if state.version != HANDOVER_VERSION {
@@ -289,9 +318,7 @@ impl Mount {
             options: state.options,
             credentials: Credentials { token: state.token, trust: state.trust },
         };
-        let m = Mount::serve(Parts::new(spec, session, fs, fuse), state.pending);
-        tracing::info!(mountpoint = %m.parts.spec.mountpoint.display(), source = %m.parts.spec.source, "adopted a live mount");
-        Ok(m)
+        Ok(Adopted { parts: Parts::new(spec, session, fs, fuse), pending: state.pending })
     }
 
     /// Starts the readers (after registering lock waits a predecessor read), the heartbeat and
@@ -421,7 +448,7 @@ impl Mount {
             let m = Mount::serve(parts, pending);
             (m, MountError::Quiesce { mountpoint: mountpoint.clone(), why })
         };
-        parts.fuse.stop();
+        parts.fuse.stop(&mountpoint);
         // The readers leave as soon as the request each is handling has been polled once.
         let stopped = done.await;
         if let Some(d) = &delegations {
@@ -521,6 +548,24 @@ impl Quiesced {
         Ok(h)
     }
 
+    /// Sends the handover value and duplicates of the FUSE fds on `sock` and keeps everything
+    /// here: the successor's answer decides between [`Quiesced::release`] and
+    /// [`Quiesced::resume`] (a program moving several mounts at once sends them all first).
+    pub fn send(&self, sock: &UnixStream) -> Result<(), MountError> {
+        let h = self.value()?;
+        h.send(sock).map_err(|e| MountError::Quiesce {
+            mountpoint: self.parts.spec.mountpoint.clone(),
+            why: format!("sending the handover failed: {e}"),
+        })
+    }
+
+    /// The successor serves the mount now: this process lets go of it (no reader, no
+    /// heartbeat; its copies of the FUSE fds close).
+    pub fn release(self) {
+        tracing::info!(mountpoint = %self.parts.spec.mountpoint.display(), "handed over; the successor serves the mount");
+        self.heartbeat.abort();
+    }
+
     /// Hands the mount to the successor on `sock` ([`Mount::adopt_from`]) and waits up to
     /// `timeout` for its answer. Adopted: this process holds nothing of the mount any more. Refused,
     /// or no answer: the mount goes on serving here and comes back with the error.
@@ -528,21 +573,15 @@ impl Quiesced {
         let mountpoint = self.parts.spec.mountpoint.clone();
         let refused =
             |q: Quiesced, why: String| (q.resume(), MountError::Quiesce { mountpoint: mountpoint.clone(), why });
-        let h = match self.value() {
-            Ok(h) => h,
-            Err(e) => return Err((self.resume(), e)),
-        };
-        if let Err(e) = h.send(sock) {
-            return Err(refused(self, format!("sending the handover failed: {e}")));
+        if let Err(e) = self.send(sock) {
+            return Err((self.resume(), e));
         }
-        drop(h);
         let mut answer = String::new();
         let read =
             sock.set_read_timeout(Some(timeout)).and_then(|()| std::io::BufReader::new(sock).read_line(&mut answer));
         match (read, answer.trim()) {
             (Ok(_), "adopted") => {
-                tracing::info!(mountpoint = %mountpoint.display(), "handed over; the successor serves the mount");
-                self.heartbeat.abort();
+                self.release();
                 Ok(())
             }
             (Ok(_), a) if a.starts_with("refused") => {

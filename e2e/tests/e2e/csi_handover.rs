@@ -1,0 +1,312 @@
+//! Mounts that survive the node plugin's rollouts: `stratusfs-csi --node` as a process, a pod's
+//! target published over its socket, and a successor started beside it as a DaemonSet with
+//! `maxSurge: 1` starts one (`Driver::roll`). What the pod must not notice: a process that keeps
+//! writing, fsyncing and reading back, with the file open and an fcntl lock held, sees no error
+//! through 20 rollouts and a switch to a differently built binary; a process blocked in F_SETLKW
+//! across a rollout is woken by the successor when the lock frees, and a signal still interrupts
+//! another; a successor that refuses the handover, or dies in the middle of it, leaves the plugin
+//! serving; two successors at once never both serve a session.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::csi::Driver;
+use e2e::probe::{Probe, Steady};
+use e2e::stratusfs::MetaServer;
+use fs_core::admin::{ClaimSpec, Quota};
+use stratusfs_csi::csi::volume_capability::access_mode::Mode;
+
+use crate::csi_node::{HOST, capability, publish, server, sessions_of, unpublish};
+
+/// F_SETLK of `[0, 1)` on `f` (`typ`: F_WRLCK, F_UNLCK).
+fn setlk(f: &std::fs::File, typ: i32) {
+    // SAFETY: a zeroed flock is valid; fields set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_len = 1;
+    // SAFETY: fcntl with a valid flock pointer on an fd we own.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) };
+    assert_eq!(r, 0, "F_SETLK: {}", std::io::Error::last_os_error());
+}
+
+/// A volume with one claim, the node plugin, and the claim published into a pod's target.
+struct World {
+    _meta: MetaServer,
+    _files: tempfile::TempDir,
+    driver: Driver,
+    target: PathBuf,
+    /// The session's mount source as mountinfo shows it.
+    dialled: String,
+    source: String,
+    token: String,
+    ca_pem: String,
+}
+
+impl World {
+    /// Publishes the claim into `target` as kubelet would for another pod.
+    async fn publish(&self, target: &Path) {
+        let secrets = [("token", self.token.as_str()), ("ca.crt", self.ca_pem.as_str())];
+        let cap = capability(Mode::MultiNodeMultiWriter, &[], "");
+        let mut node = self.driver.node().await.unwrap();
+        node.node_publish_volume(publish(VOLUME_ID, &self.source, target, &secrets, cap, false)).await.unwrap();
+    }
+}
+
+const VOLUME_ID: &str = "team/vol/pvc-a";
+
+async fn world() -> World {
+    e2e::init();
+    let (meta, ca_pem, files) = server().await;
+    meta.volume("vol", |_| {}).await.unwrap();
+    let mut admin = meta.admin().await.unwrap();
+    let spec = ClaimSpec {
+        path: "/pvc-a".into(),
+        quota: Quota { bytes: 1 << 30, inodes: 1000 },
+        mode: 0o777,
+        ..Default::default()
+    };
+    let claim = admin.create_claim("vol", &spec).await.unwrap();
+    let port = meta.addr.rsplit_once(':').unwrap().1.to_string();
+    let map = format!("--service-address={HOST}:7480=127.0.0.1:{port}");
+    let driver = Driver::start(&["--node", &map], &[]).await.unwrap();
+    let target = driver.dir().join("pod-a");
+    let w = World {
+        _meta: meta,
+        _files: files,
+        target: target.clone(),
+        dialled: format!("stratusfs://127.0.0.1:{port}/vol/pvc-a"),
+        source: format!("stratusfs://{HOST}:7480/vol/pvc-a"),
+        token: claim.token.token.clone(),
+        ca_pem,
+        driver,
+    };
+    w.publish(&target).await;
+    w
+}
+
+/// A request that always reaches the filesystem (an open and a close), made every millisecond
+/// on a thread of its own; the longest one since the last `take`.
+struct Sampler {
+    longest_us: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(file: PathBuf) -> Sampler {
+        let longest_us = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (longest_us.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                drop(std::fs::File::open(&file).expect("an open through the target failed"));
+                l.fetch_max(t.elapsed().as_micros() as u64, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Sampler { longest_us, stop, thread: Some(thread) }
+    }
+
+    fn take(&self) -> Duration {
+        Duration::from_micros(self.longest_us.swap(0, Ordering::SeqCst))
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().expect("the sampler saw a failed open");
+    }
+}
+
+fn median_max(v: &mut [Duration]) -> (Duration, Duration) {
+    v.sort();
+    (v[v.len() / 2], v[v.len() - 1])
+}
+
+/// Checks that `path` holds `n` records of `record` bytes as `fsprobe steady` writes them.
+fn check_records(path: &Path, n: u64, record: usize) {
+    let data = std::fs::read(path).unwrap();
+    assert_eq!(data.len() as u64, n * record as u64, "the file holds every record written");
+    for (i, r) in data.chunks(record).enumerate() {
+        assert!(r.iter().all(|&b| b == (i % 251) as u8), "record {i} differs");
+    }
+}
+
+const RECORD: usize = 4096;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_of_the_node_plugin_keep_writes_open_files_locks_and_waiters() {
+    let mut w = world().await;
+    let data = w.target.join("data");
+    let steady = Steady::start(&data, RECORD);
+    // A lock the test holds, a waiter blocked on it across the rollouts (woken by the unlock
+    // after them) and another one interrupted by a signal after them.
+    let gate = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(w.target.join("gate"))
+        .unwrap();
+    setlk(&gate, libc::F_WRLCK);
+    let woken = Probe::lock(&w.target.join("gate"), "posix", true, 0, 1, true);
+    let woken = std::thread::spawn(move || {
+        let mut woken = woken;
+        (woken.line(), woken)
+    });
+    let interrupted = Probe::lock(&w.target.join("gate"), "posix", true, 0, 1, true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not `gate`: a close of any fd of a file drops the process's fcntl locks on it.
+    std::fs::write(w.target.join("sampled"), b"").unwrap();
+    let sampler = Sampler::start(w.target.join("sampled"));
+    let next = e2e::stratusfs::csi_next_binary().unwrap();
+    let (mut rolls, mut waits) = (Vec::new(), Vec::new());
+    for round in 0..21 {
+        let before = steady.count();
+        sampler.take();
+        // The last rollout switches to another build of the driver.
+        let program = (round == 20).then_some(next.as_path());
+        rolls.push(w.driver.roll(program).await.unwrap_or_else(|e| panic!("rollout {round}: {e}")));
+        steady.wait_past(before + 2, Duration::from_secs(20));
+        waits.push(sampler.take());
+        assert!(!steady.exited(), "the writer failed in rollout {round}");
+        assert_eq!(sessions_of(&w.dialled), 1, "rollout {round}: one session, the successor's");
+        if woken.is_finished() {
+            panic!(
+                "rollout {round}: the waiter stopped waiting for the lock the test holds: {:?}",
+                woken.join().unwrap().0
+            );
+        }
+    }
+    sampler.finish();
+    // The waiters: one interrupted by a signal, one woken by the unlock.
+    let mut interrupted = interrupted;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(interrupted.pid()), nix::sys::signal::Signal::SIGUSR1).unwrap();
+    assert_eq!(interrupted.line(), "eintr", "a signal interrupts a F_SETLKW that waited across the rollouts");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!woken.is_finished(), "the waiter got the lock the test holds");
+    setlk(&gate, libc::F_UNLCK);
+    let (line, woken) = woken.join().unwrap();
+    assert_eq!(line, "locked", "the successor woke the waiter when the lock freed");
+    woken.release();
+    // The writer's lock still excludes another process.
+    let mut other = Probe::lock(&data, "posix", true, 0, RECORD as u64, false);
+    assert_eq!(other.line(), "busy", "the writer's fcntl lock was lost in the rollouts");
+    drop(other);
+    let (status, done) = steady.stop();
+    assert!(status.success(), "the writer saw an error: {status}");
+    let n = done.expect("the writer stopped cleanly");
+    check_records(&data, n, RECORD);
+    let (roll_med, roll_max) = median_max(&mut rolls[..20]);
+    let (wait_med, wait_max) = median_max(&mut waits);
+    eprintln!(
+        "rollouts: 21 (the last to stratusfs-csi-next), {n} records of {RECORD} bytes written, fsynced and read back, \
+         0 errors; successor start to serving median {roll_med:?} max {roll_max:?}; \
+         longest open() across a rollout median {wait_med:?} max {wait_max:?}"
+    );
+    let mut node = w.driver.node().await.unwrap();
+    node.node_unpublish_volume(unpublish(VOLUME_ID, &w.target)).await.unwrap();
+    assert_eq!(sessions_of(&w.dialled), 0, "the successor ends the session at the last unpublish");
+}
+
+/// Asks the plugin for a takeover as a successor would, reads what it sends (the header and
+/// every session) and then does `finish` with the socket instead of preparing the sessions.
+fn half_successor(state_dir: &Path, finish: impl FnOnce(&std::os::unix::net::UnixStream)) {
+    use std::io::Write;
+    let sock = std::os::unix::net::UnixStream::connect(state_dir.join("handover.sock")).unwrap();
+    (&sock).write_all(b"takeover\n").unwrap();
+    let (header, fds) = fs_core::receive_frame(&sock).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    assert_eq!(header["version"], 1, "{header}");
+    assert_eq!(fds.len(), 1, "the owner lock travels with the header");
+    for _ in 0..header["sessions"].as_array().unwrap().len() {
+        let h = fs_core::Handover::receive(&sock).unwrap();
+        assert_eq!(h.state.fds, h.fds.len());
+    }
+    finish(&sock);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_that_does_not_finish_leaves_the_plugin_serving_and_two_successors_never_share() {
+    let mut w = world().await;
+    let data = w.target.join("data");
+    let steady = Steady::start(&data, RECORD);
+    let state_dir = w.driver.dir().join("state");
+    let progress = |steady: &Steady, what: &str| {
+        let before = steady.count();
+        steady.wait_past(before + 2, Duration::from_secs(20));
+        assert!(!steady.exited(), "the writer failed after {what}");
+    };
+    // A successor that cannot read the handover refuses it (as one of another version would).
+    let dir = state_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        half_successor(&dir, |sock| {
+            use std::io::Write;
+            (&*sock).write_all(b"refused this build reads another handover version\n").unwrap();
+        })
+    })
+    .await
+    .unwrap();
+    progress(&steady, "a refused handover");
+    assert!(w.driver.try_exit().is_none(), "the plugin exited after a refused handover");
+    // A successor that dies after taking the values, before preparing them.
+    let dir = state_dir.clone();
+    tokio::task::spawn_blocking(move || half_successor(&dir, |_| {})).await.unwrap();
+    progress(&steady, "a successor that died mid-handover");
+    assert!(w.driver.try_exit().is_none(), "the plugin exited after a successor died mid-handover");
+    assert_eq!(sessions_of(&w.dialled), 1);
+    let log = w.driver.log_tail(200);
+    assert!(log.contains("did not take the sessions over; serving them on"), "{log}");
+    // It still serves the CSI socket: a second pod is published, sharing the session.
+    let second = w.driver.dir().join("pod-b");
+    w.publish(&second).await;
+    assert_eq!(std::fs::read(second.join("data")).unwrap().len() % RECORD, 0);
+    assert_eq!(sessions_of(&w.dialled), 1);
+
+    // Two successors at once: each session ends with one process, which serves it.
+    let next = e2e::stratusfs::csi_next_binary().unwrap();
+    let mut first = w.driver.take_process().unwrap();
+    let mut s = [w.driver.spawn_process(&next).unwrap(), w.driver.spawn_process(&next).unwrap()];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    const HANDED: &str = "handed every session to the successor";
+    loop {
+        for p in s.iter_mut() {
+            if let Some(status) = p.try_exit() {
+                panic!("{} exited with {status}:\n{}", p.name(), p.log_tail(40));
+            }
+        }
+        let serving = s.iter().all(|p| p.logged("stratusfs-csi serving"));
+        let handed = s.iter().filter(|p| p.logged(HANDED)).count();
+        if serving && handed == 1 {
+            break;
+        }
+        assert!(handed < 2, "both successors handed the sessions on");
+        assert!(Instant::now() < deadline, "two successors did not settle within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One took the sessions from the first plugin, the other took them from it in turn: the one
+    // that did not hand them on serves them; the others end at SIGTERM.
+    assert!(first.logged(HANDED));
+    let [a, b] = s;
+    let (mut handed, owner) = if a.logged(HANDED) { (a, b) } else { (b, a) };
+    for p in [&mut first, &mut handed] {
+        let status = p.terminate(Duration::from_secs(10));
+        assert!(status.is_some_and(|s| s.success()), "{} ended with {status:?}", p.name());
+    }
+    w.driver.replace(owner);
+    progress(&steady, "two successors");
+    assert_eq!(sessions_of(&w.dialled), 1, "one session, served by one process");
+    // The second pod's target moved with the session: its unpublish ends nothing yet.
+    let mut node = w.driver.node().await.unwrap();
+    node.node_unpublish_volume(unpublish(VOLUME_ID, &second)).await.unwrap();
+    assert_eq!(sessions_of(&w.dialled), 1, "the first pod still has the session");
+    let (status, done) = steady.stop();
+    assert!(status.success(), "the writer saw an error: {status}");
+    check_records(&data, done.expect("the writer stopped cleanly"), RECORD);
+    node.node_unpublish_volume(unpublish(VOLUME_ID, &w.target)).await.unwrap();
+    assert_eq!(sessions_of(&w.dialled), 0);
+}
