@@ -25,6 +25,10 @@ struct Args {
     /// Serve the Node service (FUSE sessions and bind mounts; needs root and /dev/fuse).
     #[arg(long)]
     node: bool,
+    /// Be the node's fd holder instead (the node pod's `fd-holder` container): keep the FUSE
+    /// sessions' fds on `<state-dir>/holder.sock` so they outlive a crash of the node plugin.
+    #[arg(long, conflicts_with_all = ["controller", "node"])]
+    fd_holder: bool,
     /// This node's name (NodeGetInfo).
     #[arg(long, env = "NODE_NAME")]
     node_id: Option<String>,
@@ -60,8 +64,17 @@ pub async fn run() -> anyhow::Result<()> {
         .init();
     fs_core::tls::install_crypto_provider();
     let args = Args::parse();
+    if args.fd_holder {
+        let dir = args.state_dir.clone();
+        let held = tokio::task::spawn_blocking(move || crate::holder::serve(&dir));
+        tokio::select! {
+            r = held => r.context("the fd holder's thread")?.with_context(|| format!("the fd holder on {}", args.state_dir.display()))?,
+            _ = signalled() => {}
+        }
+        return Ok(());
+    }
     if !args.controller && !args.node {
-        anyhow::bail!("give --controller, --node or both: which CSI services this process serves");
+        anyhow::bail!("give --controller, --node or both (or --fd-holder): which CSI services this process serves");
     }
     let path = server::socket_path(&args.endpoint)?;
     let addresses: std::collections::BTreeMap<String, String> = args.service_addresses.into_iter().collect();

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cluster;
 pub mod controller;
 pub mod error;
+pub mod holder;
 pub mod identity;
 pub mod metrics;
 pub mod node;

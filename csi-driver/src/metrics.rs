@@ -34,6 +34,16 @@ async fn encode(node: &NodeService) -> String {
     let errors = family(&mut registry, "errors", "Requests answered with an error (but ENOENT and ENODATA)");
     let read = family(&mut registry, "read_bytes", "Bytes read through the volume's sessions");
     let written = family(&mut registry, "written_bytes", "Bytes written through the volume's sessions");
+    let resent = family(
+        &mut registry,
+        "resent_requests",
+        "Requests a crashed node plugin had read and the kernel queued again for this one",
+    );
+    let lost = family(
+        &mut registry,
+        "lost_writes_reported",
+        "Fsyncs and closes answered EIO: the writes they covered died with a crashed node plugin",
+    );
     for (volume_id, n, st) in node.published().await {
         let l = VolumeLabels { volume_id };
         sessions.get_or_create(&l).inc();
@@ -46,6 +56,8 @@ async fn encode(node: &NodeService) -> String {
         errors.get_or_create(&l).inc_by(st.errors as i64);
         read.get_or_create(&l).inc_by(st.bytes_read as i64);
         written.get_or_create(&l).inc_by(st.bytes_written as i64);
+        resent.get_or_create(&l).inc_by(st.resent_requests as i64);
+        lost.get_or_create(&l).inc_by(st.lost_writes_reported as i64);
     }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");

@@ -28,19 +28,34 @@ use crate::csi::node_server::Node;
 use crate::csi::node_service_capability::{Type, rpc};
 use crate::csi::{self, NodeServiceCapability};
 use crate::error::{CsiError, CsiResult};
+use crate::holder::Holder;
 use crate::takeover::{self, SessionInfo};
 
 /// How long a starting plugin waits for the owner lock's holder to answer on the handover socket
 /// (it holds the lock from its start until it listens).
 const OWNER_WAIT: Duration = Duration::from_secs(60);
 
+/// How often the fd holder is given every session again (a holder that restarted has none).
+const HOLDER_REFRESH: Duration = Duration::from_secs(10);
+
 /// The volume context keys a PV may carry (the sidecars' and kubelet's own are let through).
 const CONTEXT_SOURCE: &str = "source";
 const CONTEXT_AT_TIME: &str = "atTime";
 
 /// Options the driver sets itself; a PV's mountOptions may not.
-const DRIVER_OPTIONS: [&str; 7] =
-    ["token_file", "ca_file", "fingerprint", "log_file", "encryption_secret_file", "remount", "disk_cache_dir"];
+const DRIVER_OPTIONS: [&str; 9] = [
+    "token_file",
+    "ca_file",
+    "fingerprint",
+    "log_file",
+    "encryption_secret_file",
+    "remount",
+    "disk_cache_dir",
+    // Creates under a directory delegation are answered before the server has them; a crash of
+    // the plugin would lose files whose close had succeeded, so the driver turns them off.
+    "delegations",
+    "nodelegations",
+];
 
 /// How the node plugin runs its sessions.
 #[derive(Clone, Debug)]
@@ -111,6 +126,8 @@ impl State {
 pub struct NodeService {
     cfg: NodeConfig,
     state: Mutex<State>,
+    /// The fd holder beside this plugin: keeps every session alive across a crash of it.
+    holder: Arc<Holder>,
     /// Whether the sessions were handed over (the process then serves nothing).
     handed: tokio::sync::watch::Sender<bool>,
 }
@@ -141,6 +158,7 @@ impl NodeService {
         let sock_path = takeover::socket_path(&cfg.state_dir);
         let deadline = Instant::now() + OWNER_WAIT;
         let mut state = State::default();
+        let holder = Arc::new(Holder::new(&cfg.state_dir));
         let rt = tokio::runtime::Handle::current();
         loop {
             if let Ok(sock) = std::os::unix::net::UnixStream::connect(&sock_path) {
@@ -168,7 +186,9 @@ impl NodeService {
                     ))
                 })?;
                 if let Some(lock) = lock {
-                    detach_leftovers(&sessions);
+                    // No plugin serves the node: the sessions the holder kept (a crash) are ours.
+                    let adopted = recover(&holder, &mut state).await;
+                    detach_leftovers(&sessions, &adopted);
                     state.lock = Some(lock);
                     break;
                 }
@@ -188,10 +208,51 @@ impl NodeService {
             .map_err(|e| CsiError::Internal(format!("listening on {}: {e}", sock_path.display())))?;
         std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| CsiError::Internal(format!("securing {}: {e}", sock_path.display())))?;
-        let node =
-            Arc::new(NodeService { cfg, state: Mutex::new(state), handed: tokio::sync::watch::Sender::new(false) });
+        let node = Arc::new(NodeService {
+            cfg,
+            state: Mutex::new(state),
+            holder,
+            handed: tokio::sync::watch::Sender::new(false),
+        });
+        node.keep_all().await;
+        // A holder that restarted (its container) lost what it kept: it is given every session
+        // again now and then.
+        let weak = Arc::downgrade(&node);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HOLDER_REFRESH).await;
+                let Some(node) = weak.upgrade() else { return };
+                if node.is_handed_over() {
+                    return;
+                }
+                node.keep_all().await;
+            }
+        });
         tokio::spawn(node.clone().listen(listener));
         Ok(node)
+    }
+
+    /// Gives the holder every session (and which of their files hold unsaved writes).
+    async fn keep_all(&self) {
+        let state = self.state.lock().await;
+        for (key, s) in &state.sessions {
+            self.watch(key, s);
+            self.keep(key, s);
+        }
+    }
+
+    /// Has the holder told which files of session `key` hold unsaved writes.
+    fn watch(&self, key: &str, s: &Session) {
+        let (holder, key) = (self.holder.clone(), key.to_string());
+        s.mount.watch_unsaved(Arc::new(move |ino, unsaved| holder.unsaved(&key, ino, unsaved)));
+    }
+
+    /// Gives the holder session `key` as it is now (its fds, record and targets).
+    fn keep(&self, key: &str, s: &Session) {
+        match s.mount.crash_record() {
+            Ok(h) => self.holder.keep(s.info(key), &h),
+            Err(e) => tracing::warn!(session = key, error = %e, "the fd holder could not be given the session"),
+        }
     }
 
     /// Resolves once this plugin handed its sessions to a successor.
@@ -329,7 +390,7 @@ impl NodeService {
             let key = flag.split_once('=').map(|(k, _)| k).unwrap_or(flag);
             if DRIVER_OPTIONS.contains(&key) {
                 return Err(CsiError::InvalidArgument(format!(
-                    "mount option {flag:?} is set by the driver (from the publish Secret and the chart), not by mountOptions"
+                    "mount option {flag:?} is set by the driver (from the publish Secret and the chart, or for crash safety), not by mountOptions"
                 )));
             }
             flags.push(flag.to_string());
@@ -367,6 +428,7 @@ impl NodeService {
         let key = hex::encode(&h.finalize()[..12]);
         let dir = self.cfg.state_dir.join("sessions").join(&key);
         flags.push("allow_other".into());
+        flags.push("nodelegations".into());
         if read_only {
             flags.push("ro".into());
         }
@@ -480,6 +542,7 @@ impl NodeService {
         }
         if !state.sessions.contains_key(&p.key) {
             let s = self.start_session(&p, &req.volume_id).await?;
+            self.watch(&p.key, &s);
             state.sessions.insert(p.key.clone(), s);
         }
         let from = state.sessions[&p.key].dir.join("mnt");
@@ -505,6 +568,7 @@ impl NodeService {
         let session = state.sessions.get_mut(&p.key).expect("inserted above");
         session.targets.insert(target.clone());
         let shared = session.targets.len() > 1;
+        self.keep(&p.key, session);
         state.targets.insert(target.clone(), p.key.clone());
         tracing::info!(volume = %req.volume_id, target = %target.display(), session = %p.key, shared, "published");
         Ok(())
@@ -513,6 +577,7 @@ impl NodeService {
     /// Ends a session (its last target is gone).
     async fn end(&self, state: &mut State, key: &str) {
         let Some(s) = state.sessions.remove(key) else { return };
+        self.holder.forget(key);
         if let Err(e) = s.mount.unmount().await {
             tracing::warn!(session = key, error = %e, "ending the session's mount failed");
         }
@@ -550,6 +615,8 @@ impl NodeService {
             });
             if last {
                 self.end(&mut state, &key).await;
+            } else if let Some(s) = state.sessions.get(&key) {
+                self.keep(&key, s);
             }
         }
         tracing::info!(volume = %req.volume_id, target = %target.display(), "unpublished");
@@ -609,9 +676,41 @@ impl NodeService {
     }
 }
 
-/// Detaches the session mounts a crashed predecessor left and removes their directories.
-fn detach_leftovers(sessions: &Path) {
+/// Takes over the sessions the fd holder kept for a crashed predecessor; the keys taken.
+async fn recover(holder: &Holder, state: &mut State) -> std::collections::HashSet<String> {
+    let mut adopted = std::collections::HashSet::new();
+    let kept = match tokio::task::block_in_place(|| holder.list()) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the sessions the fd holder kept failed; they end");
+            return adopted;
+        }
+    };
+    for k in kept {
+        let (key, lost) = (k.info.key.clone(), k.unsaved.len());
+        let started = Instant::now();
+        match Mount::adopt_after_crash(k.handover, &k.unsaved).await {
+            Ok(m) => {
+                tracing::info!(session = %key, volume = %k.info.volume_id, targets = k.info.targets.len(), files_with_lost_writes = lost, took = ?started.elapsed(), "took a session over from the fd holder after a crash");
+                state.insert(k.info, m);
+                adopted.insert(key);
+            }
+            Err(e) => {
+                tracing::error!(session = %key, error = %e, "a session the fd holder kept cannot be served again; it ends (its pods' mounts answer ENOTCONN)");
+                holder.forget(&key);
+            }
+        }
+    }
+    adopted
+}
+
+/// Detaches the session mounts a crashed predecessor left (but those taken over from the fd
+/// holder) and removes their directories.
+fn detach_leftovers(sessions: &Path, adopted: &std::collections::HashSet<String>) {
     for entry in std::fs::read_dir(sessions).into_iter().flatten().flatten() {
+        if adopted.contains(entry.file_name().to_string_lossy().as_ref()) {
+            continue;
+        }
         let dir = entry.path();
         let mnt = dir.join("mnt");
         if mounted(&mnt) {

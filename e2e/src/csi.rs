@@ -26,6 +26,8 @@ pub struct Driver {
     args: Vec<String>,
     env: Vec<(String, String)>,
     service: Option<Service>,
+    /// The fd holder (`stratusfs-csi --fd-holder`), when the test runs one.
+    holder: Option<Service>,
     dir: TempDir,
 }
 
@@ -45,7 +47,7 @@ impl Driver {
         all.extend(args.iter().map(|a| a.to_string()));
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let program = crate::stratusfs::csi_binary()?;
-        let mut d = Driver { socket, program, generation: 0, args: all, env, service: None, dir };
+        let mut d = Driver { socket, program, generation: 0, args: all, env, service: None, holder: None, dir };
         d.spawn().await?;
         Ok(d)
     }
@@ -157,6 +159,26 @@ impl Driver {
         self.service = Some(service);
     }
 
+    /// Starts the fd holder on the driver's state directory, as the node pod's `fd-holder`
+    /// container runs beside the plugin (start it before publishing: the plugin gives it each
+    /// session as it publishes).
+    pub async fn start_holder(&mut self) -> Result<()> {
+        let state = self.dir.path().join("state");
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("--fd-holder").arg(format!("--state-dir={}", state.display()));
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        let mut holder = Service::spawn("fd-holder", cmd, self.dir.path())?;
+        let socket = state.join("holder.sock");
+        holder
+            .wait_ready(Duration::from_secs(10), || {
+                let socket = socket.clone();
+                async move { std::os::unix::net::UnixStream::connect(&socket).map(drop).map_err(|e| e.to_string()) }
+            })
+            .await?;
+        self.holder = Some(holder);
+        Ok(())
+    }
+
     /// A directory for targets, kept with the driver's (cleaned up with it).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -164,6 +186,11 @@ impl Driver {
 
     pub fn pid(&self) -> u32 {
         self.service.as_ref().map_or(0, |s| s.pid())
+    }
+
+    /// The fd holder's pid (0: none runs).
+    pub fn holder_pid(&self) -> u32 {
+        self.holder.as_ref().map_or(0, |s| s.pid())
     }
 
     pub fn log_tail(&self, n: usize) -> String {
@@ -214,6 +241,7 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 impl Drop for Driver {
     fn drop(&mut self) {
         self.service = None;
+        self.holder = None;
         for m in mounts_under(self.dir.path()) {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }

@@ -95,6 +95,8 @@ pub struct Steady {
     stdin: Option<std::process::ChildStdin>,
     pid: i32,
     count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// `lost N` and `close_lost` lines (EIO answers over writes a crash lost).
+    lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
     follower: std::thread::JoinHandle<(std::process::ExitStatus, Option<u64>)>,
 }
 
@@ -102,16 +104,27 @@ impl Steady {
     /// Starts `fsprobe steady PATH RECORD` (see e2e/src/bin/fsprobe.rs) and waits for its first
     /// record.
     pub fn start(path: &Path, record: usize) -> Steady {
-        let mut child = Command::new(fsprobe())
-            .args(["steady", &path.to_string_lossy(), &record.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        Self::spawn(path, record, false)
+    }
+
+    /// `fsprobe steady PATH RECORD lost-is-eio`: EIO over lost writes is counted, not fatal.
+    pub fn tolerating_lost(path: &Path, record: usize) -> Steady {
+        Self::spawn(path, record, true)
+    }
+
+    fn spawn(path: &Path, record: usize, tolerate: bool) -> Steady {
+        let mut args = vec!["steady".to_string(), path.to_string_lossy().into_owned(), record.to_string()];
+        if tolerate {
+            args.push("lost-is-eio".into());
+        }
+        let mut child =
+            Command::new(fsprobe()).args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         let stdin = child.stdin.take();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let seen = count.clone();
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let lost_seen = lost.clone();
         let pid = child.id() as i32;
         let follower = std::thread::spawn(move || {
             let mut done = None;
@@ -121,13 +134,16 @@ impl Steady {
                 match (words.next(), words.next().and_then(|n| n.parse::<u64>().ok())) {
                     (Some("ok"), Some(n)) => seen.store(n, std::sync::atomic::Ordering::SeqCst),
                     (Some("done"), Some(n)) => done = Some(n),
+                    (Some("lost"), _) | (Some("close_lost"), _) => {
+                        lost_seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     _ => {}
                 }
                 l.clear();
             }
             (child.wait().expect("waiting for fsprobe"), done)
         });
-        let s = Steady { stdin, pid, count, follower };
+        let s = Steady { stdin, pid, count, lost, follower };
         s.wait_past(0, std::time::Duration::from_secs(10));
         s
     }
@@ -139,6 +155,11 @@ impl Steady {
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// EIO answers it saw over lost writes (`lost-is-eio`).
+    pub fn lost(&self) -> u64 {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Waits until more than `n` records are done; panics after `timeout` (the writer is stuck).

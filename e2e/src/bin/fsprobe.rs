@@ -14,6 +14,10 @@
 //!     a read back of it, and a read back of the whole file every 16 records, printing `ok N`
 //!     after the N-th; when stdin closes it finishes the record, prints `done N`, closes the file
 //!     and exits 0. Any failed call or different byte: the error on stderr, exit 1.
+//! fsprobe steady PATH RECORD lost-is-eio
+//!     the same, but an fsync answered EIO (the writes it covered were lost, as a crashed node
+//!     plugin reports them) prints `lost N` and writes record N again; a close answered EIO prints
+//!     `close_lost`. Any other failure: exit 1.
 //! fsprobe reader PATH
 //!     reads PATH whole, prints `ready`, then keeps reading 64 KiB pieces of it through the same
 //!     open file (a piece every 20 ms), checking each against the first read, and prints
@@ -110,7 +114,11 @@ fn writer(args: &[String]) {
 }
 
 fn steady(args: &[String]) {
-    let [path, record] = args else { fail("usage: fsprobe steady PATH RECORD") };
+    let (path, record, tolerate) = match args {
+        [path, record] => (path, record, false),
+        [path, record, t] if t == "lost-is-eio" => (path, record, true),
+        _ => fail("usage: fsprobe steady PATH RECORD [lost-is-eio]"),
+    };
     let record: usize = record.parse().unwrap_or_else(|_| fail("RECORD"));
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -140,7 +148,14 @@ fn steady(args: &[String]) {
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let at = n * record as u64;
         f.write_all_at(&fill(n), at).unwrap_or_else(|e| fail(&format!("writing record {n}: {e}")));
-        f.sync_all().unwrap_or_else(|e| fail(&format!("fsync after record {n}: {e}")));
+        match f.sync_all() {
+            Ok(()) => {}
+            Err(e) if tolerate && e.raw_os_error() == Some(libc::EIO) => {
+                say(&format!("lost {n}"));
+                continue;
+            }
+            Err(e) => fail(&format!("fsync after record {n}: {e}")),
+        }
         f.read_exact_at(&mut back, at).unwrap_or_else(|e| fail(&format!("reading record {n} back: {e}")));
         if back != fill(n) {
             fail(&format!("record {n} read back different bytes"));
@@ -158,7 +173,15 @@ fn steady(args: &[String]) {
         say(&format!("ok {n}"));
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    drop(f);
+    use std::os::fd::IntoRawFd;
+    // SAFETY: closing the fd this function owns, once (into_raw_fd gave up the File's claim).
+    if unsafe { libc::close(f.into_raw_fd()) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if !(tolerate && e.raw_os_error() == Some(libc::EIO)) {
+            fail(&format!("closing {path}: {e}"));
+        }
+        say("close_lost");
+    }
     say(&format!("done {n}"));
 }
 

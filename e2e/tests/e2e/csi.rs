@@ -355,7 +355,7 @@ async fn claims_get_directories_with_quotas_and_tokens_of_their_own() {
 }
 
 /// The resident memory of process `pid`, MiB.
-fn rss_mib(pid: u32) -> f64 {
+pub(crate) fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: f64 = status
         .lines()

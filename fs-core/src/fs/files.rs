@@ -52,7 +52,7 @@ impl StratusFs {
         }
         self.settle(&[parent]).await?;
         let req = pb::MkNodRequest {
-            ctx: self.ctx(c),
+            ctx: self.ctx_once(c),
             parent,
             name: name.to_vec(),
             kind: pb::FileKind::Regular as i32,
@@ -82,10 +82,14 @@ impl StratusFs {
             // Committed when applied (another mount reaches the file only through a recall).
             return Ok(());
         }
+        let known = self.handles.lock().contains_key(&fh);
+        let lost = self.lost_on_close(ino, fh, known);
         self.settle(&[ino]).await?;
         let f = self.file(ino);
         let mut st = f.lock().await;
         let r = self.data.commit(c, &mut st, false).await;
+        self.note_unsaved(ino, st.has_dirty());
+        let r = if lost { Err(libc::EIO) } else { r };
         if st.lock_owners.remove(&lock_owner) {
             let req = pb::LockRequest {
                 ctx: self.ctx(c),
@@ -105,15 +109,20 @@ impl StratusFs {
 
     /// fsync: returns when the file's blocks and block map are durable.
     pub async fn fsync(&self, c: Ctx, ino: u64) -> FsResult<()> {
+        if self.lost_on_fsync(ino) {
+            return Err(libc::EIO);
+        }
         self.settle(&[ino]).await?;
         let f = self.file(ino);
         let mut st = f.lock().await;
         if st.has_dirty() {
-            self.data.commit(c, &mut st, true).await
+            self.data.commit(c, &mut st, true).await?;
         } else {
             // Earlier commits of this file (at close) may not be durable yet.
-            self.sync_all(c).await
+            self.sync_all(c).await?;
         }
+        self.note_unsaved(ino, st.has_dirty());
+        Ok(())
     }
 
     /// The last close of a handle.
@@ -128,6 +137,7 @@ impl StratusFs {
         let r = {
             let mut st = f.lock().await;
             let r = self.data.commit(c, &mut st, false).await;
+            self.note_unsaved(ino, st.has_dirty());
             for o in &handle.lock_owners {
                 st.lock_owners.remove(o);
             }
@@ -219,7 +229,9 @@ impl StratusFs {
         self.writing_here(ino, offset.saturating_add(data.len() as u64)).await?;
         let f = self.file(ino);
         let mut st = f.lock().await;
-        self.data.write(c, &mut st, offset, data).await
+        let n = self.data.write(c, &mut st, offset, data).await?;
+        self.note_unsaved(ino, st.has_dirty());
+        Ok(n)
     }
 
     /// fallocate(2): allocation (mode 0, KEEP_SIZE), PUNCH_HOLE and ZERO_RANGE.

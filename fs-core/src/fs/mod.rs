@@ -13,6 +13,7 @@
 //! - [`data`]: a file's blocks in this mount (write buffers, the block map, commits);
 //! - [`deleg`]: directory delegations (creates written back).
 
+mod crash;
 pub mod data;
 pub mod deleg;
 mod files;
@@ -31,6 +32,11 @@ use crate::crypto::VolumeKeys;
 use crate::metaclient::Session;
 use crate::wire::error::MetaError;
 use crate::wire::pb;
+pub use crash::UnsavedWatcher;
+
+/// The bit that marks a request number derived from a FUSE request's `unique` (the session's own
+/// numbers start from the clock in nanoseconds, below 2^62 until the year 2116).
+const FUSE_REQUEST_NUMBER: u64 = 1 << 62;
 use data::OpenFile;
 pub use data::WriteData;
 pub use types::{Ctx, FsConfig, LockSpec, NewNode, Opened, SetAttr, TimeSet};
@@ -144,6 +150,9 @@ pub struct StratusFs {
     /// This filesystem, once it is shared ([`StratusFs::into_arc`]): work that must not be
     /// cancelled half way runs as a task of its own.
     me: std::sync::OnceLock<std::sync::Weak<StratusFs>>,
+    /// Unsaved writes told to a watcher, and writes lost in a crash ([`crash`]).
+    crash: Mutex<crash::CrashState>,
+    lost_counter: crash::LostCounter,
 }
 
 impl StratusFs {
@@ -167,6 +176,8 @@ impl StratusFs {
             deleg: Mutex::new(deleg::State::default()),
             applying: tokio::sync::Mutex::new(()),
             me: std::sync::OnceLock::new(),
+            crash: Mutex::new(Default::default()),
+            lost_counter: Default::default(),
         })
     }
 
@@ -227,6 +238,17 @@ impl StratusFs {
 
     fn ctx(&self, c: Ctx) -> Option<pb::Context> {
         Some(self.session.ctx(c.uid, c.gid, c.pid))
+    }
+
+    /// The context of the one change a kernel request makes (create, mkdir, unlink, rename,
+    /// link, symlink, xattrs): numbered after the FUSE request (`Ctx::unique`), so the same request
+    /// resent after a crash is answered from the server's record instead of applied again. Only
+    /// one call per kernel request may use it.
+    fn ctx_once(&self, c: Ctx) -> Option<pb::Context> {
+        match c.unique {
+            0 => self.ctx(c),
+            u => Some(self.session.ctx_numbered(c.uid, c.gid, c.pid, FUSE_REQUEST_NUMBER | u)),
+        }
     }
 
     /// Name `name` in directory `parent` as the server keeps it: checked against [`NAME_MAX`],

@@ -57,7 +57,7 @@ impl StratusFs {
     pub async fn mknod(&self, c: Ctx, parent: u64, name: &[u8], node: NewNode) -> FsResult<pb::Attr> {
         let name = &*self.stored_name(parent, name)?;
         let req = pb::MkNodRequest {
-            ctx: self.ctx(c),
+            ctx: self.ctx_once(c),
             parent,
             name: name.to_vec(),
             kind: node.kind as i32,
@@ -83,7 +83,7 @@ impl StratusFs {
             1..=PATH_MAX => self.stored_value(0, SYMLINK, target)?,
             _ => return Err(libc::ENAMETOOLONG),
         };
-        let req = pb::SymlinkRequest { ctx: self.ctx(c), parent, name: name.to_vec(), target };
+        let req = pb::SymlinkRequest { ctx: self.ctx_once(c), parent, name: name.to_vec(), target };
         self.settle(&[req.parent]).await?;
         let before = self.data.attrs.epoch();
         let r = self.rpc().symlink(req).await;
@@ -103,7 +103,7 @@ impl StratusFs {
             return Ok(());
         }
         self.settle(&[parent]).await?;
-        let req = pb::NameRequest { ctx: self.ctx(c), parent, name: name.to_vec() };
+        let req = pb::NameRequest { ctx: self.ctx_once(c), parent, name: name.to_vec() };
         let before = self.data.attrs.epoch();
         let r = self.rpc().unlink(req).await;
         let r = self.removed_or_renamed(before, r)?;
@@ -115,7 +115,7 @@ impl StratusFs {
         let name = &*self.stored_name(parent, name)?;
         // The directory removed may be one this mount holds: what is pending there goes first.
         self.settle_all().await?;
-        let req = pb::NameRequest { ctx: self.ctx(c), parent, name: name.to_vec() };
+        let req = pb::NameRequest { ctx: self.ctx_once(c), parent, name: name.to_vec() };
         let before = self.data.attrs.epoch();
         let r = self.rpc().rm_dir(req).await;
         let r = self.removed_or_renamed(before, r)?;
@@ -135,7 +135,7 @@ impl StratusFs {
         let name = &*self.stored_name(parent, name)?;
         let new_name = &*self.stored_name(new_parent, new_name)?;
         let req = pb::RenameRequest {
-            ctx: self.ctx(c),
+            ctx: self.ctx_once(c),
             parent,
             name: name.to_vec(),
             new_parent,
@@ -160,7 +160,7 @@ impl StratusFs {
 
     pub async fn link(&self, c: Ctx, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<pb::Attr> {
         let new_name = &*self.stored_name(new_parent, new_name)?;
-        let req = pb::LinkRequest { ctx: self.ctx(c), ino, new_parent, new_name: new_name.to_vec() };
+        let req = pb::LinkRequest { ctx: self.ctx_once(c), ino, new_parent, new_name: new_name.to_vec() };
         self.settle(&[req.ino, req.new_parent]).await?;
         let np = req.new_parent;
         let before = self.data.attrs.epoch();
@@ -245,7 +245,7 @@ impl StratusFs {
         // A held directory gives its delegation back: a default ACL changes what creates there do.
         self.give_back(ino).await?;
         let req = pb::SetXattrRequest {
-            ctx: self.ctx(c),
+            ctx: self.ctx_once(c),
             ino,
             name: name.to_vec(),
             value: self.stored_value(ino, name, value)?,
@@ -261,7 +261,7 @@ impl StratusFs {
 
     pub async fn removexattr(&self, c: Ctx, ino: u64, name: &[u8]) -> FsResult<()> {
         self.give_back(ino).await?;
-        let req = pb::XattrRequest { ctx: self.ctx(c), ino, name: name.to_vec() };
+        let req = pb::XattrRequest { ctx: self.ctx_once(c), ino, name: name.to_vec() };
         let r = self.rpc().remove_xattr(req).await;
         self.void_remembered_attrs();
         r.map_err(errno_of)?;

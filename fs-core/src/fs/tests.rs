@@ -6,7 +6,7 @@ use super::*;
 use crate::blockstore::BackendSpec;
 use crate::server::testkit::TestServer;
 
-const ROOT: Ctx = Ctx { uid: 0, gid: 0, pid: 1 };
+const ROOT: Ctx = Ctx { uid: 0, gid: 0, pid: 1, unique: 0 };
 
 /// A filesystem on a fresh volume with 256 KiB blocks and its server (which must outlive it).
 /// With `memory` the block store is in this filesystem's memory; otherwise a local folder
@@ -114,4 +114,29 @@ async fn locks_and_handles_travel_in_a_handover() {
     next.flush(ROOT, f.ino, o.fh, 7).await.unwrap();
     next.release(ROOT, f.ino, o.fh).await.unwrap();
     other.setlk(ROOT, f.ino, seen.fh, theirs).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_sent_again_under_its_kernel_request_id_is_applied_once() {
+    // What a request the kernel resends after a crash (FUSE_NOTIFY_RESEND) looks like to the
+    // server: the same change under the same kernel request id, from the same session.
+    let (_srv, fs) = fs(FsConfig { delegations: false, ..FsConfig::default() }, true).await;
+    let root = fs.root();
+    let req = |unique| Ctx { unique, ..ROOT };
+    let dir = NewNode { kind: pb::FileKind::Directory, perm: 0o755, umask: 0o022, rdev: 0 };
+    let d = fs.mknod(req(42), root, b"d", dir).await.unwrap();
+    assert_eq!(fs.mknod(req(42), root, b"d", dir).await.unwrap().ino, d.ino, "mkdir resent: the first answer");
+    assert_eq!(fs.mknod(req(44), root, b"d", dir).await.unwrap_err(), libc::EEXIST, "another mkdir of the name");
+    let excl = (libc::O_RDWR | libc::O_EXCL) as u32;
+    let (f, opened) = fs.create(req(46), root, b"f", 0o644, 0o022, excl).await.unwrap();
+    let (again, reopened) = fs.create(req(46), root, b"f", 0o644, 0o022, excl).await.unwrap();
+    assert_eq!((again.ino, reopened.fh), (f.ino, opened.fh), "O_EXCL create resent: the first answer");
+    fs.release(ROOT, f.ino, opened.fh).await.unwrap();
+    fs.rename(req(48), root, b"d", root, b"e", 0).await.unwrap();
+    fs.rename(req(48), root, b"d", root, b"e", 0).await.expect("rename resent: not ENOENT");
+    fs.unlink(req(50), root, b"f").await.unwrap();
+    fs.unlink(req(50), root, b"f").await.expect("unlink resent: not ENOENT");
+    assert_eq!(fs.unlink(req(52), root, b"f").await.unwrap_err(), libc::ENOENT, "another unlink of the name");
+    // Without a kernel request id (the mount's own calls) nothing is remembered across calls.
+    assert_eq!(fs.mknod(ROOT, root, b"e", dir).await.unwrap_err(), libc::EEXIST);
 }

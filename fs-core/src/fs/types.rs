@@ -13,6 +13,11 @@ pub struct Ctx {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// The FUSE request's `unique` (without the resend bit; 0: not a kernel request). A change's
+    /// request number comes from it, so a request the kernel resends after a crash of the process
+    /// that read it (FUSE_NOTIFY_RESEND) is answered from the server's record of the first one,
+    /// not applied twice.
+    pub unique: u64,
 }
 
 /// Mount options that change what the filesystem does (kernel-side options live in the mount).

@@ -162,10 +162,15 @@ pub const READ_LOCKOWNER: u32 = 1 << 1;
 pub const GETATTR_FH: u32 = 1 << 0;
 pub const FSYNC_FDATASYNC: u32 = 1 << 0;
 
+/// The bit the kernel sets in the `unique` of a request it queued again (FUSE_NOTIFY_RESEND).
+pub const UNIQUE_RESEND: u64 = 1 << 63;
+
 pub mod notify {
     pub const INVAL_INODE: i32 = 2;
     pub const INVAL_ENTRY: i32 = 3;
     pub const RETRIEVE: i32 = 5;
+    /// Protocol 7.40 (kernel 6.9): the kernel queues again every request read and not answered.
+    pub const RESEND: i32 = 7;
 }
 
 #[repr(C)]

@@ -27,6 +27,8 @@ pub struct OpCounters {
     pub errors: std::sync::atomic::AtomicU64,
     pub bytes_read: std::sync::atomic::AtomicU64,
     pub bytes_written: std::sync::atomic::AtomicU64,
+    /// Requests the kernel queued again (FUSE_NOTIFY_RESEND after a crash: `unique` bit 63).
+    pub resent: std::sync::atomic::AtomicU64,
 }
 
 /// A reply body: one or more byte strings written after the header.
@@ -148,7 +150,14 @@ impl Adapter {
     async fn read(&self, req: &Request) -> FsResult<Vec<bytes::Bytes>> {
         let h = &req.header;
         let (r, _) = arg::<abi::ReadIn>(req.body())?;
-        self.fs.read(Ctx { uid: h.uid, gid: h.gid, pid: h.pid }, self.ino(h.nodeid), r.offset, r.size).await
+        self.fs
+            .read(
+                Ctx { uid: h.uid, gid: h.gid, pid: h.pid, unique: h.unique & !crate::fuse::abi::UNIQUE_RESEND },
+                self.ino(h.nodeid),
+                r.offset,
+                r.size,
+            )
+            .await
     }
 
     /// WRITE hands its payload over in the pieces it was read into (no copy here).
@@ -159,13 +168,21 @@ impl Adapter {
         if data.len() != w.size as usize {
             return Err(libc::EINVAL);
         }
-        let n = self.fs.write(Ctx { uid: h.uid, gid: h.gid, pid: h.pid }, self.ino(h.nodeid), w.offset, data).await?;
+        let n = self
+            .fs
+            .write(
+                Ctx { uid: h.uid, gid: h.gid, pid: h.pid, unique: h.unique & !crate::fuse::abi::UNIQUE_RESEND },
+                self.ino(h.nodeid),
+                w.offset,
+                data,
+            )
+            .await?;
         Ok(abi::WriteOut { size: n, padding: 0 }.bytes().to_vec())
     }
 
     async fn dispatch(&self, req: &Request) -> FsResult<Body> {
         let h = &req.header;
-        let c = Ctx { uid: h.uid, gid: h.gid, pid: h.pid };
+        let c = Ctx { uid: h.uid, gid: h.gid, pid: h.pid, unique: h.unique & !crate::fuse::abi::UNIQUE_RESEND };
         let fs = &self.fs;
         let body = req.body();
         // The request's inode (FUSE's root node is the mount's root inode).
@@ -417,6 +434,9 @@ impl Handler for Adapter {
         use std::sync::atomic::Ordering::Relaxed;
         let c = &self.counters;
         c.requests.fetch_add(1, Relaxed);
+        if req.header.unique & crate::fuse::abi::UNIQUE_RESEND != 0 {
+            c.resent.fetch_add(1, Relaxed);
+        }
         let r = match req.header.opcode {
             // READ answers with the cached chunks' own bytes (no copy into a reply buffer).
             opcode::READ => {

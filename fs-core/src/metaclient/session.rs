@@ -97,6 +97,13 @@ impl Session {
         pb::Context { session: self.id.read().clone(), uid, gid, pid, groups: Vec::new(), request }
     }
 
+    /// The context of a request under a number the caller chose (one that identifies it across
+    /// processes, such as a kernel request's id): sent again under the same number, a change is
+    /// answered from the server's record of the first, not applied twice.
+    pub fn ctx_numbered(&self, uid: u32, gid: u32, pid: u32, request: u64) -> pb::Context {
+        pb::Context { session: self.id.read().clone(), uid, gid, pid, groups: Vec::new(), request }
+    }
+
     /// A root context (uid 0, gid 0).
     pub fn root(&self) -> pb::Context {
         self.ctx(0, 0, std::process::id())

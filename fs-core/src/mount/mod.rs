@@ -142,6 +142,11 @@ pub struct MountStats {
     pub errors: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// Fsyncs and closes answered EIO because the writes they covered died with a crashed
+    /// process ([`Mount::adopt_after_crash`]).
+    pub lost_writes_reported: u64,
+    /// Requests the kernel queued again after a crash (read by the dead process, not answered).
+    pub resent_requests: u64,
 }
 
 /// The parts of a mount that outlive a quiesce.
@@ -371,7 +376,38 @@ impl Mount {
             errors: c.errors.load(Relaxed),
             bytes_read: c.bytes_read.load(Relaxed),
             bytes_written: c.bytes_written.load(Relaxed),
+            lost_writes_reported: self.parts.fs.lost_reported(),
+            resent_requests: c.resent.load(Relaxed),
         }
+    }
+
+    /// What a process keeping this mount alive beyond this one (a holder of its fds) needs to give
+    /// a successor after a crash: the handover value without handles or lock waits (those are
+    /// not known then) and duplicates of the FUSE fds. See [`Mount::adopt_after_crash`].
+    pub fn crash_record(&self) -> Result<Handover, MountError> {
+        handover_value(&self.parts, FsHandover::default(), Vec::new())
+    }
+
+    /// Tells `w` which files hold unsaved writes (see [`crate::fs::UnsavedWatcher`]).
+    pub fn watch_unsaved(&self, w: crate::fs::UnsavedWatcher) {
+        self.parts.fs.watch_unsaved(w);
+    }
+
+    /// Serves a mount whose process died (kill -9, OOM) from its [`Mount::crash_record`] and its
+    /// fds kept elsewhere: resumes the server session (its opens and locks live there; handles the
+    /// kernel still holds are taken as they are used), has the kernel queue again every request
+    /// the dead process read and did not answer (FUSE_NOTIFY_RESEND), and reports the writes to
+    /// `lost` files lost ([`crate::fs::UnsavedWatcher`]): EIO on their next fsync and on the close
+    /// of their handles, never a success over lost bytes.
+    pub async fn adopt_after_crash(h: Handover, lost: &[u64]) -> Result<Mount, MountError> {
+        let a = Mount::prepare_adopt(h).await?;
+        a.parts.fs.mark_lost(lost);
+        let m = a.serve();
+        if let Err(e) = m.parts.fuse.resend() {
+            // A kernel before 6.9: requests the dead process had read wait until interrupted.
+            tracing::error!(error = %e, "FUSE_NOTIFY_RESEND failed; requests the crashed process had read stay unanswered");
+        }
+        Ok(m)
     }
 
     /// Waits until the mount ends from outside (umount, `fusermount -u`, the connection
@@ -515,27 +551,7 @@ impl Quiesced {
 
     /// The handover value and duplicates of the FUSE fds (the parts stay here).
     fn value(&self) -> Result<Handover, MountError> {
-        let parts = &self.parts;
-        let fds = parts.fuse.dup_fds().map_err(|e| MountError::Quiesce {
-            mountpoint: parts.spec.mountpoint.clone(),
-            why: format!("duplicating the FUSE fds: {e}"),
-        })?;
-        let spec = &parts.spec;
-        let state = HandoverState {
-            version: HANDOVER_VERSION,
-            source: spec.source.clone(),
-            mountpoint: spec.mountpoint.clone(),
-            options: spec.options.clone(),
-            token: spec.credentials.token.clone(),
-            trust: spec.credentials.trust.clone(),
-            init: parts.fuse.params,
-            root: parts.fs.root(),
-            session: parts.session.id_hex(),
-            fs: self.handles.clone(),
-            pending: self.pending.clone(),
-            fds: fds.len(),
-        };
-        Ok(Handover { state, fds })
+        handover_value(&self.parts, self.handles.clone(), self.pending.clone())
     }
 
     /// The handover value and duplicates of the FUSE fds, for a successor in this process or one
@@ -599,6 +615,30 @@ impl Quiesced {
         self.heartbeat.abort();
         Mount::serve(self.parts, self.pending)
     }
+}
+
+/// A mount's handover value with `fs` and `pending`, and duplicates of its FUSE fds.
+fn handover_value(parts: &Parts, fs: FsHandover, pending: Vec<PendingRequest>) -> Result<Handover, MountError> {
+    let fds = parts.fuse.dup_fds().map_err(|e| MountError::Quiesce {
+        mountpoint: parts.spec.mountpoint.clone(),
+        why: format!("duplicating the FUSE fds: {e}"),
+    })?;
+    let spec = &parts.spec;
+    let state = HandoverState {
+        version: HANDOVER_VERSION,
+        source: spec.source.clone(),
+        mountpoint: spec.mountpoint.clone(),
+        options: spec.options.clone(),
+        token: spec.credentials.token.clone(),
+        trust: spec.credentials.trust.clone(),
+        init: parts.fuse.params,
+        root: parts.fs.root(),
+        session: parts.session.id_hex(),
+        fs,
+        pending,
+        fds: fds.len(),
+    };
+    Ok(Handover { state, fds })
 }
 
 /// The kernel starts FUSE mounts with 128 KiB of read-ahead (the smaller of its default and what
