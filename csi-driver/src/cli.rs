@@ -101,10 +101,25 @@ pub async fn run() -> anyhow::Result<()> {
             };
             let node = NodeService::start(cfg).await?;
             if let Some(addr) = args.metrics_listen {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("listening on {addr} for /metrics; give another --metrics-listen"))?;
-                tokio::spawn(crate::metrics::serve(listener, node.clone()));
+                // The sessions are this process's now: nothing may make it exit. A port still
+                // held (a predecessor sharing the network namespace, hostNetwork) is retried.
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let mut logged = false;
+                    let listener = loop {
+                        match tokio::net::TcpListener::bind(addr).await {
+                            Ok(l) => break l,
+                            Err(e) => {
+                                if !logged {
+                                    tracing::warn!(%addr, error = %e, "cannot listen for /metrics and /healthz yet (the predecessor's port?); retrying every second");
+                                    logged = true;
+                                }
+                                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            }
+                        }
+                    };
+                    crate::metrics::serve(listener, node).await
+                });
             }
             Some(node)
         }

@@ -112,30 +112,38 @@ pub async fn take(sock: &UnixStream) -> Result<Taken, TakeoverError> {
         return Err(TakeoverError::Parse(format!("the header came with {} fds, not the owner lock's one", fds.len())));
     }
     let lock = fds.remove(0);
-    let mut prepared: Vec<(SessionInfo, Adopted)> = Vec::new();
-    for info in header.sessions {
-        let refuse = |why: String| {
-            let e = TakeoverError::Prepare { mountpoint: info.dir.join("mnt").display().to_string(), why };
-            let _ = (&*sock).write_all(format!("refused {}\n", e.to_string().replace('\n', " ")).as_bytes());
-            e
-        };
+    let refuse = |what: String, why: String| {
+        let e = TakeoverError::Prepare { mountpoint: what, why };
+        let _ = (&*sock).write_all(format!("refused {}\n", e.to_string().replace('\n', " ")).as_bytes());
+        e
+    };
+    // Every value first (the socket is sequential), then every session prepared at once (each is
+    // a connection and a session resume on its metadata server).
+    let mut preparing = tokio::task::JoinSet::new();
+    for (i, info) in header.sessions.into_iter().enumerate() {
         let h = match Handover::receive(sock) {
             Ok(h) => h,
             Err(fs_core::HandoverError::Io(e)) => return Err(gone(e)),
-            Err(e) => return Err(refuse(e.to_string())),
+            Err(e) => return Err(refuse(info.dir.join("mnt").display().to_string(), e.to_string())),
         };
-        match Mount::prepare_adopt(h).await {
-            Ok(a) => prepared.push((info, a)),
-            Err(e) => return Err(refuse(e.to_string())),
+        preparing.spawn(async move { (i, info, Mount::prepare_adopt(h).await) });
+    }
+    let mut prepared: Vec<(usize, SessionInfo, Adopted)> = Vec::new();
+    while let Some(r) = preparing.join_next().await {
+        match r {
+            Ok((i, info, Ok(a))) => prepared.push((i, info, a)),
+            Ok((_, info, Err(e))) => return Err(refuse(info.dir.join("mnt").display().to_string(), e.to_string())),
+            Err(e) => return Err(refuse("a session".into(), format!("its preparation failed: {e}"))),
         }
     }
+    prepared.sort_by_key(|(i, _, _)| *i);
     (&*sock).write_all(b"prepared\n").map_err(gone)?;
     match read_line(sock, PREPARE_WAIT) {
         Ok(l) if l == "go" => {}
         Ok(l) => return Err(gone(format!("it answered {l:?} instead of go"))),
         Err(e) => return Err(gone(e)),
     }
-    let sessions = prepared.into_iter().map(|(info, a)| (info, a.serve())).collect();
+    let sessions = prepared.into_iter().map(|(_, info, a)| (info, a.serve())).collect();
     Ok(Taken { lock, sessions })
 }
 

@@ -240,6 +240,17 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The processes a test killed or rolled away: what each said last (the running one
+            // and the holder print their own).
+            for n in 1..self.generation {
+                let log = self.dir.path().join(format!("stratusfs-csi.{n}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                eprintln!("----- stratusfs-csi.{n} (ended), last 15 lines -----\n{tail}");
+            }
+        }
         self.service = None;
         self.holder = None;
         for m in mounts_under(self.dir.path()) {

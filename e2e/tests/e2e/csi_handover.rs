@@ -321,7 +321,19 @@ async fn a_handover_that_does_not_finish_leaves_the_plugin_serving_and_two_succe
 
 /// The plugin's metric `name` for the claim (0 when absent).
 async fn metric(metrics_url: &str, name: &str) -> u64 {
-    let text = e2e::service::http_client().get(metrics_url).send().await.unwrap().text().await.unwrap();
+    // A plugin just started listens for /metrics a moment after it serves its socket.
+    let mut tries = 0;
+    let text = loop {
+        match e2e::service::http_client().get(metrics_url).send().await {
+            Ok(r) => break r.text().await.unwrap(),
+            Err(e) if tries < 50 => {
+                tries += 1;
+                tracing::debug!(error = %e, "metrics not served yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the node plugin's metrics at {metrics_url}: {e}"),
+        }
+    };
     text.lines()
         .find(|l| l.starts_with(name) && l.contains(VOLUME_ID))
         .and_then(|l| l.rsplit(' ').next())

@@ -402,12 +402,14 @@ impl Mount {
     pub async fn adopt_after_crash(h: Handover, lost: &[u64]) -> Result<Mount, MountError> {
         let a = Mount::prepare_adopt(h).await?;
         a.parts.fs.mark_lost(lost);
-        let m = a.serve();
-        if let Err(e) = m.parts.fuse.resend() {
+        // Before any reader of this process reads: the kernel moves every request read and not
+        // answered back to its queue, and those are only the dead process's now (one this
+        // process had read would be read again and answered twice).
+        if let Err(e) = a.parts.fuse.resend() {
             // A kernel before 6.9: requests the dead process had read wait until interrupted.
             tracing::error!(error = %e, "FUSE_NOTIFY_RESEND failed; requests the crashed process had read stay unanswered");
         }
-        Ok(m)
+        Ok(a.serve())
     }
 
     /// Waits until the mount ends from outside (umount, `fusermount -u`, the connection
