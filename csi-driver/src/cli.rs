@@ -99,7 +99,15 @@ pub async fn run() -> anyhow::Result<()> {
                 cache_mib: args.cache_mib,
                 service_addresses: addresses,
             };
-            let node = NodeService::start(cfg).await?;
+            let node = match NodeService::start(cfg).await {
+                Ok(n) => n,
+                Err(crate::error::CsiError::HandoverRefused(why)) => {
+                    // The rollout stalls here (this pod restarts with backoff): say so on the pod.
+                    pod_event("HandoverRefused", &why).await;
+                    anyhow::bail!("{why}");
+                }
+                Err(e) => return Err(e.into()),
+            };
             if let Some(addr) = args.metrics_listen {
                 // The sessions are this process's now: nothing may make it exit. A port still
                 // held (a predecessor sharing the network namespace, hostNetwork) is retried.
@@ -171,6 +179,43 @@ pub async fn run() -> anyhow::Result<()> {
         signal(signal_rx).await;
     }
     Ok(())
+}
+
+/// A Warning Event on this plugin's own Pod (`POD_NAME`, `POD_NAMESPACE`, `POD_UID` from the
+/// downward API; the Kubernetes API from the in-cluster config or `KUBECONFIG`). Best effort:
+/// without them it is only logged.
+async fn pod_event(reason: &str, note: &str) {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let (Ok(name), Ok(namespace)) = (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE")) else {
+        tracing::warn!(reason, "no POD_NAME/POD_NAMESPACE: the event is only logged");
+        return;
+    };
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, reason, "no Kubernetes API to publish the event on");
+            return;
+        }
+    };
+    let reporter = Reporter { controller: "stratusfs-csi-node".into(), instance: std::env::var("NODE_NAME").ok() };
+    let pod = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name),
+        namespace: Some(namespace),
+        uid: std::env::var("POD_UID").ok(),
+        ..Default::default()
+    };
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Handover".into(),
+        secondary: None,
+    };
+    if let Err(e) = Recorder::new(client, reporter).publish(&ev, &pod).await {
+        tracing::warn!(error = %e, reason, "publishing the event failed");
+    }
 }
 
 /// SIGTERM or SIGINT.

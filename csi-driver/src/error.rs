@@ -31,6 +31,10 @@ pub enum CsiError {
     /// Something needed cannot be reached now; the caller retries (UNAVAILABLE).
     #[error("{0}")]
     Unavailable(String),
+    /// A starting node plugin could not take the node's sessions over from the one serving them
+    /// (which goes on serving); the new one exits (UNAVAILABLE if it were ever answered).
+    #[error("{0}")]
+    HandoverRefused(String),
     /// The same volume is being worked on by another call (ABORTED, as the spec asks).
     #[error("{0}")]
     Aborted(String),
@@ -49,7 +53,7 @@ impl CsiError {
             CsiError::FailedPrecondition(_) => Code::FailedPrecondition,
             CsiError::ResourceExhausted(_) => Code::ResourceExhausted,
             CsiError::OutOfRange(_) => Code::OutOfRange,
-            CsiError::Unavailable(_) => Code::Unavailable,
+            CsiError::Unavailable(_) | CsiError::HandoverRefused(_) => Code::Unavailable,
             CsiError::Aborted(_) => Code::Aborted,
             CsiError::Internal(_) => Code::Internal,
         }

@@ -176,7 +176,7 @@ impl NodeService {
                     Err(e @ takeover::TakeoverError::Gone(_)) if Instant::now() < deadline => {
                         tracing::warn!(error = %e, "the handover broke off");
                     }
-                    Err(e) => return Err(CsiError::Internal(e.to_string())),
+                    Err(e) => return Err(CsiError::HandoverRefused(e.to_string())),
                 }
             } else {
                 let lock = takeover::try_lock(&cfg.state_dir).map_err(|e| {

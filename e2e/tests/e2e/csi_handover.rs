@@ -470,3 +470,59 @@ async fn handover_benchmark_waits_and_memory_with_50_sessions() {
     println!("with 50 sessions, the longest open() across a kill -9: median {cm:?}, max {cx:?} (20)");
     println!("node plugin memory after them: {:.1} MiB", rss(w.driver.pid()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_that_cannot_read_the_handover_says_why_on_its_pod() {
+    // The plugin serving the node speaks a header version this build does not read (version 2):
+    // the successor refuses it, exits non-zero (the rollout stalls: the pod restarts with
+    // backoff) and publishes a Warning Event on its own pod with the reason.
+    e2e::init();
+    let cp = e2e::kube::ControlPlane::start().await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(state.path().join("handover.sock")).unwrap();
+    let owner = std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let (sock, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&sock).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "takeover");
+        let lock = std::fs::File::open("/dev/null").unwrap();
+        let header = br#"{"version":2,"sessions":[],"compression":"a field of version 2"}"#;
+        fs_core::send_frame(&sock, header, &[lock.as_raw_fd()]).unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(&sock).read_line(&mut answer).unwrap();
+        let _ = (&sock).write_all(b"");
+        answer
+    });
+    let out = std::process::Command::new(e2e::stratusfs::csi_binary().unwrap())
+        .args(["--node", "--node-id=node-a", "--endpoint=unix:///nonexistent/csi.sock"])
+        .arg(format!("--state-dir={}", state.path().display()))
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("POD_NAME", "rel-csi-node-new")
+        .env("POD_NAMESPACE", "default")
+        .env("NODE_NAME", "node-a")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the successor must not go on: {stderr}");
+    assert!(stderr.contains("version 2"), "{stderr}");
+    let answer = owner.join().unwrap();
+    assert!(answer.starts_with("refused") && answer.contains("version 2"), "the owner is told why: {answer}");
+    let events = cp
+        .kubectl(&[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector=involvedObject.name=rel-csi-node-new",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let text = String::from_utf8_lossy(&events.stdout);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ev = v["items"].as_array().and_then(|a| a.first()).unwrap_or_else(|| panic!("no event on the pod: {text}"));
+    assert_eq!(ev["reason"], "HandoverRefused", "{ev}");
+    assert_eq!(ev["type"], "Warning", "{ev}");
+    assert!(ev["message"].as_str().unwrap_or_default().contains("version 2"), "{ev}");
+}
