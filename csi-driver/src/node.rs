@@ -101,20 +101,9 @@ struct State {
     targets: HashMap<PathBuf, String>,
     /// The owner lock (`takeover.rs`); `None` once handed over.
     lock: Option<OwnedFd>,
-    /// The sessions are the successor's: this process only exits.
-    handed_over: bool,
 }
 
 impl State {
-    fn serving(&self) -> CsiResult<()> {
-        match self.handed_over {
-            false => Ok(()),
-            true => Err(CsiError::Unavailable(
-                "this node plugin handed its sessions to its successor and is exiting; retry".into(),
-            )),
-        }
-    }
-
     fn insert(&mut self, info: SessionInfo, mount: Mount) {
         for t in &info.targets {
             self.targets.insert(t.clone(), info.key.clone());
@@ -128,7 +117,8 @@ pub struct NodeService {
     state: Mutex<State>,
     /// The fd holder beside this plugin: keeps every session alive across a crash of it.
     holder: Arc<Holder>,
-    /// Whether the sessions were handed over (the process then serves nothing).
+    /// Whether the sessions were handed over (the process then serves nothing). Set while the
+    /// state's lock is held, so a publish that waited for the handover sees it.
     handed: tokio::sync::watch::Sender<bool>,
 }
 
@@ -187,8 +177,8 @@ impl NodeService {
                 })?;
                 if let Some(lock) = lock {
                     // No plugin serves the node: the sessions the holder kept (a crash) are ours.
-                    let adopted = recover(&holder, &mut state).await;
-                    detach_leftovers(&sessions, &adopted);
+                    recover(&holder, &mut state).await;
+                    detach_leftovers(&sessions, &state.sessions);
                     state.lock = Some(lock);
                     break;
                 }
@@ -265,6 +255,16 @@ impl NodeService {
         *self.handed.borrow()
     }
 
+    /// Refuses a call that comes after the handover.
+    fn serving(&self) -> CsiResult<()> {
+        match self.is_handed_over() {
+            false => Ok(()),
+            true => Err(CsiError::Unavailable(
+                "this node plugin handed its sessions to its successor and is exiting; retry".into(),
+            )),
+        }
+    }
+
     /// Answers successors on the handover socket until one takes the sessions.
     async fn listen(self: Arc<Self>, listener: tokio::net::UnixListener) {
         loop {
@@ -284,7 +284,6 @@ impl NodeService {
                 }
             };
             if self.hand_over(&sock).await {
-                self.handed.send_replace(true);
                 return;
             }
         }
@@ -297,9 +296,6 @@ impl NodeService {
         }
         let started = Instant::now();
         let mut state = self.state.lock().await;
-        if state.handed_over {
-            return true;
-        }
         tracing::info!(sessions = state.sessions.len(), "a successor asks for the node's sessions: quiescing them");
         let mut quiescing = tokio::task::JoinSet::new();
         for (key, s) in state.sessions.drain() {
@@ -334,7 +330,7 @@ impl NodeService {
                 }
                 state.targets.clear();
                 state.lock = None;
-                state.handed_over = true;
+                self.handed.send_replace(true);
                 tracing::info!(paused = ?paused, took = ?started.elapsed(), "handed every session to the successor");
                 true
             }
@@ -497,7 +493,7 @@ impl NodeService {
         let p = self.check(&req)?;
         let target = PathBuf::from(&req.target_path);
         let mut state = self.state.lock().await;
-        state.serving()?;
+        self.serving()?;
         // What is at the target now (mountinfo read once): a directory to mount on, this publish
         // done already, something else, or a target of a session that died with an earlier
         // process (ENOTCONN, or a stratusfs mount this process does not know: the kernel may
@@ -599,7 +595,7 @@ impl NodeService {
         }
         let target = PathBuf::from(&req.target_path);
         let mut state = self.state.lock().await;
-        state.serving()?;
+        self.serving()?;
         if mounted(&target) || std::fs::metadata(&target).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
             detach(&target)?;
         }
@@ -676,14 +672,13 @@ impl NodeService {
     }
 }
 
-/// Takes over the sessions the fd holder kept for a crashed predecessor; the keys taken.
-async fn recover(holder: &Holder, state: &mut State) -> std::collections::HashSet<String> {
-    let mut adopted = std::collections::HashSet::new();
+/// Takes over the sessions the fd holder kept for a crashed predecessor.
+async fn recover(holder: &Holder, state: &mut State) {
     let kept = match tokio::task::block_in_place(|| holder.list()) {
         Ok(k) => k,
         Err(e) => {
             tracing::error!(error = %e, "reading the sessions the fd holder kept failed; they end");
-            return adopted;
+            return;
         }
     };
     for k in kept {
@@ -693,7 +688,6 @@ async fn recover(holder: &Holder, state: &mut State) -> std::collections::HashSe
             Ok(m) => {
                 tracing::info!(session = %key, volume = %k.info.volume_id, targets = k.info.targets.len(), files_with_lost_writes = lost, took = ?started.elapsed(), "took a session over from the fd holder after a crash");
                 state.insert(k.info, m);
-                adopted.insert(key);
             }
             Err(e) => {
                 tracing::error!(session = %key, error = %e, "a session the fd holder kept cannot be served again; it ends (its pods' mounts answer ENOTCONN)");
@@ -701,14 +695,13 @@ async fn recover(holder: &Holder, state: &mut State) -> std::collections::HashSe
             }
         }
     }
-    adopted
 }
 
 /// Detaches the session mounts a crashed predecessor left (but those taken over from the fd
-/// holder) and removes their directories.
-fn detach_leftovers(sessions: &Path, adopted: &std::collections::HashSet<String>) {
+/// holder, `adopted`) and removes their directories.
+fn detach_leftovers(sessions: &Path, adopted: &HashMap<String, Session>) {
     for entry in std::fs::read_dir(sessions).into_iter().flatten().flatten() {
-        if adopted.contains(entry.file_name().to_string_lossy().as_ref()) {
+        if adopted.contains_key(entry.file_name().to_string_lossy().as_ref()) {
             continue;
         }
         let dir = entry.path();

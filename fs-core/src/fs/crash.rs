@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use super::StratusFs;
 
@@ -31,10 +31,6 @@ struct Lost {
     /// Handles (opened before the crash) whose close was answered EIO.
     closed: HashSet<u64>,
 }
-
-/// Lost writes reported (EIO answers), for the mount's counters.
-#[derive(Default)]
-pub(super) struct LostCounter(pub AtomicU64);
 
 impl StratusFs {
     /// Tells `w` which files hold unsaved writes from now on (see [`UnsavedWatcher`]).
@@ -62,7 +58,7 @@ impl StratusFs {
 
     /// Lost writes reported so far.
     pub fn lost_reported(&self) -> u64 {
-        self.lost_counter.0.load(Ordering::Relaxed)
+        self.lost_reported.load(Ordering::Relaxed)
     }
 
     /// Tells the watcher whether `ino` holds unsaved writes now.
@@ -86,7 +82,7 @@ impl StratusFs {
             return false;
         }
         l.fsync_reported = true;
-        self.lost_counter.0.fetch_add(1, Ordering::Relaxed);
+        self.lost_reported.fetch_add(1, Ordering::Relaxed);
         tracing::error!(ino, "fsync answered EIO: writes to this file died with the crashed node plugin");
         true
     }
@@ -102,7 +98,7 @@ impl StratusFs {
         if !l.closed.insert(fh) {
             return false;
         }
-        self.lost_counter.0.fetch_add(1, Ordering::Relaxed);
+        self.lost_reported.fetch_add(1, Ordering::Relaxed);
         tracing::error!(ino, fh, "close answered EIO: writes to this file died with the crashed node plugin");
         true
     }

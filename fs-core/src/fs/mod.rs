@@ -152,7 +152,8 @@ pub struct StratusFs {
     me: std::sync::OnceLock<std::sync::Weak<StratusFs>>,
     /// Unsaved writes told to a watcher, and writes lost in a crash ([`crash`]).
     crash: Mutex<crash::CrashState>,
-    lost_counter: crash::LostCounter,
+    /// Lost writes reported (EIO answers over writes a crashed process held).
+    lost_reported: std::sync::atomic::AtomicU64,
 }
 
 impl StratusFs {
@@ -177,7 +178,7 @@ impl StratusFs {
             applying: tokio::sync::Mutex::new(()),
             me: std::sync::OnceLock::new(),
             crash: Mutex::new(Default::default()),
-            lost_counter: Default::default(),
+            lost_reported: Default::default(),
         })
     }
 
